@@ -1,0 +1,289 @@
+"""YAML recipes for search and retraining, validated against typed sections.
+
+A recipe has up to five sections: ``data``, ``space``, ``search``, ``train``, ``export``,
+plus ``name``, ``seed`` and ``output_dir``. Every key is checked: an unknown key or a value
+of the wrong type ends with an error naming the key and what is allowed.
+"""
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple, Union
+
+import yaml
+
+from .channels import FAMILIES, ChannelConfigError, network_layout
+
+
+class RecipeError(ValueError):
+    """A recipe that cannot be run, with the offending key in the message."""
+
+
+@dataclass
+class DataSection:
+    """Where images come from: ``digits`` (embedded), a Hub dataset id, or a local imagefolder/parquet dir."""
+    dataset: str = 'digits'
+    image_size: int = 32
+    val_fraction: float = 0.1
+    batch_size: int = 64
+    eval_batch_size: int = 256
+    num_workers: int = 0
+    train_split: str = 'train'
+    test_split: str = 'test'
+    image_column: Optional[str] = None
+    label_column: Optional[str] = None
+    max_train_samples: Optional[int] = None
+    augment: bool = True
+    streaming: bool = False
+
+
+@dataclass
+class SpaceSection:
+    """The search space: family, depth, candidate widths per layer and the meta width."""
+    family: str = 'resnet_cifar'
+    depth: int = 20
+    candidates: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    stage_multipliers: Optional[List[float]] = None
+    meta_width: Union[str, int] = 'sum'
+    blockwise: bool = False
+
+
+@dataclass
+class ControllerSection:
+    hidden_size: int = 100
+    lr: float = 1.6e-4
+    entropy_weight: float = 4e-3
+    baseline_decay: float = 0.99
+    steps_per_epoch: int = 10
+    grad_clip: float = 5.0
+
+
+@dataclass
+class SearchSection:
+    """APS search schedule and the MnasNet-style soft budget."""
+    budget_macs: float = 2.05e7
+    epochs: int = 600
+    warmup_epochs: int = 200
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    projection_lr: float = 1e-3
+    overlap: float = 1.0
+    learn_projections: bool = True
+    orthogonal_weight: float = 5e-3
+    renormalize_projections: bool = True
+    under_budget_exponent: float = 0.0
+    over_budget_exponent: float = -0.1
+    decode: str = 'beam'
+    decode_top_k: int = 8
+    max_over_budget: float = 1.1
+    steps_per_epoch: Optional[int] = None
+    on_nonfinite_loss: str = 'stop'
+    controller: ControllerSection = field(default_factory=ControllerSection)
+
+
+@dataclass
+class TrainSection:
+    """Retraining with timm's optimizer/scheduler factories."""
+    epochs: int = 300
+    opt: str = 'sgd'
+    lr: float = 0.1
+    momentum: float = 0.9
+    nesterov: bool = True
+    weight_decay: float = 5e-4
+    sched: str = 'cosine'
+    warmup_epochs: int = 0
+    warmup_lr: float = 1e-5
+    min_lr: float = 0.0
+    label_smoothing: float = 0.0
+    mixup: float = 0.0
+    cutmix: float = 0.0
+    ema_decay: Optional[float] = None
+    grad_accum_steps: int = 1
+    mixed_precision: str = 'no'
+    batch_size: Optional[int] = None
+    steps_per_epoch: Optional[int] = None
+    on_nonfinite_loss: str = 'stop'
+    config: Optional[str] = None
+
+
+@dataclass
+class ExportSection:
+    repo_id: Optional[str] = None
+    license: str = 'apache-2.0'
+
+
+@dataclass
+class Recipe:
+    """A whole experiment: data, space, search, train and export settings."""
+    name: str = 'experiment'
+    seed: int = 0
+    output_dir: str = 'runs'
+    data: DataSection = field(default_factory=DataSection)
+    space: SpaceSection = field(default_factory=SpaceSection)
+    search: SearchSection = field(default_factory=SearchSection)
+    train: TrainSection = field(default_factory=TrainSection)
+    export: ExportSection = field(default_factory=ExportSection)
+    source: Optional[str] = None
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.output_dir) / self.name
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.pop('source')
+        return d
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+CHOICES = {
+    'space.family': FAMILIES,
+    'search.decode': ('beam', 'sample'),
+    'search.on_nonfinite_loss': ('stop', 'skip'),
+    'train.on_nonfinite_loss': ('stop', 'skip'),
+    'train.mixed_precision': ('no', 'fp16', 'bf16'),
+}
+
+
+def _check_type(key: str, value: Any, hint) -> Any:
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_type(key, value, arg)
+            except RecipeError as e:
+                errors.append(str(e))
+        allowed = ' or '.join(getattr(a, '__name__', str(a)) for a in args)
+        raise RecipeError(f"recipe key '{key}' must be {allowed}, got {value!r}")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise RecipeError(f"recipe key '{key}' must be a list, got {value!r}")
+        return [_check_type(f'{key}[{i}]', v, args[0]) for i, v in enumerate(value)]
+    if hint is bool:
+        if not isinstance(value, bool):
+            raise RecipeError(f"recipe key '{key}' must be true or false, got {value!r}")
+        return value
+    if hint is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise RecipeError(f"recipe key '{key}' must be an integer, got {value!r}")
+        return value
+    if hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads 2.05e7 (no dot) as a string
+            try:
+                value = float(value)
+            except ValueError:
+                pass
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise RecipeError(f"recipe key '{key}' must be a number, got {value!r}")
+        return float(value)
+    if hint is str:
+        if not isinstance(value, str):
+            raise RecipeError(f"recipe key '{key}' must be a string, got {value!r}")
+        return value
+    raise TypeError(hint)
+
+
+def _build(cls, data: Any, prefix: str):
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe section '{prefix or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != 'source'}
+    kwargs = {}
+    for key, value in data.items():
+        full = f'{prefix}.{key}' if prefix else str(key)
+        if key not in fields:
+            raise RecipeError(f"unknown recipe key '{full}'; allowed in '{prefix or 'top level'}': "
+                              f"{', '.join(fields)}")
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, full)
+            continue
+        value = _check_type(full, value, hint)
+        if full in CHOICES and value not in CHOICES[full]:
+            raise RecipeError(f"recipe key '{full}' must be one of {', '.join(CHOICES[full])}, got {value!r}")
+        kwargs[key] = value
+    return cls(**kwargs)
+
+
+def _check_ranges(r: Recipe) -> None:
+    def need(cond: bool, key: str, what: str, value):
+        if not cond:
+            raise RecipeError(f"recipe key '{key}' must be {what}, got {value!r}")
+
+    need(0 < r.data.val_fraction < 1, 'data.val_fraction', 'in (0, 1)', r.data.val_fraction)
+    need(r.data.batch_size > 0, 'data.batch_size', 'positive', r.data.batch_size)
+    need(r.data.image_size > 0, 'data.image_size', 'positive', r.data.image_size)
+    need(r.data.num_workers >= 0, 'data.num_workers', '>= 0', r.data.num_workers)
+    need(len(r.space.candidates) > 0 and all(c > 0 for c in r.space.candidates), 'space.candidates',
+         'a non-empty list of positive widths', r.space.candidates)
+    need(len(set(r.space.candidates)) == len(r.space.candidates), 'space.candidates', 'distinct widths',
+         r.space.candidates)
+    if isinstance(r.space.meta_width, str):
+        need(r.space.meta_width in ('sum', 'max'), 'space.meta_width', "'sum', 'max' or an integer",
+             r.space.meta_width)
+    try:
+        network_layout(r.space.family, r.space.depth)
+    except ChannelConfigError as e:
+        raise RecipeError(f"recipe key 'space.depth': {e}") from None
+    need(0 <= r.search.overlap <= 1, 'search.overlap', 'in [0, 1]', r.search.overlap)
+    need(r.search.budget_macs > 0, 'search.budget_macs', 'positive', r.search.budget_macs)
+    need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
+         r.search.warmup_epochs)
+    need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
+    need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
+    need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)
+    need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
+
+
+def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Recipe:
+    """Build and validate a Recipe from a parsed YAML mapping."""
+    recipe = _build(Recipe, data, '')
+    _check_ranges(recipe)
+    recipe.source = source
+    return recipe
+
+
+def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
+    """Read a YAML recipe; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecipeError(f"recipe file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    for item in overrides or []:
+        key, sep, value = item.partition('=')
+        if not sep:
+            raise RecipeError(f"override {item!r} must look like section.key=value")
+        node = data
+        *parents, last = key.split('.')
+        for p in parents:
+            node = node.setdefault(p, {})
+            if not isinstance(node, dict):
+                raise RecipeError(f"override {item!r}: '{p}' is not a section")
+        node[last] = yaml.safe_load(value)
+    try:
+        return recipe_from_dict(data, source=str(path))
+    except RecipeError as e:
+        raise RecipeError(f"{path}: {e}") from None
+
+
+def stage_candidates(space: SpaceSection, stage: int) -> Tuple[int, ...]:
+    """Candidate widths of a stage: the base candidates times the stage multiplier (if any)."""
+    mult = space.stage_multipliers[stage] if space.stage_multipliers else 1
+    return tuple(max(1, int(round(c * mult))) for c in space.candidates)
