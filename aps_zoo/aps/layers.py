@@ -1,0 +1,138 @@
+"""APS layers: one meta weight at the maximum width, candidate weights by affine projection.
+
+A candidate (c_in, c_out) of a conv uses ``W_c = einsum('ijhw,ix,jy->xyhw', W, P, Q)`` with
+``P: (meta_out, c_out)`` and ``Q: (meta_in, c_in)``, one (P, Q) pair per candidate pair (as the
+reference code keeps them). The einsum is computed as two matmuls. While projections are frozen
+(warm-up) they enter detached, so only the meta weight gets gradients.
+"""
+from __future__ import annotations
+
+import math
+from itertools import product
+from typing import Dict, Iterator, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .projection import init_projection, overlap_offsets
+
+Pair = Tuple[int, int]
+
+
+def pair_key(c_in: int, c_out: int) -> str:
+    return f'{c_in}_{c_out}'
+
+
+def _projection_dict(meta: int, widths: Sequence[int], pairs: Sequence[Pair], axis: int, overlap: float,
+                     noise: float) -> nn.ParameterDict:
+    offsets = dict(zip(widths, overlap_offsets(widths, overlap)))
+    return nn.ParameterDict({
+        pair_key(*pair): nn.Parameter(init_projection(meta, pair[axis], offsets[pair[axis]], noise))
+        for pair in pairs})
+
+
+class APSConv2d(nn.Module):
+    """Conv whose every candidate (c_in, c_out) is an affine projection of one meta weight.
+
+    ``in_candidates=None`` marks a fixed input axis (the image): no Q. ``depthwise=True`` ties
+    c_in == c_out and uses one projection per width.
+    """
+
+    def __init__(self, in_candidates: Optional[Sequence[int]], out_candidates: Sequence[int], meta_in: int,
+                 meta_out: int, kernel_size: int, stride: int = 1, depthwise: bool = False,
+                 overlap: float = 1.0, noise: float = 1e-3):
+        super().__init__()
+        self.kernel_size, self.stride, self.depthwise = kernel_size, stride, depthwise
+        self.padding = kernel_size // 2
+        self.meta_in, self.meta_out = meta_in, meta_out
+        self.fixed_in = in_candidates is None
+        if depthwise:
+            pairs = [(c, c) for c in out_candidates]
+        elif self.fixed_in:
+            pairs = [(meta_in, c) for c in out_candidates]
+        else:
+            pairs = list(product(in_candidates, out_candidates))
+        self.pairs = pairs
+        self.weight = nn.Parameter(torch.empty(meta_out, 1 if depthwise else meta_in, kernel_size, kernel_size))
+        nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
+        self.out_proj = _projection_dict(meta_out, list(out_candidates), pairs, 1, overlap, noise)
+        self.in_proj = None if (self.fixed_in or depthwise) else \
+            _projection_dict(meta_in, list(in_candidates), pairs, 0, overlap, noise)
+        self.projections_trainable = False
+
+    def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        """(axis, pair key, matrix) of every projection of this layer."""
+        for key, p in self.out_proj.items():
+            yield 'out', key, p
+        if self.in_proj is not None:
+            for key, q in self.in_proj.items():
+                yield 'in', key, q
+
+    def _proj(self, table: nn.ParameterDict, key: str) -> torch.Tensor:
+        p = table[key]
+        return p if self.projections_trainable else p.detach()
+
+    def candidate_weight(self, c_in: int, c_out: int) -> torch.Tensor:
+        """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
+        key = pair_key(self.meta_in if self.fixed_in else c_in, c_out)
+        if key not in self.out_proj:
+            raise KeyError(f"width pair (in={c_in}, out={c_out}) is not a candidate of this layer; "
+                           f"candidates: {self.pairs}")
+        k2 = self.kernel_size ** 2
+        w = self._proj(self.out_proj, key).t() @ self.weight.reshape(self.meta_out, -1)  # (c_out, I*k*k)
+        if self.in_proj is None:
+            return w.reshape(c_out, -1, self.kernel_size, self.kernel_size)
+        w = w.reshape(c_out, self.meta_in, k2).transpose(1, 2) @ self._proj(self.in_proj, key)  # (c_out, k2, c_in)
+        return w.transpose(1, 2).reshape(c_out, c_in, self.kernel_size, self.kernel_size)
+
+    def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        c_in = x.shape[1]
+        w = self.candidate_weight(c_in, c_out)
+        return F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
+
+
+class APSLinear(nn.Module):
+    """Classifier whose input width is searched: ``W_c = W @ Q`` for each input candidate."""
+
+    def __init__(self, in_candidates: Sequence[int], meta_in: int, out_features: int, overlap: float = 1.0,
+                 noise: float = 1e-3):
+        super().__init__()
+        self.meta_in = meta_in
+        self.weight = nn.Parameter(torch.empty(out_features, meta_in))
+        self.bias = nn.Parameter(torch.zeros(out_features))
+        bound = 1 / math.sqrt(max(in_candidates))
+        nn.init.uniform_(self.weight, -bound, bound)
+        self.pairs = [(c, out_features) for c in in_candidates]
+        self.in_proj = _projection_dict(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
+        self.projections_trainable = False
+
+    def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        for key, q in self.in_proj.items():
+            yield 'in', key, q
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        q = self.in_proj[pair_key(x.shape[1], self.weight.shape[0])]
+        return F.linear(x, self.weight @ (q if self.projections_trainable else q.detach()), self.bias)
+
+
+class APSBatchNorm2d(nn.Module):
+    """BatchNorm with statistics kept per candidate pair (affine=False, as in the supernet)."""
+
+    def __init__(self, pairs: Sequence[Pair]):
+        super().__init__()
+        self.norms = nn.ModuleDict({pair_key(*p): nn.BatchNorm2d(p[1], affine=False) for p in pairs})
+
+    def forward(self, x: torch.Tensor, c_in: int) -> torch.Tensor:
+        return self.norms[pair_key(c_in, x.shape[1])](x)
+
+
+def aps_modules(model: nn.Module) -> Dict[str, nn.Module]:
+    """Every APS conv/linear of ``model`` by name."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, (APSConv2d, APSLinear))}
+
+
+def set_projections_trainable(model: nn.Module, trainable: bool) -> None:
+    """Let gradients reach the projections (after warm-up) or detach them (warm-up, frozen sharing)."""
+    for m in aps_modules(model).values():
+        m.projections_trainable = trainable

@@ -1,0 +1,63 @@
+"""Projection matrices of Affine Parameter Sharing.
+
+Each candidate width ``c`` of a layer axis reads the shared meta weight through a projection of
+shape ``(meta_width, c)``. Projections start as identity blocks placed by ``overlap``: overlap 1
+puts every candidate at the front (ordinal sharing: candidate = first c channels), overlap 0
+gives disjoint blocks (independent weights). Both are special cases of APS.
+"""
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+INIT_NOISE = 1e-3
+
+
+def overlap_offsets(candidates: Sequence[int], overlap: float) -> list:
+    """Row offset of each candidate's identity block (candidates taken in ascending order)."""
+    ordered = sorted(candidates)
+    offsets, start = {}, 0
+    for c in ordered:
+        offsets[c] = int(round((1.0 - overlap) * start))
+        start += c
+    return [offsets[c] for c in candidates]
+
+
+def required_meta_width(candidates: Sequence[int], overlap: float) -> int:
+    """Smallest meta width that holds every candidate's block at ``overlap``."""
+    return max(o + c for o, c in zip(overlap_offsets(candidates, overlap), candidates))
+
+
+def init_projection(meta_width: int, width: int, offset: int, noise: float = INIT_NOISE,
+                    generator: torch.Generator = None) -> torch.Tensor:
+    """An identity block at rows ``offset:offset+width`` of a ``(meta_width, width)`` matrix, plus noise."""
+    if offset + width > meta_width:
+        raise ValueError(f"candidate width {width} at offset {offset} does not fit meta width {meta_width}")
+    p = torch.randn(meta_width, width, generator=generator) * noise
+    p[offset:offset + width] += torch.eye(width)
+    return p
+
+
+@torch.no_grad()
+def renormalize_columns_(p: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """Scale every column of ``p`` to unit L2 norm in place (the optional hard constraint)."""
+    p.div_(p.norm(dim=0, keepdim=True).clamp_min(eps))
+    return p
+
+
+def orthogonality_penalty(p: torch.Tensor) -> torch.Tensor:
+    """L1 norm of the off-diagonal of ``p^T p``: zero iff the columns are mutually orthogonal."""
+    gram = p.t() @ p
+    return (gram - torch.diag_embed(torch.diagonal(gram))).abs().sum()
+
+
+def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """How much the column spaces of ``a`` and ``b`` share, in [0, 1].
+
+    Mean squared cosine of the principal angles between the two subspaces
+    (``||Qa^T Qb||_F^2 / min(rank)``): 1 when the smaller lies inside the larger, 0 when orthogonal.
+    """
+    qa = torch.linalg.qr(a.detach().float())[0]
+    qb = torch.linalg.qr(b.detach().float())[0]
+    return (qa.t() @ qb).pow(2).sum() / min(qa.shape[1], qb.shape[1])

@@ -1,0 +1,185 @@
+"""Search spaces: candidate widths per layer, how layers group into controller decisions, budgets."""
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from ..aps.projection import required_meta_width
+from ..channels import ChannelConfig, network_layout, tied_entries
+from ..flops import count_macs
+
+
+class SearchSpaceError(ValueError):
+    """A space that cannot be built or a budget it cannot meet."""
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Candidate widths of every config entry and the decisions the controller makes.
+
+    ``decisions[d]`` lists the entries set by decision ``d``; all of them take the candidate
+    at the same index of their own candidate list (so a blockwise decision can widen a
+    bottleneck's 1x1 output by 4x while it sets the 3x3 width).
+    """
+    family: str
+    depth: int
+    candidates: Tuple[Tuple[int, ...], ...]
+    decisions: Tuple[Tuple[int, ...], ...]
+    meta_widths: Tuple[int, ...]
+    num_classes: int
+    input_size: Tuple[int, int, int]
+    overlap: float = 1.0
+
+    @property
+    def layout(self):
+        return network_layout(self.family, self.depth)
+
+    @property
+    def num_decisions(self) -> int:
+        return len(self.decisions)
+
+    def num_options(self, decision: int) -> int:
+        return len(self.candidates[self.decisions[decision][0]])
+
+    def widths(self, choices: Sequence[int]) -> List[int]:
+        """Per-entry widths of the architecture given one candidate index per decision."""
+        if len(choices) != self.num_decisions:
+            raise SearchSpaceError(f"expected {self.num_decisions} choices, got {len(choices)}")
+        widths = [0] * len(self.candidates)
+        for d, c in enumerate(choices):
+            if not 0 <= c < self.num_options(d):
+                raise SearchSpaceError(f"choice {c} of decision {d} is out of range 0..{self.num_options(d) - 1}")
+            for e in self.decisions[d]:
+                widths[e] = self.candidates[e][c]
+        return widths
+
+    def choices_for(self, widths: Sequence[int]) -> List[int]:
+        """Inverse of :meth:`widths`; raises naming the entry whose width is not a candidate."""
+        choices = []
+        for d, entries in enumerate(self.decisions):
+            e = entries[0]
+            if widths[e] not in self.candidates[e]:
+                raise SearchSpaceError(f"width {widths[e]} of entry {e} is not a candidate {self.candidates[e]}")
+            c = self.candidates[e].index(widths[e])
+            bad = [j for j in entries if widths[j] != self.candidates[j][c]]
+            if bad:
+                raise SearchSpaceError(f"entries {entries} are one decision; widths {[widths[j] for j in entries]} "
+                                       f"do not pick the same candidate")
+            choices.append(c)
+        return choices
+
+    def config(self, choices: Sequence[int], provenance: Optional[Dict] = None) -> ChannelConfig:
+        """The ChannelConfig of an architecture of this space."""
+        return ChannelConfig(self.family, self.widths(choices), self.depth, self.num_classes, self.input_size,
+                             provenance or {})
+
+    def macs(self, choices: Sequence[int]) -> int:
+        return _macs(self, tuple(choices))
+
+    def smallest(self) -> List[int]:
+        return [0] * self.num_decisions
+
+    def largest(self) -> List[int]:
+        return [self.num_options(d) - 1 for d in range(self.num_decisions)]
+
+    def random_choices(self, rng: random.Random) -> List[int]:
+        return [rng.randrange(self.num_options(d)) for d in range(self.num_decisions)]
+
+    def check_budget(self, budget_macs: float) -> None:
+        """Raise if no architecture of the space fits ``budget_macs``."""
+        low = self.macs(self.smallest())
+        if budget_macs < low:
+            raise SearchSpaceError(f"budget {budget_macs:.4g} MACs is below the smallest network of the space "
+                                   f"({low:.4g} MACs at input {self.input_size[1]}x{self.input_size[2]}); "
+                                   f"raise search.budget_macs or add smaller candidates")
+
+
+@lru_cache(maxsize=65536)
+def _macs(space: SearchSpace, choices: Tuple[int, ...]) -> int:
+    return count_macs(space.config(choices))
+
+
+def entry_stages(family: str, depth: int) -> List[int]:
+    """Stage of every config entry (stem = 0; MobileNetV2's last conv = number of stages)."""
+    layout = network_layout(family, depth)
+    stages = [0] * layout.num_entries
+    for b in layout.blocks:
+        for e in b.entries:
+            stages[e] = b.stage
+    if layout.head_entry is not None:
+        stages[layout.head_entry] = layout.blocks[-1].stage + 1
+    return stages
+
+
+def _entry_scale(family: str, depth: int) -> List[float]:
+    """Width of each entry relative to its stage's base width (bottleneck out x4, MBv2 expand x6)."""
+    layout = network_layout(family, depth)
+    scale = [1.0] * layout.num_entries
+    for b in layout.blocks:
+        if b.kind == 'bottleneck':
+            scale[b.entries[-1]] = 4.0
+        elif b.kind == 'inverted_residual' and len(b.entries) == 3:
+            scale[b.entries[0]] = scale[b.entries[1]] = 6.0
+    return scale
+
+
+def build_space(family: str, depth: int, candidates: Sequence[int], *, num_classes: int,
+                input_size: Tuple[int, int, int], stage_multipliers: Optional[Sequence[float]] = None,
+                meta_width='sum', blockwise: bool = False, overlap: float = 1.0) -> SearchSpace:
+    """A space where each entry's candidates are ``candidates`` x stage multiplier x entry scale.
+
+    MobileNetV2 expand/depthwise entries take 6x the candidates of the stage feeding the block.
+    ``meta_width``: 'sum' (room for disjoint candidates at overlap 0), 'max', or an integer.
+    """
+    layout = network_layout(family, depth)
+    stages = entry_stages(family, depth)
+    num_stages = max(stages) + 1
+    mults = list(stage_multipliers) if stage_multipliers else [1.0] * num_stages
+    if len(mults) != num_stages:
+        raise SearchSpaceError(f"space.stage_multipliers needs {num_stages} values for {family}{depth or ''} "
+                               f"(one per stage{', plus the last conv' if layout.head_entry else ''}), got {len(mults)}")
+    scale = _entry_scale(family, depth)
+    stage_of = list(stages)
+    for b in layout.blocks:  # MBv2 expansion widths follow the width feeding the block
+        if b.kind == 'inverted_residual' and len(b.entries) == 3:
+            stage_of[b.entries[0]] = stage_of[b.entries[1]] = stages[b.in_entry]
+    cands = tuple(tuple(max(1, int(round(c * mults[stage_of[e]] * scale[e]))) for c in candidates)
+                  for e in range(layout.num_entries))
+    for e, cs in enumerate(cands):
+        if len(set(cs)) != len(cs):
+            raise SearchSpaceError(f"entry {e}: candidates {cs} collapse to duplicates after scaling")
+
+    # Decisions: one per entry (or per block when blockwise); tied entries share one.
+    groups: List[List[int]] = [[0]]
+    for b in layout.blocks:
+        if blockwise:
+            groups.append(list(b.entries))
+        else:
+            groups.extend([e] for e in b.entries)
+    if layout.head_entry is not None:
+        groups.append([layout.head_entry])
+    for a, b in tied_entries(layout):
+        ga = next(g for g in groups if a in g)
+        gb = next(g for g in groups if b in g)
+        if ga is not gb:
+            ga.extend(gb)
+            groups.remove(gb)
+    decisions = tuple(tuple(sorted(g)) for g in groups)
+    for g in decisions:
+        if len({len(cands[e]) for e in g}) != 1:
+            raise SearchSpaceError(f"entries {g} form one decision but have different numbers of candidates")
+
+    if meta_width == 'sum':
+        metas = tuple(sum(cs) for cs in cands)
+    elif meta_width == 'max':
+        metas = tuple(max(cs) for cs in cands)
+    else:
+        metas = tuple(int(meta_width) for _ in cands)
+    for e, (cs, m) in enumerate(zip(cands, metas)):
+        need = required_meta_width(cs, overlap)
+        if m < need:
+            raise SearchSpaceError(f"meta width {m} of entry {e} cannot hold candidates {cs} at overlap {overlap} "
+                                   f"(needs {need}); use space.meta_width: sum")
+    return SearchSpace(family, depth, cands, decisions, metas, num_classes, tuple(input_size), overlap)

@@ -1,0 +1,119 @@
+"""The APS supernet of a search space: the family's layout built from APS layers.
+
+``supernet(x, widths)`` runs the subnet with per-entry ``widths`` (a ChannelConfig's widths).
+The structure and the shortcut rule are the ones the exported timm models use, read from
+``aps_zoo.channels`` so a decoded config is a valid network.
+"""
+from __future__ import annotations
+
+from typing import List, Sequence
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
+from ..channels import BlockSpec, shortcut_kind
+from .space import SearchSpace
+
+
+class _ConvBN(nn.Module):
+    """APS conv + per-candidate BN (+ activation)."""
+
+    def __init__(self, space: SearchSpace, in_entry, out_entry: int, kernel: int, stride: int = 1,
+                 act=F.relu, depthwise: bool = False, norm: bool = True):
+        super().__init__()
+        cin = None if in_entry is None else space.candidates[in_entry]
+        meta_in = space.input_size[0] if in_entry is None else space.meta_widths[in_entry]
+        self.conv = APSConv2d(cin, space.candidates[out_entry], meta_in, space.meta_widths[out_entry], kernel,
+                              stride, depthwise=depthwise, overlap=space.overlap)
+        self.bn = APSBatchNorm2d(self.conv.pairs) if norm else None
+        self.act = act
+        self.fixed_in = meta_in if in_entry is None else None
+
+    def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        c_in = x.shape[1] if self.fixed_in is None else self.fixed_in
+        x = self.conv(x, c_out)
+        if self.bn is not None:
+            x = self.bn(x, c_in)
+        return self.act(x) if self.act is not None else x
+
+
+class SupernetBlock(nn.Module):
+    """A basic, bottleneck or inverted-residual block of APS layers with the searched shortcut."""
+
+    def __init__(self, space: SearchSpace, spec: BlockSpec):
+        super().__init__()
+        self.spec = spec
+        e, s = spec.entries, spec.stride
+        if spec.kind == 'basic':
+            self.convs = nn.ModuleList([_ConvBN(space, spec.in_entry, e[0], 3, s),
+                                        _ConvBN(space, e[0], e[1], 3, act=None)])
+        elif spec.kind == 'bottleneck':
+            self.convs = nn.ModuleList([_ConvBN(space, spec.in_entry, e[0], 1),
+                                        _ConvBN(space, e[0], e[1], 3, s),
+                                        _ConvBN(space, e[1], e[2], 1, act=None)])
+        else:
+            convs = [_ConvBN(space, spec.in_entry, e[0], 1, act=F.relu6)] if len(e) == 3 else []
+            convs += [_ConvBN(space, e[-2] if len(e) == 3 else spec.in_entry, e[-2], 3, s, act=F.relu6,
+                              depthwise=True),
+                      _ConvBN(space, e[-2], e[-1], 1, act=None)]
+            self.convs = nn.ModuleList(convs)
+        self.shortcut = None
+        if spec.residual:
+            # 1x1 conv + BN at stride 1 (used when widths differ); 2x2 avg-pool + 1x1 conv at stride 2
+            self.shortcut = _ConvBN(space, spec.in_entry, spec.out_entry, 1, act=None, norm=spec.stride == 1)
+        self.out_act = F.relu if spec.kind != 'inverted_residual' else None
+
+    def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+        spec = self.spec
+        out_widths = [widths[j] for j in spec.entries]
+        y = x
+        for conv, w in zip(self.convs, out_widths):
+            y = conv(y, w)
+        kind = shortcut_kind(spec, x.shape[1], out_widths[-1])
+        if kind == 'identity':
+            y = y + x
+        elif kind == 'conv_bn':
+            y = y + self.shortcut(x, out_widths[-1])
+        elif kind == 'pool_conv':
+            pooled = F.avg_pool2d(x, 2, 2, ceil_mode=True, count_include_pad=False)
+            y = y + self.shortcut(pooled, out_widths[-1])
+        return self.out_act(y) if self.out_act is not None else y
+
+
+class APSSupernet(nn.Module):
+    """Supernet of a SearchSpace; ``forward(x, widths)`` runs one sampled architecture."""
+
+    def __init__(self, space: SearchSpace):
+        super().__init__()
+        self.space = space
+        layout = space.layout
+        stride = 1 if layout.stem == 'cifar' else 2
+        act = F.relu6 if layout.stem == 'mobilenet' else F.relu
+        self.stem = _ConvBN(space, None, 0, 7 if layout.stem == 'imagenet' else 3, stride, act=act)
+        self.stem_pool = layout.stem == 'imagenet'
+        self.blocks = nn.ModuleList([SupernetBlock(space, b) for b in layout.blocks])
+        self.head = None
+        if layout.head_entry is not None:
+            self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=F.relu6)
+        f = layout.feature_entry
+        self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
+
+    def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+        x = self.stem(x, widths[0])
+        if self.stem_pool:
+            x = F.max_pool2d(x, 3, 2, 1)
+        for block in self.blocks:
+            x = block(x, widths)
+        if self.head is not None:
+            x = self.head(x, widths[self.space.layout.head_entry])
+        return self.fc(x.mean((2, 3)))
+
+    def meta_parameters(self) -> List[nn.Parameter]:
+        """Meta weights and classifier bias (the SGD group)."""
+        return [p for n, p in self.named_parameters() if '_proj.' not in n]
+
+    def projection_parameters(self) -> List[nn.Parameter]:
+        """Projection matrices P and Q (their own group: lr 0 in warm-up, then ~1e-3)."""
+        return [p for n, p in self.named_parameters() if '_proj.' in n]
