@@ -1,0 +1,1 @@
+"""Controller, REINFORCE and the Accelerate search loop."""
