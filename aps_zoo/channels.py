@@ -237,14 +237,6 @@ class ChannelConfig:
         except ChannelConfigError as e:
             raise ChannelConfigError(f"{path}: {e}") from None
 
-    def scaled(self, multiplier: float, divisor: int = 1) -> 'ChannelConfig':
-        """The same network with every width scaled by ``multiplier`` (rounded to ``divisor``)."""
-        widths = [max(divisor, int(round(w * multiplier / divisor)) * divisor) for w in self.widths]
-        for a, b in tied_entries(self.layout):
-            widths[b] = widths[a]
-        return ChannelConfig(self.family, widths, self.depth, self.num_classes, self.input_size,
-                             {'source': 'uniform', 'multiplier': multiplier})
-
 
 def uniform_widths(family: str, depth: int = 0, multiplier: float = 1.0) -> List[int]:
     """Widths of the standard network of a family (ResNet: 16/32/64 CIFAR or 64..512 with x4 bottleneck

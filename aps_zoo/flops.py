@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from .channels import ChannelConfig, conv_out_size, shortcut_kind
+from .channels import ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
 
 
 @dataclass(frozen=True)
@@ -81,3 +81,22 @@ def count_macs(config: ChannelConfig) -> int:
 def count_params(config: ChannelConfig) -> int:
     """Trainable parameters: conv weights, BN affine, classifier weight and bias."""
     return sum(layer.params for layer in layer_table(config))
+
+
+def uniform_at_budget(family: str, depth: int, budget_macs: float, *, num_classes: int,
+                      input_size: Tuple[int, int, int], divisor: int = 1) -> ChannelConfig:
+    """The family's standard network with every width scaled by one multiplier, as wide as fits the budget."""
+    def build(mult: float) -> ChannelConfig:
+        widths = [max(divisor, int(w * mult / divisor + 0.5) * divisor) for w in uniform_widths(family, depth)]
+        for a, b in tied_entries(network_layout(family, depth)):
+            widths[b] = widths[a]
+        return ChannelConfig(family, widths, depth, num_classes, tuple(input_size),
+                             {'source': 'uniform', 'multiplier': round(mult, 4)})
+
+    lo, hi = 1e-3, 8.0
+    if count_macs(build(lo)) > budget_macs:
+        raise ValueError(f"budget {budget_macs:.4g} MACs is below the narrowest uniform {family}{depth or ''}")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        lo, hi = (mid, hi) if count_macs(build(mid)) <= budget_macs else (lo, mid)
+    return build(lo)

@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .projection import init_projection, overlap_offsets
+from .projection import init_projection, orthogonality_penalty, overlap_offsets
 
 Pair = Tuple[int, int]
 
@@ -60,6 +60,7 @@ class APSConv2d(nn.Module):
         self.in_proj = None if (self.fixed_in or depthwise) else \
             _projection_dict(meta_in, list(in_candidates), pairs, 0, overlap, noise)
         self.projections_trainable = False
+        self.penalty: Optional[torch.Tensor] = None
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
         """(axis, pair key, matrix) of every projection of this layer."""
@@ -71,7 +72,11 @@ class APSConv2d(nn.Module):
 
     def _proj(self, table: nn.ParameterDict, key: str) -> torch.Tensor:
         p = table[key]
-        return p if self.projections_trainable else p.detach()
+        if not self.projections_trainable:
+            return p.detach()
+        penalty = orthogonality_penalty(p)  # the regulariser on the projections this step uses
+        self.penalty = penalty if self.penalty is None else self.penalty + penalty
+        return p
 
     def candidate_weight(self, c_in: int, c_out: int) -> torch.Tensor:
         """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
@@ -88,6 +93,7 @@ class APSConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         c_in = x.shape[1]
+        self.penalty = None
         w = self.candidate_weight(c_in, c_out)
         return F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
 
@@ -106,6 +112,7 @@ class APSLinear(nn.Module):
         self.pairs = [(c, out_features) for c in in_candidates]
         self.in_proj = _projection_dict(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
         self.projections_trainable = False
+        self.penalty: Optional[torch.Tensor] = None
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
         for key, q in self.in_proj.items():
@@ -113,6 +120,7 @@ class APSLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.in_proj[pair_key(x.shape[1], self.weight.shape[0])]
+        self.penalty = orthogonality_penalty(q) if self.projections_trainable else None
         return F.linear(x, self.weight @ (q if self.projections_trainable else q.detach()), self.bias)
 
 

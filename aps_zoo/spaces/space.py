@@ -87,6 +87,17 @@ class SearchSpace:
     def random_choices(self, rng: random.Random) -> List[int]:
         return [rng.randrange(self.num_options(d)) for d in range(self.num_decisions)]
 
+    def fit_to_budget(self, choices: Sequence[int], limit: float) -> List[int]:
+        """Shrink an architecture until its MACs are within ``limit``, each time stepping down the
+        decision whose step saves the most MACs."""
+        choices = list(choices)
+        while self.macs(choices) > limit and any(choices):
+            def saving(d):
+                return self.macs(choices) - self.macs(choices[:d] + [choices[d] - 1] + choices[d + 1:])
+            best = max((d for d, c in enumerate(choices) if c > 0), key=saving)
+            choices[best] -= 1
+        return choices
+
     def check_budget(self, budget_macs: float) -> None:
         """Raise if no architecture of the space fits ``budget_macs``."""
         low = self.macs(self.smallest())

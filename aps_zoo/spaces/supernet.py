@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
+from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear, aps_modules
 from ..channels import BlockSpec, shortcut_kind
 from .space import SearchSpace
 
@@ -100,7 +100,9 @@ class APSSupernet(nn.Module):
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
 
-    def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, widths: Sequence[int], return_penalty: bool = False):
+        """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the
+        orthogonality penalty of the projections this forward used (zero while they are frozen)."""
         x = self.stem(x, widths[0])
         if self.stem_pool:
             x = F.max_pool2d(x, 3, 2, 1)
@@ -108,7 +110,11 @@ class APSSupernet(nn.Module):
             x = block(x, widths)
         if self.head is not None:
             x = self.head(x, widths[self.space.layout.head_entry])
-        return self.fc(x.mean((2, 3)))
+        logits = self.fc(x.mean((2, 3)))
+        if not return_penalty:
+            return logits
+        terms = [m.penalty for m in aps_modules(self).values() if m.penalty is not None]
+        return logits, (torch.stack(terms).sum() if terms else logits.new_zeros(()))
 
     def meta_parameters(self) -> List[nn.Parameter]:
         """Meta weights and classifier bias (the SGD group)."""
