@@ -1,0 +1,332 @@
+"""What every aps_* model shares: the network body built from a ChannelConfig, its pretrained cfgs and factory.
+
+A model is the network ``aps_zoo.flops.layer_table`` walks, with the same module names:
+``stem.conv``, ``blocks.<i>.<conv>``, ``blocks.<i>.shortcut``, ``head.conv`` and ``fc``.
+The family files (``aps_resnet.py``, ``aps_mobilenetv2.py``) add their blocks and register the models.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from huggingface_hub import constants as hf_constants
+from huggingface_hub.errors import (EntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
+                                    RevisionNotFoundError)
+from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
+from timm.layers import ConvNormAct, create_classifier, get_device_dtype
+from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
+from timm.models._features import feature_take_indices
+
+from ..channels import ChannelConfig, ChannelConfigError, NetworkLayout, uniform_widths
+from ..flops import layer_table
+
+CONFIG_DIR = Path(__file__).parent / 'configs'
+HUB_ORG = 'aps-zoo'
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+# Stem conv (kernel, stride) of each layout stem; the 'imagenet' stem adds a 3x3 stride-2 max-pool.
+STEMS = {'cifar': (3, 1), 'imagenet': (7, 2), 'mobilenet': (3, 2)}
+DEFAULT_IMG_SIZE = {'resnet_cifar': 32, 'resnet': 224, 'mobilenetv2': 224}
+# Architecture used for any config of a family (exported searched models name it in config.json).
+GENERIC_ARCHITECTURES = {'resnet_cifar': 'aps_resnet_cifar', 'resnet': 'aps_resnet', 'mobilenetv2': 'aps_mobilenetv2'}
+_HUB_MISSING = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)
+
+
+class PretrainedWeightsNotFoundError(RuntimeError):
+    """``pretrained=True`` for a model whose weights are not on the Hub (or not in the offline cache)."""
+
+
+def make_config(family: str, widths: Sequence[int], depth: int, num_classes: int, in_chans: int,
+                img_size: Optional[Union[int, Sequence[int]]]) -> ChannelConfig:
+    """The ChannelConfig of a model built with these constructor arguments (validated)."""
+    size = DEFAULT_IMG_SIZE.get(family, 224) if img_size is None else img_size
+    size = (size, size) if isinstance(size, int) else tuple(size)
+    return ChannelConfig(family, list(widths), depth, num_classes, (in_chans, *size))
+
+
+def feature_taps(layout: NetworkLayout) -> List[Tuple[int, int]]:
+    """(block index, reduction) of each feature_info entry: the last output at each reduction (-1 is the stem)."""
+    reduction = STEMS[layout.stem][1]
+    outputs = [(-1, reduction)]
+    if layout.stem == 'imagenet':
+        reduction *= 2
+    for i, block in enumerate(layout.blocks):
+        reduction *= block.stride
+        outputs.append((i, reduction))
+    return [o for o, after in zip(outputs, outputs[1:] + [(None, 0)]) if after[1] != o[1]]
+
+
+def make_shortcut(kind: Optional[str], in_chs: int, out_chs: int, device=None, dtype=None) -> Optional[nn.Module]:
+    """The shortcut module of ``channels.shortcut_kind`` (None where the block has no residual)."""
+    if kind is None:
+        return None
+    if kind == 'identity':
+        return nn.Identity()
+    if kind == 'conv_bn':
+        return ConvNormAct(in_chs, out_chs, 1, apply_act=False, device=device, dtype=dtype)
+    return nn.Sequential(OrderedDict(
+        pool=nn.AvgPool2d(2, ceil_mode=True, count_include_pad=False),
+        conv=nn.Conv2d(in_chs, out_chs, 1, bias=False, device=device, dtype=dtype),
+    ))
+
+
+class ApsNet(nn.Module):
+    """Stem, blocks and optional head conv of a ChannelConfig, then global pooling and a linear classifier.
+
+    Subclasses set ``block_cls`` (built as ``block_cls(spec, in_chs, widths, drop_path, device=, dtype=)``)
+    and ``act_layer`` (stem and head activation), and turn their constructor arguments into a ChannelConfig.
+    """
+    block_cls: Type[nn.Module]
+    act_layer: Type[nn.Module] = nn.ReLU
+
+    def __init__(
+            self,
+            config: ChannelConfig,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        layout, w = config.layout, config.widths
+        self.channel_config = config
+        self.num_classes = config.num_classes
+        self.in_chans = config.in_chans
+        self.drop_rate = drop_rate
+        self.grad_checkpointing = False
+
+        kernel, stride = STEMS[layout.stem]
+        self.stem = ConvNormAct(config.in_chans, w[0], kernel, stride, act_layer=self.act_layer, **dd)
+        self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if layout.stem == 'imagenet' else nn.Identity()
+        last = max(len(layout.blocks) - 1, 1)
+        self.blocks = nn.Sequential(*[
+            self.block_cls(b, w[b.in_entry], [w[j] for j in b.entries], drop_path_rate * i / last, **dd)
+            for i, b in enumerate(layout.blocks)
+        ])
+        if layout.head_entry is None:
+            self.head = nn.Identity()
+        else:
+            self.head = ConvNormAct(w[layout.head_entry - 1], w[layout.head_entry], 1, act_layer=self.act_layer, **dd)
+        self.num_features = w[layout.feature_entry]
+        self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+
+        taps = feature_taps(layout)
+        self._tap_blocks = [i for i, _ in taps]
+        self.feature_info = [
+            dict(num_chs=w[0 if i < 0 else layout.blocks[i].out_entry], reduction=r,
+                 module='stem' if i < 0 else f'blocks.{i}')
+            for i, r in taps
+        ]
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+
+    @torch.jit.ignore
+    def group_matcher(self, coarse: bool = False) -> Dict[str, Any]:
+        """Parameter groups for layer-wise lr decay: stem, then blocks (by stage if ``coarse``), head conv last."""
+        if coarse:
+            blocks = [(rf'^blocks\.{i}\.', (b.stage,)) for i, b in enumerate(self.channel_config.layout.blocks)]
+        else:
+            blocks = [(r'^blocks\.(\d+)\.', None)]
+        return dict(stem=r'^stem\.', blocks=blocks + [(r'^head\.', (99999,))])
+
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute block activations in the backward pass to save memory."""
+        self.grad_checkpointing = enable
+
+    @torch.jit.ignore
+    def get_classifier(self) -> nn.Module:
+        """The classifier layer."""
+        return self.fc
+
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
+        """Replace the classifier (``num_classes=0`` removes it); ``global_pool=None`` keeps the pooling."""
+        dd = get_device_dtype(self)
+        if global_pool is None:
+            global_pool = self.global_pool.pool_type
+        self.num_classes = num_classes
+        self.channel_config = dataclasses.replace(self.channel_config, num_classes=num_classes)
+        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
+        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+        self.global_pool.train(self.training)
+        self.fc.train(self.training)
+
+    def forward_intermediates(
+            self,
+            x: torch.Tensor,
+            indices: Optional[Union[int, List[int]]] = None,
+            norm: bool = False,
+            stop_early: bool = False,
+            output_fmt: str = 'NCHW',
+            intermediates_only: bool = False,
+    ) -> Union[List[torch.Tensor], Tuple[torch.Tensor, List[torch.Tensor]]]:
+        """Features at the ``feature_info`` taps selected by ``indices`` (all if None, last n if an int)."""
+        assert output_fmt == 'NCHW', 'Output shape must be NCHW.'
+        if stop_early:
+            assert intermediates_only, 'Must use intermediates_only for early stopping.'
+        take_indices, max_index = feature_take_indices(len(self._tap_blocks), indices)
+        taps = [self._tap_blocks[i] for i in take_indices]
+        intermediates = []
+        x = self.stem(x)
+        if -1 in taps:
+            intermediates.append(x)
+        x = self.stem_pool(x)
+        blocks = self.blocks
+        if stop_early and not torch.jit.is_scripting():
+            blocks = self.blocks[:self._tap_blocks[max_index] + 1]
+        for i, block in enumerate(blocks):
+            if self.grad_checkpointing and not torch.jit.is_scripting():
+                x = checkpoint(block, x)
+            else:
+                x = block(x)
+            if i in taps:
+                intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return self.head(x), intermediates
+
+    def prune_intermediate_layers(
+            self,
+            indices: Union[int, List[int]] = 1,
+            prune_norm: bool = False,
+            prune_head: bool = True,
+    ) -> List[int]:
+        """Drop the blocks after the last selected tap (and the head conv and classifier); returns the taps kept."""
+        take_indices, max_index = feature_take_indices(len(self._tap_blocks), indices)
+        self.blocks = self.blocks[:self._tap_blocks[max_index] + 1]
+        if prune_norm or prune_head or max_index < len(self._tap_blocks) - 1:
+            self.head = nn.Identity()
+            self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
+            self.reset_classifier(0, '')
+        return take_indices
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Unpooled features after the last block (and the head conv, where the family has one)."""
+        x = self.stem_pool(self.stem(x))
+        if self.grad_checkpointing and not torch.jit.is_scripting():
+            x = checkpoint_seq(self.blocks, x)
+        else:
+            x = self.blocks(x)
+        return self.head(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Global pooling, dropout and the classifier (skipped if ``pre_logits``)."""
+        x = self.global_pool(x)
+        if self.drop_rate:
+            x = F.dropout(x, p=float(self.drop_rate), training=self.training)
+        return x if pre_logits else self.fc(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+
+@functools.lru_cache(maxsize=None)
+def zoo_config(name: str) -> ChannelConfig:
+    """The ChannelConfig a registered zoo model is built from (``configs/<name>.json``)."""
+    path = CONFIG_DIR / f'{name}.json'
+    if not path.exists():
+        known = sorted(p.stem for p in CONFIG_DIR.glob('*.json'))
+        raise ChannelConfigError(f"no zoo config named {name!r} in {CONFIG_DIR}; known: {', '.join(known)}")
+    return ChannelConfig.load(path)
+
+
+def architecture_for(config: ChannelConfig) -> str:
+    """The registered timm architecture that builds any config of ``config.family``."""
+    return GENERIC_ARCHITECTURES[config.family]
+
+
+def generic_args(family: str, kwargs: Dict[str, Any], depth: int = 0) -> Dict[str, Any]:
+    """Model kwargs of a generic architecture: widths default to the uniform network at ``depth``."""
+    if family != 'mobilenetv2':
+        depth = kwargs.setdefault('depth', depth)
+    kwargs.setdefault('widths', uniform_widths(family, depth))
+    return kwargs
+
+
+def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Model kwargs of a zoo model: its config's widths (and depth); other widths are refused."""
+    config = zoo_config(name)
+    fixed = {'widths': list(config.widths)}
+    if config.family != 'mobilenetv2':
+        fixed['depth'] = config.depth
+    for key, value in fixed.items():
+        given = kwargs.setdefault(key, value)
+        if key == 'widths':
+            given = list(given)
+            if len(given) != len(value):
+                problem = f'{len(given)} widths given, its config has {len(value)}'
+            else:
+                i = next((i for i, (a, b) in enumerate(zip(given, value)) if a != b), None)
+                problem = None if i is None else f'width {i} is {given[i]}, its config has {value[i]}'
+        else:
+            problem = None if given == value else f'depth {given} given, its config has depth {value}'
+        if problem:
+            raise ChannelConfigError(
+                f"{name} is a fixed network ({CONFIG_DIR / (name + '.json')}): {problem}. "
+                f"Build other widths with timm.create_model('{architecture_for(config)}', widths=...) "
+                f"or aps_zoo.models.create_model_from_config(config).")
+    return kwargs
+
+
+def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
+    """The timm pretrained cfg of a model built from ``config`` (weights, if any, at ``hf_hub_id``)."""
+    cifar = config.family == 'resnet_cifar'
+    last_conv = layer_table(dataclasses.replace(config, num_classes=0))[-1]
+    cfg = {
+        'url': '',
+        'num_classes': config.num_classes, 'input_size': config.input_size, 'pool_size': last_conv.out_hw,
+        'crop_pct': 1.0 if cifar else 0.875,
+        'interpolation': 'bicubic' if config.family == 'mobilenetv2' else 'bilinear',
+        'mean': CIFAR10_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
+        'std': CIFAR10_STD if cifar else IMAGENET_DEFAULT_STD,
+        'first_conv': 'stem.conv', 'classifier': 'fc',
+        'license': 'apache-2.0',
+        'paper_name': 'Revisiting Parameter Sharing for Automatic Neural Channel Number Search',
+    }
+    if hf_hub_id:
+        cfg.update(hf_hub_id=hf_hub_id, hf_hub_filename='model.safetensors')
+    return {**cfg, **kwargs}
+
+
+def zoo_cfg(name: str, **kwargs) -> Dict[str, Any]:
+    """Pretrained cfg of a zoo model: its config's input size and classes, weights at ``aps-zoo/<name>``."""
+    return aps_cfg(zoo_config(name), hf_hub_id=f'{HUB_ORG}/{name}', **kwargs)
+
+
+def generic_cfg(family: str, depth: int = 0, num_classes: int = 1000, **kwargs) -> Dict[str, Any]:
+    """Pretrained cfg of a generic architecture (no weights of its own), sized like the family's default."""
+    config = make_config(family, uniform_widths(family, depth), depth, num_classes, 3, None)
+    return aps_cfg(config, **kwargs)
+
+
+def create_aps_model(
+        model_cls: Type[ApsNet], variant: str, layout: NetworkLayout, pretrained: bool = False, **kwargs,
+) -> nn.Module:
+    """``build_model_with_cfg`` with the feature taps of ``layout``, the zoo provenance, and a clear error for
+    weights that are not published."""
+    feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(feature_taps(layout)))))
+    feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
+    try:
+        model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
+    except _HUB_MISSING as e:
+        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+        offline = ' (HF_HUB_OFFLINE is set: only the local Hub cache was searched)' if hf_constants.HF_HUB_OFFLINE else ''
+        raise PretrainedWeightsNotFoundError(
+            f"No weights are published for {variant} at https://huggingface.co/{cfg.hf_hub_id}{offline}; "
+            f"{type(e).__name__}: {str(e).splitlines()[0]} To get weights, train them: "
+            f"`aps-zoo train recipes/{variant}.yaml`, then `aps-zoo export` the checkpoint and load the folder with "
+            f"timm.create_model('local-dir:<folder>'). Use pretrained=False for random weights."
+        ) from e
+    if isinstance(model, ApsNet) and (CONFIG_DIR / f'{variant}.json').exists():
+        model.channel_config = dataclasses.replace(model.channel_config, provenance=dict(zoo_config(variant).provenance))
+    return model

@@ -1,0 +1,107 @@
+"""MobileNetV2 with searched per-layer widths (APS, NeurIPS 2020), as timm models.
+
+The stages of timm's ``mobilenetv2_100`` (expansion, repeats, stride): (1,1,1) (6,2,2) (6,3,2) (6,4,2) (6,3,1)
+(6,3,2) (6,1,1) after a 3x3 stride-2 stem, then a 1x1 head conv. Each inverted residual is an optional 1x1
+expansion, a 3x3 depthwise conv and a linear 1x1 projection, with ReLU6 after the first two. A residual joins
+stride-1 blocks that are not first in their stage: identity where the widths match, else a 1x1 conv + BN.
+``aps_mobilenetv2`` builds any widths (``widths=``); the other names are fixed networks from
+``configs/<name>.json``.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, DropPath
+from timm.models import generate_default_cfgs, register_model
+
+from ..channels import BlockSpec, network_layout, shortcut_kind
+from ._base import ApsNet, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut, zoo_args, zoo_cfg
+
+__all__ = ['ApsMobileNetV2', 'InvertedResidual']
+
+
+class InvertedResidual(nn.Module):
+    """(1x1 expand,) 3x3 depthwise, 1x1 linear projection; widths are (expand, dw, out) or (dw, out)."""
+
+    def __init__(
+            self,
+            spec: BlockSpec,
+            in_chs: int,
+            widths: Sequence[int],
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        mid_chs, out_chs = widths[-2], widths[-1]
+        expand = len(widths) == 3
+        self.conv_pw = ConvNormAct(in_chs, mid_chs, 1, act_layer=nn.ReLU6, **dd) if expand else None
+        self.conv_dw = ConvNormAct(mid_chs, mid_chs, 3, spec.stride, groups=mid_chs, act_layer=nn.ReLU6, **dd)
+        self.conv_pwl = ConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd)
+        self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, out_chs), in_chs, out_chs, **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. and self.shortcut is not None else nn.Identity()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = x
+        if self.conv_pw is not None:
+            x = self.conv_pw(x)
+        x = self.conv_pwl(self.conv_dw(x))
+        if self.shortcut is not None:
+            x = self.drop_path(x) + self.shortcut(shortcut)
+        return x
+
+
+class ApsMobileNetV2(ApsNet):
+    """MobileNetV2 whose every conv width comes from a ChannelConfig of family ``mobilenetv2``."""
+    block_cls = InvertedResidual
+    act_layer = nn.ReLU6
+
+    def __init__(
+            self,
+            widths: Sequence[int],
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            img_size=None,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            widths: the 52 conv widths: stem; block 1 (dw, out); 16 x (expand, dw, out); head conv.
+            img_size: nominal input size, recorded in ``channel_config`` (MACs); any size runs.
+        """
+        config = make_config('mobilenetv2', widths, 0, num_classes, in_chans, img_size)
+        super().__init__(config, global_pool, drop_rate, drop_path_rate, device=device, dtype=dtype)
+
+
+def _create_aps_mobilenetv2(variant: str, pretrained: bool = False, **kwargs) -> ApsMobileNetV2:
+    return create_aps_model(ApsMobileNetV2, variant, network_layout('mobilenetv2'), pretrained, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'aps_mobilenetv2': generic_cfg('mobilenetv2'),
+    'aps_mobilenetv2_300m': zoo_cfg('aps_mobilenetv2_300m'),
+    'aps_mobilenetv2_150m': zoo_cfg('aps_mobilenetv2_150m'),
+})
+
+
+@register_model
+def aps_mobilenetv2(pretrained: bool = False, **kwargs) -> ApsMobileNetV2:
+    """MobileNetV2 with any widths (default: timm's mobilenetv2_100)."""
+    return _create_aps_mobilenetv2('aps_mobilenetv2', pretrained, **generic_args('mobilenetv2', kwargs))
+
+
+@register_model
+def aps_mobilenetv2_300m(pretrained: bool = False, **kwargs) -> ApsMobileNetV2:
+    """ImageNet MobileNetV2 searched by APS at 300M MACs (paper config)."""
+    return _create_aps_mobilenetv2('aps_mobilenetv2_300m', pretrained, **zoo_args('aps_mobilenetv2_300m', kwargs))
+
+
+@register_model
+def aps_mobilenetv2_150m(pretrained: bool = False, **kwargs) -> ApsMobileNetV2:
+    """ImageNet MobileNetV2 searched by APS at 150M MACs (paper config)."""
+    return _create_aps_mobilenetv2('aps_mobilenetv2_150m', pretrained, **zoo_args('aps_mobilenetv2_150m', kwargs))

@@ -1,0 +1,147 @@
+"""ResNets with searched per-layer widths (APS, NeurIPS 2020), as timm models.
+
+Two families share this file: ``resnet_cifar`` (3x3 stride-1 stem, 3 stages of basic blocks, depth 6n+2)
+and ``resnet`` (7x7 stride-2 stem + max-pool, 4 stages, basic blocks for depth 18/34, bottlenecks for 50+).
+Every block has a residual: identity where its input and output widths match, else a 1x1 conv + BN, or at
+stride 2 a 2x2 average pool + 1x1 conv (DESIGN §3). ``aps_resnet_cifar`` and ``aps_resnet`` build any
+widths (``widths=``, ``depth=``); the other names are fixed networks from ``configs/<name>.json``.
+"""
+from typing import Sequence
+
+import torch
+import torch.nn as nn
+from timm.layers import ConvNormAct, DropPath
+from timm.models import generate_default_cfgs, register_model
+
+from ..channels import BlockSpec, ChannelConfigError, network_layout, shortcut_kind
+from ._base import ApsNet, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut, zoo_args, zoo_cfg
+
+__all__ = ['ApsResNet', 'ResNetBlock']
+
+
+class ResNetBlock(nn.Module):
+    """Basic (3x3, 3x3) or bottleneck (1x1, 3x3, 1x1) residual block; the 3x3 conv carries the stride."""
+
+    def __init__(
+            self,
+            spec: BlockSpec,
+            in_chs: int,
+            widths: Sequence[int],
+            drop_path: float = 0.,
+            device=None,
+            dtype=None,
+    ):
+        super().__init__()
+        dd = {'device': device, 'dtype': dtype}
+        bottleneck = spec.kind == 'bottleneck'
+        self.conv1 = ConvNormAct(in_chs, widths[0], 1 if bottleneck else 3, 1 if bottleneck else spec.stride, **dd)
+        self.conv2 = ConvNormAct(widths[0], widths[1], 3, spec.stride if bottleneck else 1, apply_act=bottleneck, **dd)
+        self.conv3 = ConvNormAct(widths[1], widths[2], 1, apply_act=False, **dd) if bottleneck else None
+        self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, widths[-1]), in_chs, widths[-1], **dd)
+        self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
+        self.act = nn.ReLU(inplace=True)
+
+    def zero_init_last(self) -> None:
+        """Start the residual branch at zero (the block begins as its shortcut)."""
+        last = self.conv2 if self.conv3 is None else self.conv3
+        nn.init.zeros_(last.bn.weight)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        shortcut = self.shortcut(x)
+        x = self.conv2(self.conv1(x))
+        if self.conv3 is not None:
+            x = self.conv3(x)
+        return self.act(self.drop_path(x) + shortcut)
+
+
+class ApsResNet(ApsNet):
+    """ResNet whose every conv width comes from a ChannelConfig of family ``resnet`` or ``resnet_cifar``."""
+    block_cls = ResNetBlock
+
+    def __init__(
+            self,
+            widths: Sequence[int],
+            depth: int = 50,
+            family: str = 'resnet',
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            img_size=None,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            zero_init_last: bool = True,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            widths: output width of every conv in forward order (stem, then each block's convs).
+            depth: 6n+2 for ``resnet_cifar``; 18, 34, 50, 101 or 152 for ``resnet``.
+            family: ``resnet`` (ImageNet stem) or ``resnet_cifar`` (CIFAR stem).
+            img_size: nominal input size, recorded in ``channel_config`` (MACs); any size runs.
+            zero_init_last: zero the last BN of each residual branch.
+        """
+        if family not in ('resnet', 'resnet_cifar'):
+            raise ChannelConfigError(f"ApsResNet builds family 'resnet' or 'resnet_cifar', got {family!r}")
+        config = make_config(family, widths, depth, num_classes, in_chans, img_size)
+        super().__init__(config, global_pool, drop_rate, drop_path_rate, device=device, dtype=dtype)
+        if zero_init_last:
+            for block in self.blocks:
+                block.zero_init_last()
+
+
+def _create_aps_resnet(variant: str, family: str, pretrained: bool = False, **kwargs) -> ApsResNet:
+    layout = network_layout(family, kwargs['depth'])
+    return create_aps_model(ApsResNet, variant, layout, pretrained, family=family, **kwargs)
+
+
+default_cfgs = generate_default_cfgs({
+    'aps_resnet_cifar': generic_cfg('resnet_cifar', 20, num_classes=10),
+    'aps_resnet': generic_cfg('resnet', 50),
+    'aps_resnet20_cifar_20m': zoo_cfg('aps_resnet20_cifar_20m'),
+    'aps_resnet56_cifar_60m': zoo_cfg('aps_resnet56_cifar_60m'),
+    'aps_resnet18_1g8': zoo_cfg('aps_resnet18_1g8'),
+    'aps_resnet18_1g': zoo_cfg('aps_resnet18_1g'),
+})
+
+
+@register_model
+def aps_resnet_cifar(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """CIFAR ResNet of any depth 6n+2 and widths (default: the uniform ResNet-20)."""
+    kwargs = generic_args('resnet_cifar', kwargs, depth=20)
+    return _create_aps_resnet('aps_resnet_cifar', 'resnet_cifar', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """ImageNet ResNet of depth 18/34/50/101/152 with any widths (default: the uniform ResNet-50)."""
+    kwargs = generic_args('resnet', kwargs, depth=50)
+    return _create_aps_resnet('aps_resnet', 'resnet', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet20_cifar_20m(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """CIFAR-10 ResNet-20 searched by APS under a 20M MACs budget (paper config)."""
+    kwargs = zoo_args('aps_resnet20_cifar_20m', kwargs)
+    return _create_aps_resnet('aps_resnet20_cifar_20m', 'resnet_cifar', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet56_cifar_60m(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """CIFAR-10 ResNet-56 searched by APS under a 60M MACs budget (paper config)."""
+    kwargs = zoo_args('aps_resnet56_cifar_60m', kwargs)
+    return _create_aps_resnet('aps_resnet56_cifar_60m', 'resnet_cifar', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet18_1g8(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """ImageNet ResNet-18 searched by APS at 1.8G MACs (paper config)."""
+    kwargs = zoo_args('aps_resnet18_1g8', kwargs)
+    return _create_aps_resnet('aps_resnet18_1g8', 'resnet', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet18_1g(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """ImageNet ResNet-18 searched by APS at 1.0G MACs (paper config)."""
+    kwargs = zoo_args('aps_resnet18_1g', kwargs)
+    return _create_aps_resnet('aps_resnet18_1g', 'resnet', pretrained, **kwargs)
