@@ -37,6 +37,12 @@ class DataSection:
     max_train_samples: Optional[int] = None
     augment: bool = True
     streaming: bool = False
+    test_fraction: float = 0.2              # carved from train (fixed seed) when the dataset has no test split
+    crop_pct: float = 0.875                 # eval: resize to size / crop_pct, centre crop (timm convention)
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # train random-resized-crop area range
+    hflip: float = 0.5
+    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
 
 @dataclass
@@ -108,6 +114,8 @@ class TrainSection:
     steps_per_epoch: Optional[int] = None
     on_nonfinite_loss: str = 'stop'
     config: Optional[str] = None
+    sched_on_updates: bool = False          # step the LR schedule every optimizer update instead of every epoch
+    select_best: bool = True                # keep the best epoch on a held-out val split; false: final weights
 
 
 @dataclass
@@ -228,6 +236,17 @@ def _check_ranges(r: Recipe) -> None:
     need(r.data.batch_size > 0, 'data.batch_size', 'positive', r.data.batch_size)
     need(r.data.image_size > 0, 'data.image_size', 'positive', r.data.image_size)
     need(r.data.num_workers >= 0, 'data.num_workers', '>= 0', r.data.num_workers)
+    need(r.data.eval_batch_size > 0, 'data.eval_batch_size', 'positive', r.data.eval_batch_size)
+    need(0 < r.data.test_fraction < 1, 'data.test_fraction', 'in (0, 1)', r.data.test_fraction)
+    need(0 < r.data.crop_pct <= 1, 'data.crop_pct', 'in (0, 1]', r.data.crop_pct)
+    need(len(r.data.crop_scale) == 2 and 0 < r.data.crop_scale[0] <= r.data.crop_scale[1] <= 1,
+         'data.crop_scale', '[min, max] with 0 < min <= max <= 1', r.data.crop_scale)
+    need(0 <= r.data.hflip <= 1, 'data.hflip', 'in [0, 1]', r.data.hflip)
+    need(len(r.data.mean) == 3, 'data.mean', 'three numbers (RGB)', r.data.mean)
+    need(len(r.data.std) == 3 and all(v > 0 for v in r.data.std), 'data.std', 'three positive numbers (RGB)',
+         r.data.std)
+    need(r.data.max_train_samples is None or r.data.max_train_samples > 0, 'data.max_train_samples', 'positive',
+         r.data.max_train_samples)
     need(len(r.space.candidates) > 0 and all(c > 0 for c in r.space.candidates), 'space.candidates',
          'a non-empty list of positive widths', r.space.candidates)
     need(len(set(r.space.candidates)) == len(r.space.candidates), 'space.candidates', 'distinct widths',
@@ -246,6 +265,14 @@ def _check_ranges(r: Recipe) -> None:
     need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
     need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
     need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)
+    need(r.train.batch_size is None or r.train.batch_size > 0, 'train.batch_size', 'positive', r.train.batch_size)
+    need(r.train.steps_per_epoch is None or (r.train.steps_per_epoch > 0 and
+                                             r.train.steps_per_epoch % r.train.grad_accum_steps == 0),
+         'train.steps_per_epoch', 'a positive multiple of train.grad_accum_steps', r.train.steps_per_epoch)
+    need(r.train.lr > 0, 'train.lr', 'positive', r.train.lr)
+    need(0 <= r.train.label_smoothing < 1, 'train.label_smoothing', 'in [0, 1)', r.train.label_smoothing)
+    need(r.train.mixup >= 0, 'train.mixup', '>= 0', r.train.mixup)
+    need(r.train.cutmix >= 0, 'train.cutmix', '>= 0', r.train.cutmix)
     need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
 
 
