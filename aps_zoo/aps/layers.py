@@ -93,7 +93,6 @@ class APSConv2d(nn.Module):
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         c_in = x.shape[1]
-        self.penalty = None
         w = self.candidate_weight(c_in, c_out)
         return F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
 

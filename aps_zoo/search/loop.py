@@ -9,8 +9,10 @@ broadcasting each sampled architecture from the main process so every rank train
 """
 from __future__ import annotations
 
+import json
 import math
 import time
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -114,10 +116,12 @@ class _Searcher:
         bar = tqdm(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
                    disable=not self.acc.is_local_main_process, total=min(len(self.train_loader), total))
         learn = self.supernet.fc.projections_trainable
+        digest = 0
         for i, (x, y) in enumerate(bar):
             if i >= total:
                 break
             choices = self.uniform_arch() if warm else self.controller_arch()[0]
+            digest = zlib.crc32(json.dumps(choices).encode(), digest)
             logits, penalty = self.model(x, self.space.widths(choices), return_penalty=True)
             loss = F.cross_entropy(logits, y)
             if learn:
@@ -135,7 +139,10 @@ class _Searcher:
             correct += (logits.argmax(-1) == y).sum().item()
             seen += y.numel()
             bar.set_postfix(loss=f'{losses[-1]:.3f}')
-        return {'train_loss': sum(losses) / max(1, len(losses)), 'train_acc': correct / max(1, seen)}
+        # every rank's digest of the architectures it trained: they must all be equal
+        digests = self.acc.gather(torch.tensor([digest], device=self.acc.device)).tolist()
+        return {'train_loss': sum(losses) / max(1, len(losses)), 'train_acc': correct / max(1, seen),
+                'arch_digests': digests}
 
     @torch.no_grad()
     def accuracy(self, choices: Sequence[int], loader, max_batches: Optional[int] = None) -> float:

@@ -99,10 +99,13 @@ class APSSupernet(nn.Module):
             self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=F.relu6)
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
+        self._aps_layers = tuple(aps_modules(self).values())  # plain tuple: not registered twice
 
     def forward(self, x: torch.Tensor, widths: Sequence[int], return_penalty: bool = False):
         """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the
         orthogonality penalty of the projections this forward used (zero while they are frozen)."""
+        for m in self._aps_layers:
+            m.penalty = None
         x = self.stem(x, widths[0])
         if self.stem_pool:
             x = F.max_pool2d(x, 3, 2, 1)
@@ -113,7 +116,7 @@ class APSSupernet(nn.Module):
         logits = self.fc(x.mean((2, 3)))
         if not return_penalty:
             return logits
-        terms = [m.penalty for m in aps_modules(self).values() if m.penalty is not None]
+        terms = [m.penalty for m in self._aps_layers if m.penalty is not None]
         return logits, (torch.stack(terms).sum() if terms else logits.new_zeros(()))
 
     def meta_parameters(self) -> List[nn.Parameter]:

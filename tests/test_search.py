@@ -1,0 +1,128 @@
+"""End-to-end APS search on digits: outputs, budget, resume, bad input, two CPU ranks."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from aps_zoo.channels import ChannelConfig
+from aps_zoo.flops import count_macs
+from aps_zoo.recipe import recipe_from_dict
+from aps_zoo.runs import CheckpointError, list_checkpoints, load_plain_state
+from aps_zoo.search.loop import search
+from aps_zoo.spaces import SearchSpaceError
+
+BUDGET = 1.2e6
+
+
+def tiny(tmp_path, **search_overrides):
+    data = {
+        'name': 'tiny', 'seed': 3, 'output_dir': str(tmp_path),
+        'data': {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
+        'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
+        'search': {'budget_macs': BUDGET, 'epochs': 4, 'warmup_epochs': 1, 'steps_per_epoch': 4,
+                   'decode_top_k': 3, 'controller': {'steps_per_epoch': 3}, **search_overrides},
+    }
+    return data
+
+
+def test_search_writes_config_report_and_plots(tmp_path):
+    result = search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    out = tmp_path / 'tiny' / 'search'
+    config = ChannelConfig.load(out / 'channel_config.json')
+    assert config == result.config
+    assert config.provenance['source'] == 'search' and 'digits' in config.provenance['dataset']
+    assert count_macs(config) <= BUDGET * 1.02
+    assert all(w in (4, 8, 16) for w in config.widths)
+    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['epoch'] for r in records] == [0, 1, 2, 3]
+    assert records[0]['phase'] == 'warmup' and 'reward' not in records[0]
+    assert all('reward' in r and 0 <= r['sharing_mean'] <= 1.0001 for r in records[1:])
+    for name in ('search_curves.png', 'widths.png', 'sharing_layers.png', 'search_report.md', 'recipe.yaml'):
+        assert (out / name).stat().st_size > 0, name
+    assert 0 <= result.test_accuracy <= 1
+
+
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
+    full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
+    run_a = tmp_path / 'a' / 'tiny' / 'search'
+    # a run killed during epoch 3: its newest checkpoint is epoch 2
+    shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+    run_b = tmp_path / 'b' / 'tiny' / 'search'
+    shutil.rmtree(run_b / 'checkpoints' / 'epoch_0003')
+    (run_b / 'channel_config.json').unlink()
+    resumed = search(recipe_from_dict(tiny(tmp_path / 'b')), resume=True, cpu=True)
+    assert resumed.config.widths == full.config.widths
+    state_a = load_plain_state(run_a / 'checkpoints' / 'epoch_0003')
+    state_b = load_plain_state(run_b / 'checkpoints' / 'epoch_0003')
+    for key, tensor in state_a['reinforce']['controller'].items():
+        assert (tensor == state_b['reinforce']['controller'][key]).all(), key
+    assert state_a['reinforce']['baseline'] == state_b['reinforce']['baseline']
+    epochs = [json.loads(line)['epoch'] for line in (run_b / 'metrics.jsonl').read_text().splitlines()]
+    assert epochs == [0, 1, 2, 3]
+
+
+def test_budget_below_smallest_network_fails_before_writing(tmp_path):
+    out = tmp_path / 'tiny'
+    out.mkdir()
+    (out / 'keep.txt').write_text('earlier output')
+    with pytest.raises(SearchSpaceError, match='below the smallest network'):
+        search(recipe_from_dict(tiny(tmp_path, budget_macs=1e3)), cpu=True)
+    assert sorted(p.name for p in out.iterdir()) == ['keep.txt']
+
+
+def test_resume_falls_back_from_corrupted_checkpoint(tmp_path, capsys):
+    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    run = tmp_path / 'tiny' / 'search'
+    (epoch3 := run / 'checkpoints' / 'epoch_0003' / 'state.safetensors').write_bytes(b'garbage')
+    assert [e for e, _ in list_checkpoints(run)] == [2, 3]
+    search(recipe_from_dict(tiny(tmp_path)), resume=True, cpu=True)
+    assert 'corrupted checkpoint file' in capsys.readouterr().out
+    assert epoch3.stat().st_size > 100  # epoch 3 was redone and rewritten
+    for _, folder in list_checkpoints(run):
+        (folder / 'state.json').write_text('{not json')
+    with pytest.raises(CheckpointError, match='corrupted checkpoint file'):
+        search(recipe_from_dict(tiny(tmp_path)), resume=True, cpu=True)
+
+
+def test_resume_rejects_checkpoint_of_another_space(tmp_path):
+    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    other = tiny(tmp_path)
+    other['space']['candidates'] = [4, 8, 12]
+    with pytest.raises((ValueError, CheckpointError)):
+        search(recipe_from_dict(other), resume=True, cpu=True)
+
+
+def test_cli_reports_bad_recipe_key_in_one_line(tmp_path):
+    recipe = tiny(tmp_path)
+    recipe['search']['budget'] = 5
+    path = tmp_path / 'bad.yaml'
+    path.write_text(yaml.safe_dump(recipe))
+    proc = subprocess.run([sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu'],
+                          capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().count('\n') == 0
+    assert "unknown recipe key 'search.budget'" in proc.stderr and 'budget_macs' in proc.stderr
+
+
+@pytest.mark.slow
+def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
+    """DESIGN §6: two gloo ranks on CPU via --multi_gpu with Accelerator(cpu=True) (the --cpu flag)."""
+    path = tmp_path / 'r.yaml'
+    path.write_text(yaml.safe_dump(tiny(tmp_path)))
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'tiny' / 'search'
+    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert len(r['arch_digests']) == 2 and r['arch_digests'][0] == r['arch_digests'][1], r['arch_digests']
+    assert sorted(p.name for p in out.glob('*.json')) == ['channel_config.json']
+    assert count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET * 1.02
