@@ -6,6 +6,7 @@ safetensors only; nothing here unpickles a file.
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -124,15 +125,20 @@ def parse_result(data: Any, where: str, strict: bool = True) -> Result:
 
 
 def _merge_results(*groups: Iterable[Result]) -> List[Result]:
-    """All results, once each; two different numbers for one dataset and split are an error."""
+    """One result per dataset and split, gaps (top-5, epochs) filled from repeats; different accuracies
+    for the same dataset and split are an error."""
     merged: Dict[Tuple[str, Optional[str]], Result] = {}
     for group in groups:
         for r in group:
-            key = (r.dataset, r.split)
-            if key in merged and merged[key] != r:
-                raise HubError(f"two different results for {r.dataset} ({r.split or 'no split'}): "
-                               f"{merged[key]} and {r}")
-            merged[key] = r
+            old = merged.get((r.dataset, r.split))
+            if old is None:
+                merged[(r.dataset, r.split)] = r
+                continue
+            if old.top1 != r.top1 or None not in (old.top5, r.top5) and old.top5 != r.top5:
+                raise HubError(f"two different results for {r.dataset} ({r.split or 'no split'}): {old} and {r}")
+            merged[(r.dataset, r.split)] = dataclasses.replace(
+                old, top5=old.top5 if old.top5 is not None else r.top5,
+                epochs=old.epochs if old.epochs is not None else r.epochs)
     return list(merged.values())
 
 

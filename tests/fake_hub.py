@@ -57,9 +57,9 @@ ROUTES = (
 class HttpError(Exception):
     """An error answer: status, message (body and X-Error-Message) and optional X-Error-Code."""
 
-    def __init__(self, status: int, message: str, code: Optional[str] = None):
+    def __init__(self, status: int, message: str, code: Optional[str] = None, **extra):
         super().__init__(message)
-        self.status, self.message, self.code = status, message, code
+        self.status, self.message, self.code, self.extra = status, message, code, extra
 
 
 @dataclass
@@ -134,7 +134,7 @@ class FakeHub:
             raise HttpError(400, 'name and organization are required')
         repo_id = f"{body['organization']}/{body['name']}"
         if repo_id in self.repos:
-            raise HttpError(409, 'You already created this model repo')
+            raise HttpError(409, 'You already created this model repo', url=f'{self.url}/{repo_id}')
         self.repos[repo_id] = Repo(repo_id, private=body.get('visibility') == 'private' or body.get('private') is True)
         return {'url': f'{self.url}/{repo_id}', 'name': repo_id}
 
@@ -297,6 +297,6 @@ def _handler_for(hub: FakeHub):
                 if e.status == 413:
                     self.close_connection = True
                 headers = (('X-Error-Message', e.message),) + ((('X-Error-Code', e.code),) if e.code else ())
-                self._send(e.status, {'error': e.message}, headers)
+                self._send(e.status, {'error': e.message, **e.extra}, headers)
 
     return Handler
