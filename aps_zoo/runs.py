@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 import torch
-from safetensors import SafetensorsError
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from ._io import atomic_write, atomic_write_text
@@ -120,7 +120,7 @@ def load_plain_state(folder) -> Dict[str, Any]:
             raise CheckpointError(f"checkpoint file missing: {p}")
     try:
         tensors = load_file(str(tensors_path))
-    except (SafetensorsError, OSError, ValueError) as e:
+    except (SafetensorError, OSError, ValueError) as e:
         raise CheckpointError(f"corrupted checkpoint file {tensors_path}: {e}") from None
     try:
         structure = json.loads(json_path.read_text())
@@ -181,7 +181,7 @@ def load_latest_checkpoint(accelerator, run_dir) -> Tuple[int, Dict[str, Any]]:
             return epoch, extra
         except CheckpointError as e:
             errors.append(str(e))
-        except (RuntimeError, OSError, ValueError, KeyError, SafetensorsError) as e:
+        except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as e:
             msg = str(e).splitlines()[0] if str(e) else type(e).__name__
             errors.append(f"checkpoint {folder} does not match this run or is corrupted: {msg}")
         accelerator.print(f"warning: {errors[-1]}; trying an older checkpoint")
