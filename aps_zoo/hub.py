@@ -16,7 +16,7 @@ import tempfile
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import Any, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple
 
 import httpx2
 import timm
@@ -31,7 +31,7 @@ from timm.models import save_for_hf
 
 from . import __version__, models
 from .channels import ChannelConfig, ChannelConfigError, NetworkLayout, uniform_widths
-from .flops import count_macs, count_params
+from .flops import count_macs, count_params, uniform_at_budget
 from ._io import atomic_write_text
 from .plots import plot_widths
 
@@ -69,7 +69,8 @@ PEER_RESULTS = {
                          ('AutoSlim', 3.05e8, '74.2')),
     ('resnet', 18): (('DMCP', 1.04e9, '69.0'),),
 }
-IMAGENET_IDS = {'imagenet', 'imagenet-1k', 'imagenet1k', 'imagenet_1k', 'ilsvrc2012', 'ilsvrc/imagenet-1k'}
+IMAGENET_IDS = {'imagenet', 'imagenet-1k', 'imagenet1k', 'imagenet_1k', 'ilsvrc2012', 'ilsvrc/imagenet-1k',
+                'timm/imagenet-1k-wds'}
 DATASET_NAMES = {'imagenet-1k': 'ImageNet-1k', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100',
                  'digits': 'scikit-learn digits'}
 
@@ -228,8 +229,8 @@ def _hub_configs(hub_configs_dir) -> List[HubConfig]:
 # ------------------------------------------------------------------------------------------ describing
 
 def _same_network(a: ChannelConfig, b: ChannelConfig) -> bool:
-    fields_of = lambda c: (c.family, c.depth, c.widths, c.num_classes, c.in_chans)  # noqa: E731
-    return fields_of(a) == fields_of(b)
+    """Same layers and weight shapes (provenance and input resolution aside)."""
+    return all(getattr(a, k) == getattr(b, k) for k in ('family', 'depth', 'widths', 'num_classes', 'in_chans'))
 
 
 def _family_label(config: ChannelConfig) -> str:
@@ -288,17 +289,10 @@ def _entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
     return rows
 
 
-def uniform_at_same_macs(config: ChannelConfig) -> Tuple[float, ChannelConfig]:
-    """The standard network of ``config``'s family scaled uniformly to about the same MACs (bisection)."""
-    def scaled(m: float) -> ChannelConfig:
-        return ChannelConfig(config.family, uniform_widths(config.family, config.depth, m), config.depth,
-                             config.num_classes, config.input_size, {'source': 'uniform', 'multiplier': round(m, 3)})
-    target, lo, hi = count_macs(config), 0.01, 8.0
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (mid, hi) if count_macs(scaled(mid)) < target else (lo, mid)
-    m = min((lo, hi), key=lambda v: abs(count_macs(scaled(v)) - target))
-    return m, scaled(m)
+def _uniform_like(config: ChannelConfig) -> ChannelConfig:
+    """The family's standard network scaled by one multiplier to the MACs of ``config``."""
+    return uniform_at_budget(config.family, config.depth, count_macs(config), num_classes=config.num_classes,
+                             input_size=config.input_size)
 
 
 # ---------------------------------------------------------------------------------------------- export
@@ -316,13 +310,12 @@ def _recipe_text(recipe) -> Optional[str]:
     return path.read_text()
 
 
-def _recipe_export_section(text: Optional[str]) -> Dict[str, Any]:
+def _recipe_data(text: Optional[str]) -> Dict[str, Any]:
     try:
         data = yaml.safe_load(text) if text else None
     except yaml.YAMLError as e:
         raise HubError(f"the recipe is not valid YAML: {e}") from None
-    section = data.get('export') if isinstance(data, dict) else None
-    return section if isinstance(section, dict) else {}
+    return data if isinstance(data, dict) else {}
 
 
 def _as_results(results) -> List[Result]:
@@ -374,7 +367,8 @@ def _comparison_section(config: ChannelConfig, results: Sequence[Result], macs: 
 
 
 def _widths_section(config: ChannelConfig, with_plot: bool) -> str:
-    multiplier, matched = uniform_at_same_macs(config)
+    matched = _uniform_like(config)
+    multiplier = matched.provenance['multiplier']
     standard = uniform_widths(config.family, config.depth)
     head = f'![Per-layer widths against the uniform network]({PLOT_NAME})\n\n' if with_plot else ''
     rows = [f'| {i} | `{name}` | {stage} | {w} | {u} | {m} |' for i, ((name, stage), w, u, m) in
@@ -481,7 +475,8 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
     ``results``: measured results (dict like results.json, Result, or a list of them). ``recipe``: a Recipe,
     a mapping or a YAML file. ``hub_config``: a HubConfig or its YAML path; it supplies repo id, license,
     datasets, metrics and card text. The repo id is ``repo_id``, else the hub config's, else the recipe's
-    ``export.repo_id``, else the registry's ``hf_hub_id``, else ``aps-zoo/<folder name>``. The folder is built
+    ``export.repo_id``, else the registry's ``hf_hub_id``, else ``aps-zoo/<recipe name or folder name>``
+    (a placeholder: push checks the card names the repo it goes to). The folder is built
     beside ``out_dir`` and swapped in when complete, so a failure leaves an existing export untouched.
     """
     out_dir = Path(out_dir)
@@ -495,9 +490,10 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
         raise HubError(f"{hub_config.path}: the model being exported is not {hub_config.model} "
                        f"(its channel config {config.name} {list(config.widths)} differs)")
     recipe_text = _recipe_text(recipe)
-    recipe_export = _recipe_export_section(recipe_text)
+    recipe_data = _recipe_data(recipe_text)
+    recipe_export = recipe_data.get('export') if isinstance(recipe_data.get('export'), dict) else {}
     repo_id = (repo_id or (hub_config and hub_config.repo_id) or recipe_export.get('repo_id')
-               or model.pretrained_cfg.get('hf_hub_id') or f'aps-zoo/{out_dir.name}')
+               or model.pretrained_cfg.get('hf_hub_id') or f"aps-zoo/{recipe_data.get('name') or out_dir.name}")
     _check_repo_id(repo_id)
     all_results = _merge_results(hub_config.metrics if hub_config else [], _as_results(results))
     _writable_target(out_dir)
@@ -516,9 +512,9 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
         save_for_hf(model, staging, model_config={'channel_config': config.to_dict()},
                     safe_serialization=True, data_config={'input_size': tuple(config.input_size)})
         if plots:
-            _, matched = uniform_at_same_macs(config)
+            matched = _uniform_like(config)
             plot_widths(config.widths, staging / PLOT_NAME, reference=matched.widths,
-                        reference_label=f"uniform, same MACs (x{matched.provenance['multiplier']})",
+                        reference_label=f"uniform, same MACs (x{matched.provenance['multiplier']:.2f})",
                         title=f'{repo_id.split("/")[-1]}: output channels per layer')
         if recipe_text:
             atomic_write_text(staging / RECIPE_NAME, recipe_text)
@@ -731,7 +727,7 @@ def push(folder, repo_id: str, *, private: bool = False, revision: Optional[str]
         info = api.upload_folder(repo_id=repo_id, folder_path=folder, revision=revision,
                                  commit_message=message)
     except _REMOTE_ERRORS as e:
-        raise HubError(f"push of {folder} to {repo_id} failed: {_one_line(e, token)}; "
+        raise HubError(f"push of {folder} to {repo_id} at {api.endpoint} failed: {_one_line(e, token)}; "
                        f"{folder} is unchanged") from None
     logger.info("pushed %s to %s (%s)", folder, repo_id, info.commit_url)
     return info.commit_url

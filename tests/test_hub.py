@@ -171,6 +171,9 @@ def test_failed_export_leaves_the_previous_export_untouched(exported, tmp_path):
         hub.export(broken, target)
     assert _files(target) == before
     assert [p.name for p in tmp_path.iterdir()] == ['export']  # no temp folder left behind
+    hub.export(_trained_like(), target, results={**RESULTS, 'top1': 92.5})  # a good export replaces it
+    assert '| CIFAR-10 | test | 92.50 |' in (target / 'README.md').read_text()
+    assert [p.name for p in tmp_path.iterdir()] == ['export']
 
 
 def test_export_refuses_to_replace_a_folder_with_other_files(trained, tmp_path):
@@ -184,12 +187,12 @@ def test_export_run_from_a_training_output_folder(run_dir, hub_configs_dir, trai
     x = _inputs()
     with torch.no_grad():
         expected = trained(x)
-    plain = hub.export_run(run_dir, tmp_path / 'plain', repo_id='tester/searched-r20')
+    plain = hub.export_run(run_dir, tmp_path / 'plain')  # no repo id anywhere: named after the recipe
     config = json.loads((plain / 'config.json').read_text())
     assert config['architecture'] == 'aps_resnet_cifar'
     assert config['model_args']['widths'] == list(trained.channel_config.widths)
     card = (plain / 'README.md').read_text()
-    assert '| CIFAR-10 | test | 91.25 | 99.71 | 200 |' in card and 'hf-hub:tester/searched-r20' in card
+    assert '| CIFAR-10 | test | 91.25 | 99.71 | 200 |' in card and 'hf-hub:aps-zoo/resnet20-cifar-recipe' in card
     with torch.no_grad():
         assert torch.equal(hub.load(plain).eval()(x), expected)
 
@@ -284,8 +287,9 @@ with torch.no_grad():
 # -------------------------------------------------------------------------------------------------- push
 
 PUSH_SCRIPT = f"""
-import json, sys
+import json, logging, sys
 from aps_zoo import hub
+logging.basicConfig(level=logging.INFO)
 out = {{'push': hub.push(sys.argv[1], '{REPO}', private=True, revision='v1',
                          commit_message='First release of the weights')}}
 out['push_all'] = hub.push_all(sys.argv[2])
@@ -306,7 +310,7 @@ def test_push_and_push_all_to_a_local_hub(exported, run_dir, hub_configs_dir, tr
         done = _run(PUSH_SCRIPT, {'HF_ENDPOINT': server.url, 'HF_HOME': str(home), 'HF_HUB_OFFLINE': '0',
                                   'HF_HUB_DISABLE_XET': '1'}, exported, hub_configs_dir, for_public_repo)
         assert done.returncode == 0, done.stderr
-        assert TOKEN not in done.stdout + done.stderr
+        assert TOKEN not in done.stdout + done.stderr and 'INFO:aps_zoo.hub:pushed' in done.stderr  # logs included
         out = json.loads(done.stdout.splitlines()[-1])
 
         repo = server.repos[REPO]
@@ -332,8 +336,9 @@ def test_push_and_push_all_to_a_local_hub(exported, run_dir, hub_configs_dir, tr
 
 
 FAIL_SCRIPT = f"""
-import json, os, sys
+import json, logging, os, sys
 from aps_zoo import hub
+logging.basicConfig(level=logging.INFO)
 out = {{}}
 for case in ('with_env_token', 'no_token'):
     try:
