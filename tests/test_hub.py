@@ -56,6 +56,16 @@ def _files(folder: Path) -> dict:
     return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
 
 
+def _hub_cache(cache: Path, folder: Path, names) -> None:
+    """Lay out files of ``folder`` as the Hub cache holds REPO after a download of ``names``."""
+    repo, sha = cache / f'models--aps-zoo--{ZOO}', 'a' * 40
+    (repo / 'snapshots' / sha).mkdir(parents=True)
+    for name in names:
+        shutil.copy(folder / name, repo / 'snapshots' / sha / name)
+    (repo / 'refs').mkdir()
+    (repo / 'refs' / 'main').write_text(sha)
+
+
 def _run(code: str, env: dict, *args) -> subprocess.CompletedProcess:
     """Run ``code`` in a fresh interpreter with ``env`` on top of this one's (minus any HF_TOKEN)."""
     full_env = {k: v for k, v in os.environ.items() if k not in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN')}
@@ -255,12 +265,15 @@ def test_load_names_what_is_wrong_with_a_folder(exported, tmp_path):
         hub.load(bad_config)
 
 
+def test_hub_repo_without_weights_in_the_cache(exported, tmp_path):
+    _hub_cache(tmp_path, exported, ['config.json'])
+    with pytest.raises(hub.HubError, match=rf'cannot get model\.safetensors of Hub repo {REPO}: '):
+        hub.load(f'hf-hub:{REPO}', cache_dir=tmp_path)
+
+
 def test_hf_hub_load_from_the_local_cache_and_the_card_snippet_runs(exported, trained, tmp_path):
     """`hf-hub:` from a Hub cache under HF_HUB_CACHE with HF_HUB_OFFLINE=1, as after a download."""
-    snapshot = tmp_path / 'hub-cache' / f'models--aps-zoo--{ZOO}' / 'snapshots' / ('a' * 40)
-    shutil.copytree(exported, snapshot)
-    (snapshot.parents[1] / 'refs').mkdir()
-    (snapshot.parents[1] / 'refs' / 'main').write_text('a' * 40)
+    _hub_cache(tmp_path / 'hub-cache', exported, hub.EXPORT_FILES)
     x = _inputs()
     save_file({'x': x}, tmp_path / 'x.safetensors')
     snippet = re.search(r'```python\n(.*?)```', (exported / 'README.md').read_text(), re.S).group(1)
