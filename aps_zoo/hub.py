@@ -337,7 +337,7 @@ data_config = timm.data.resolve_data_config({{}}, model=model)
 transform = timm.data.create_transform(**data_config)  # for PIL images
 with torch.inference_mode():
     logits = model(torch.randn(1, *data_config['input_size']))
-print(logits.softmax(dim=-1).topk(5))
+print(logits.softmax(dim=-1).topk(min(5, model.num_classes)))
 ```"""
 
 
