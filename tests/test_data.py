@@ -1,0 +1,161 @@
+"""Data: digits through `datasets`, imagefolder and parquet directories, seeded splits and loader order."""
+import logging
+
+import datasets
+import numpy as np
+import pytest
+import torch
+from accelerate.utils import set_seed
+from PIL import Image
+
+from aps_zoo.data import DataError, build_loaders, digits_dataset
+from aps_zoo.recipe import DataSection
+
+DIGITS8 = dict(dataset='digits', image_size=8, crop_pct=1.0, batch_size=32, eval_batch_size=500)
+
+
+@pytest.fixture(autouse=True)
+def datasets_cache(tmp_path, monkeypatch):
+    monkeypatch.setattr(datasets.config, 'HF_DATASETS_CACHE', str(tmp_path / 'hf_cache'))
+
+
+def _all_images(loader):
+    """Every example of a loader's dataset (its own transform), as hashable bytes -> label."""
+    ds = loader.dataset
+    return {ds[i]['pixel_values'].numpy().tobytes(): ds[i]['label'] for i in range(len(ds))}
+
+
+def _labels_of_epoch(loader, epoch):
+    loader.sampler.set_epoch(epoch)
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_digits_splits_shapes_and_disjoint_holdout():
+    bundle = build_loaders(DataSection(**DIGITS8, augment=False), seed=0, holdout=True)
+    assert bundle.num_classes == 10 and bundle.class_names == [str(i) for i in range(10)]
+    assert bundle.input_size == (3, 8, 8)
+    assert bundle.sizes == {'train': 1293, 'val': 144, 'test': 360}  # 20% test carved, then 10% of the rest
+    assert 'scikit-learn digits (1797 8x8 images' in bundle.dataset_name and 'carved' in bundle.dataset_name
+    images, labels = next(iter(bundle.train))
+    assert images.shape == (32, 3, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
+    assert len(bundle.train) == 1293 // 32  # drop_last
+    train, val, test = _all_images(bundle.train), _all_images(bundle.val), _all_images(bundle.test)
+    assert (len(train), len(val), len(test)) == (1293, 144, 360)  # all 1797 digits are distinct images
+    assert not set(train) & set(val) and not set(train) & set(test) and not set(val) & set(test)
+    assert sorted(set(val.values())) == list(range(10))  # stratified
+    # normalised with the recipe's mean/std: a blank pixel is (0 - mean) / std
+    assert images.min().item() == pytest.approx(-0.485 / 0.229, abs=1e-4)
+
+
+def test_digits_holdout_off_and_test_split_fixed_across_seeds():
+    a = build_loaders(DataSection(**DIGITS8, augment=False), seed=0, holdout=False)
+    b = build_loaders(DataSection(**DIGITS8, augment=False), seed=5, holdout=True)
+    assert a.val is None and a.sizes['train'] == 1437
+    assert set(_all_images(a.test)) == set(_all_images(b.test))
+
+
+def _first_batch(loader, global_seed):
+    set_seed(global_seed)
+    loader.sampler.set_epoch(0)
+    return next(iter(loader))[0]
+
+
+def test_digits_order_depends_only_on_seed_and_epoch():
+    def loader(seed):
+        return build_loaders(DataSection(**DIGITS8), seed=seed, holdout=True).train
+    a, b = loader(0), loader(0)
+    assert _labels_of_epoch(a, 0) == _labels_of_epoch(b, 0)
+    assert _labels_of_epoch(a, 3) == _labels_of_epoch(b, 3) != _labels_of_epoch(a, 0)
+    assert _labels_of_epoch(a, 0) != _labels_of_epoch(loader(1), 0)
+    x0, x1 = [_first_batch(loader, global_seed=7) for loader in (a, b)]
+    assert torch.equal(x0, x1)  # augmentation follows the global RNGs (which Accelerate checkpoints restore)
+    assert not torch.equal(x0, _first_batch(a, global_seed=8))
+
+
+def test_digits_dataset_is_a_datasets_dataset():
+    ds = digits_dataset()['train']
+    assert isinstance(ds.features['image'], datasets.Image) and ds.features['label'].num_classes == 10
+    img = ds[5]['image']
+    assert img.mode == 'RGB' and img.size == (8, 8) and ds[5]['label'] == 5
+    from sklearn.datasets import load_digits
+    expected = np.round(load_digits().images[5] * 255 / 16)  # 0..16 intensities scaled to 0..255
+    assert np.array_equal(np.asarray(img)[..., 1], expected)
+
+
+def _write_imagefolder(root, classes=('cat', 'dog', 'fox'), per_class=6, splits=('train', 'test')):
+    rng = np.random.default_rng(0)
+    for split in splits:
+        for c in classes:
+            (root / split / c).mkdir(parents=True)
+            for i in range(per_class):
+                size = (int(rng.integers(20, 40)), int(rng.integers(20, 40)))
+                Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / split / c / f'{i}.png')
+    return root
+
+
+def test_imagefolder_skips_unreadable_files_with_a_count(tmp_path, caplog):
+    root = _write_imagefolder(tmp_path / 'pets')
+    (root / 'train' / 'cat' / 'corrupt.png').write_bytes(b'\x89PNG\r\n\x1a\n this is not an image')
+    (root / 'test' / 'dog' / 'empty.jpg').write_bytes(b'')
+    data = DataSection(dataset=str(root), image_size=16, batch_size=4, eval_batch_size=8)
+    with caplog.at_level(logging.WARNING, logger='aps_zoo.data'):
+        bundle = build_loaders(data, seed=0, holdout=False)
+    assert bundle.skipped == 2
+    assert 'skipped 1 unreadable image file(s)' in caplog.text and 'corrupt.png' in caplog.text
+    assert 'empty.jpg' in caplog.text
+    assert bundle.num_classes == 3 and bundle.class_names == ['cat', 'dog', 'fox']
+    assert bundle.sizes == {'train': 18, 'val': None, 'test': 18}
+    batches = list(bundle.train)
+    assert len(batches) == 4 and batches[0][0].shape == (4, 3, 16, 16)
+    assert sorted(torch.cat([y for _, y in bundle.test]).tolist()) == [0] * 6 + [1] * 6 + [2] * 6
+
+
+def test_parquet_dir_detects_columns_encodes_labels_and_carves_test(tmp_path):
+    rng = np.random.default_rng(1)
+    images = [Image.fromarray(rng.integers(0, 255, (12, 12, 3), dtype=np.uint8)) for _ in range(40)]
+    labels = [(i % 4) * 4 for i in range(40)]  # integer classes 0, 4, 8, 12 keep their values
+    ds = datasets.Dataset.from_dict({'img': images, 'target': labels, 'note': ['x'] * 40},
+                                    features=datasets.Features({'img': datasets.Image(),
+                                                                'target': datasets.Value('int64'),
+                                                                'note': datasets.Value('string')}))
+    (tmp_path / 'pq').mkdir()
+    ds.to_parquet(str(tmp_path / 'pq' / 'train-00000-of-00001.parquet'))
+    data = DataSection(dataset=str(tmp_path / 'pq'), image_size=8, batch_size=8, test_fraction=0.25, val_fraction=0.2)
+    bundle = build_loaders(data, seed=0, holdout=True)
+    assert bundle.num_classes == 13
+    assert bundle.sizes == {'train': 24, 'val': 6, 'test': 10}
+    assert 'parquet' in bundle.dataset_name and 'test: 10 images carved' in bundle.dataset_name
+    x, y = next(iter(bundle.train))
+    assert x.shape == (8, 3, 8, 8)
+    assert sorted(set(torch.cat([y for _, y in bundle.test]).tolist())) == [0, 4, 8, 12]
+
+
+def test_streaming_parquet(tmp_path):
+    rng = np.random.default_rng(2)
+    for split, n in (('train', 24), ('test', 8)):
+        images = [Image.fromarray(rng.integers(0, 255, (10, 10, 3), dtype=np.uint8)) for _ in range(n)]
+        datasets.Dataset.from_dict(
+            {'image': images, 'label': [i % 2 for i in range(n)]},
+            features=datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['a', 'b'])}),
+        ).to_parquet(str(tmp_path / f'{split}.parquet'))
+    data = DataSection(dataset=str(tmp_path), image_size=8, batch_size=5, eval_batch_size=8, streaming=True)
+    bundle = build_loaders(data, seed=0, holdout=False)
+    assert bundle.num_classes == 2
+    assert [len(y) for _, y in bundle.train] == [5, 5, 5, 5]  # 24 images, last partial batch dropped
+    assert sum(len(y) for _, y in bundle.test) == 8
+    with pytest.raises(DataError, match='size of the train split is unknown'):
+        build_loaders(data, seed=0, holdout=True)
+
+
+def test_clear_errors(tmp_path):
+    with pytest.raises(DataError, match='not a directory'):
+        build_loaders(DataSection(dataset=str(tmp_path / 'missing')), seed=0, holdout=False)
+    with pytest.raises(DataError, match="cannot load dataset 'no-such-org/no-such-dataset'"):
+        build_loaders(DataSection(dataset='no-such-org/no-such-dataset'), seed=0, holdout=False)
+    root = _write_imagefolder(tmp_path / 'pets', per_class=3)
+    with pytest.raises(DataError, match=r"data.image_column 'photo' is not a column; columns: \['image', 'label'\]"):
+        build_loaders(DataSection(dataset=str(root), image_column='photo'), seed=0, holdout=False)
+    with pytest.raises(DataError, match=r"split 'validation' not found .* splits: \['train', 'test'\]"):
+        build_loaders(DataSection(dataset=str(root), test_split='validation'), seed=0, holdout=False)
+    with pytest.raises(DataError, match='fewer than one batch'):
+        build_loaders(DataSection(dataset=str(root), batch_size=64), seed=0, holdout=False)
