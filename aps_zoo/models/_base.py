@@ -4,7 +4,6 @@ A model is the network ``aps_zoo.flops.layer_table`` walks, with the same module
 ``stem.conv``, ``blocks.<i>.<conv>``, ``blocks.<i>.shortcut``, ``head.conv`` and ``fc``.
 The family files (``aps_resnet.py``, ``aps_mobilenetv2.py``) add their blocks and register the models.
 """
-from __future__ import annotations
 
 import dataclasses
 import functools
@@ -323,9 +322,10 @@ def create_aps_model(
         offline = ' (HF_HUB_OFFLINE is set: only the local Hub cache was searched)' if hf_constants.HF_HUB_OFFLINE else ''
         raise PretrainedWeightsNotFoundError(
             f"No weights are published for {variant} at https://huggingface.co/{cfg.hf_hub_id}{offline}; "
-            f"{type(e).__name__}: {str(e).splitlines()[0]} To get weights, train them: "
-            f"`aps-zoo train recipes/{variant}.yaml`, then `aps-zoo export` the checkpoint and load the folder with "
-            f"timm.create_model('local-dir:<folder>'). Use pretrained=False for random weights."
+            f"{type(e).__name__}: {str(e).splitlines()[0]} To get weights, train them with a train recipe "
+            f"(examples in recipes/): `aps-zoo train <recipe.yaml> --config {variant}`, then "
+            f"`aps-zoo export <run folder> <out folder>` and load it with timm.create_model('local-dir:<out folder>'). "
+            f"Use pretrained=False for random weights."
         ) from e
     if isinstance(model, ApsNet) and (CONFIG_DIR / f'{variant}.json').exists():
         model.channel_config = dataclasses.replace(model.channel_config, provenance=dict(zoo_config(variant).provenance))
