@@ -39,8 +39,10 @@ class DataSection:
     streaming: bool = False
     test_fraction: float = 0.2              # carved from train (fixed seed) when the dataset has no test split
     crop_pct: float = 0.875                 # eval: resize to size / crop_pct, centre crop (timm convention)
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # train random-resized-crop area range
+    train_crop_mode: str = 'rrc'            # timm: random-resized crop, or resize-keep-ratio + centre/random crop
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # train crop area range
     hflip: float = 0.5
+    color_jitter: float = 0.4
     mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
 
@@ -156,6 +158,7 @@ CHOICES = {
     'search.on_nonfinite_loss': ('stop', 'skip'),
     'train.on_nonfinite_loss': ('stop', 'skip'),
     'train.mixed_precision': ('no', 'fp16', 'bf16'),
+    'data.train_crop_mode': ('rrc', 'rkrc', 'rkrr'),
 }
 
 
@@ -242,6 +245,7 @@ def _check_ranges(r: Recipe) -> None:
     need(len(r.data.crop_scale) == 2 and 0 < r.data.crop_scale[0] <= r.data.crop_scale[1] <= 1,
          'data.crop_scale', '[min, max] with 0 < min <= max <= 1', r.data.crop_scale)
     need(0 <= r.data.hflip <= 1, 'data.hflip', 'in [0, 1]', r.data.hflip)
+    need(r.data.color_jitter >= 0, 'data.color_jitter', '>= 0', r.data.color_jitter)
     need(len(r.data.mean) == 3, 'data.mean', 'three numbers (RGB)', r.data.mean)
     need(len(r.data.std) == 3 and all(v > 0 for v in r.data.std), 'data.std', 'three positive numbers (RGB)',
          r.data.std)
