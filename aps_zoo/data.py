@@ -189,7 +189,9 @@ def _transforms(data: DataSection):
     eval_tf = create_transform(size, is_training=False, crop_pct=data.crop_pct, **common)
     if not data.augment:
         return eval_tf, eval_tf
-    train_tf = create_transform(size, is_training=True, scale=tuple(data.crop_scale), hflip=data.hflip, **common)
+    train_tf = create_transform(size, is_training=True, train_crop_mode=data.train_crop_mode,
+                                scale=tuple(data.crop_scale), hflip=data.hflip, color_jitter=data.color_jitter,
+                                **common)
     return train_tf, eval_tf
 
 
