@@ -47,7 +47,8 @@ PAPER = {
                 96, 64, 96, 96, 64, 192, 192, 48, 288, 288, 48, 576, 576, 48, 576, 576, 160, 960, 960, 160, 720, 720,
                 160, 960, 960, 240, 1280]),
 }
-GENERIC = {'aps_resnet_cifar': ('resnet_cifar', 20), 'aps_resnet': ('resnet', 50), 'aps_mobilenetv2': ('mobilenetv2', 0)}
+GENERIC = {'aps_resnet_cifar': ('resnet_cifar', 20), 'aps_resnet': ('resnet', 50),
+           'aps_mobilenetv2': ('mobilenetv2', 0)}
 # Random configs of every family: (family, depth, input size); small inputs keep the ImageNet families fast,
 # odd sizes exercise the ceil-mode pooled shortcuts.
 RANDOM = [('resnet_cifar', 20, 32), ('resnet_cifar', 56, 30), ('resnet', 18, 64), ('resnet', 50, 57),
@@ -290,6 +291,7 @@ def test_save_for_hf_local_dir_rebuilds_same_network(tmp_path, family, depth, si
     x = torch.randn(2, *config.input_size)
     with torch.no_grad():
         assert torch.equal(loaded(x), model(x))
+        assert tuple(loaded.forward_features(x).shape[2:]) == tuple(loaded.pretrained_cfg['pool_size'])
 
 
 def test_zoo_model_local_dir_round_trip(tmp_path):

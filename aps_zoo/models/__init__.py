@@ -5,7 +5,7 @@ import timm
 import torch.nn as nn
 
 from ..channels import ChannelConfig, ChannelConfigError
-from ._base import CONFIG_DIR, ApsNet, PretrainedWeightsNotFoundError, architecture_for, zoo_config
+from ._base import CONFIG_DIR, ApsNet, PretrainedWeightsNotFoundError, architecture_for, pool_size, zoo_config
 from .aps_mobilenetv2 import ApsMobileNetV2
 from .aps_resnet import ApsResNet
 
@@ -30,7 +30,7 @@ def create_model_from_config(config: ChannelConfig, pretrained: bool = False, **
     if config.family != 'mobilenetv2':
         args['depth'] = config.depth
     # the source checkpoint (if any) was trained on ``config``: its classes and input size
-    overlay = dict(input_size=config.input_size, num_classes=config.num_classes)
+    overlay = dict(input_size=config.input_size, num_classes=config.num_classes, pool_size=pool_size(config))
     overlay.update(kwargs.pop('pretrained_cfg_overlay', None) or {})
     model = timm.create_model(
         architecture_for(config), pretrained=pretrained, pretrained_cfg_overlay=overlay, **{**args, **kwargs})

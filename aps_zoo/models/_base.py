@@ -6,7 +6,6 @@ The family files (``aps_resnet.py``, ``aps_mobilenetv2.py``) add their blocks an
 """
 
 import dataclasses
-import functools
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
@@ -229,9 +228,8 @@ class ApsNet(nn.Module):
         return self.forward_head(self.forward_features(x))
 
 
-@functools.lru_cache(maxsize=None)
 def zoo_config(name: str) -> ChannelConfig:
-    """The ChannelConfig a registered zoo model is built from (``configs/<name>.json``)."""
+    """The ChannelConfig a registered zoo model is built from (``configs/<name>.json``; a fresh copy)."""
     path = CONFIG_DIR / f'{name}.json'
     if not path.exists():
         known = sorted(p.stem for p in CONFIG_DIR.glob('*.json'))
@@ -277,13 +275,17 @@ def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     return kwargs
 
 
+def pool_size(config: ChannelConfig) -> Tuple[int, int]:
+    """Spatial size of the unpooled features at ``config.input_size``."""
+    return layer_table(dataclasses.replace(config, num_classes=0))[-1].out_hw
+
+
 def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
     """The timm pretrained cfg of a model built from ``config`` (weights, if any, at ``hf_hub_id``)."""
     cifar = config.family == 'resnet_cifar'
-    last_conv = layer_table(dataclasses.replace(config, num_classes=0))[-1]
     cfg = {
         'url': '',
-        'num_classes': config.num_classes, 'input_size': config.input_size, 'pool_size': last_conv.out_hw,
+        'num_classes': config.num_classes, 'input_size': config.input_size, 'pool_size': pool_size(config),
         'crop_pct': 1.0 if cifar else 0.875,
         'interpolation': 'bicubic' if config.family == 'mobilenetv2' else 'bilinear',
         'mean': CIFAR10_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
@@ -319,14 +321,18 @@ def create_aps_model(
         model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     except _HUB_MISSING as e:
         cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        offline = ' (HF_HUB_OFFLINE is set: only the local Hub cache was searched)' if hf_constants.HF_HUB_OFFLINE else ''
-        raise PretrainedWeightsNotFoundError(
-            f"No weights are published for {variant} at https://huggingface.co/{cfg.hf_hub_id}{offline}; "
-            f"{type(e).__name__}: {str(e).splitlines()[0]} To get weights, train them with a train recipe "
-            f"(examples in recipes/): `aps-zoo train <recipe.yaml> --config {variant}`, then "
-            f"`aps-zoo export <run folder> <out folder>` and load it with timm.create_model('local-dir:<out folder>'). "
-            f"Use pretrained=False for random weights."
-        ) from e
+        raise _no_weights_error(variant, cfg.hf_hub_id, e) from e
     if isinstance(model, ApsNet) and (CONFIG_DIR / f'{variant}.json').exists():
-        model.channel_config = dataclasses.replace(model.channel_config, provenance=dict(zoo_config(variant).provenance))
+        provenance = dict(zoo_config(variant).provenance)
+        model.channel_config = dataclasses.replace(model.channel_config, provenance=provenance)
     return model
+
+
+def _no_weights_error(variant: str, hub_id: str, error: Exception) -> PretrainedWeightsNotFoundError:
+    offline = ' (HF_HUB_OFFLINE is set: only the local Hub cache was searched)' if hf_constants.HF_HUB_OFFLINE else ''
+    reason = (str(error).splitlines() or [''])[0]
+    return PretrainedWeightsNotFoundError(
+        f"No weights are published for {variant} at https://huggingface.co/{hub_id}{offline}; "
+        f"{type(error).__name__}: {reason} To get weights, train them with a train recipe (examples in recipes/): "
+        f"`aps-zoo train <recipe.yaml> --config {variant}`, then `aps-zoo export <run folder> <out folder>` and "
+        f"load it with timm.create_model('local-dir:<out folder>'). Use pretrained=False for random weights.")
