@@ -39,16 +39,16 @@ def cmd_train(args) -> None:
 
 def cmd_export(args) -> None:
     from .hub import export_run
-    folder = export_run(args.run, args.out, hub_config=args.hub_config)
+    folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id)
     print(f"exported: {folder}\nload it with: timm.create_model('local-dir:{folder}')  (after `import aps_zoo`)")
 
 
 def cmd_push(args) -> None:
     from .hub import push, push_all
     if args.all:
-        for url in push_all(args.hub_configs, private=args.private, revision=args.revision,
+        for row in push_all(args.hub_configs, private=args.private, revision=args.revision,
                             commit_message=args.message):
-            print(url)
+            print(f"{row['name']}: {row['status']} ({row['detail']})")
         return
     if not args.folder or not args.repo_id:
         raise SystemExit('aps-zoo push: give FOLDER and REPO_ID, or --all')
@@ -62,19 +62,28 @@ def cmd_flops(args) -> None:
     if Path(target).is_file():
         config = ChannelConfig.load(target)
     else:
-        from .models import config_for_model
-        config = config_for_model(target)
+        from .models import zoo_config
+        config = zoo_config(target)
     print(f"{config.name}: {count_macs(config):,} MACs ({count_macs(config) / 1e6:.2f}M), "
           f"{count_params(config):,} params at input {config.input_size}")
 
 
 def cmd_list(args) -> None:
     from .hub import zoo_table
-    rows = zoo_table()
-    header = ['name', 'family', 'MACs', 'params', 'provenance', 'top-1']
-    cells = [[str(r.get(k.lower(), '') if r.get(k.lower()) is not None else '-') for k in header] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(header)]
-    print('  '.join(h.ljust(w) for h, w in zip(header, widths)))
+    columns = [('name', 'name'), ('family', 'family'), ('MACs', 'macs'), ('params', 'params'),
+               ('provenance', 'provenance'), ('top-1', 'top1')]
+
+    def cell(row, key):
+        value = row.get(key)
+        if value is None:
+            return '-'
+        if key in ('macs', 'params'):
+            return f'{value / 1e6:.1f}M'
+        return f'{value:.2f}' if isinstance(value, float) else str(value)
+
+    cells = [[cell(r, key) for _, key in columns] for r in zoo_table()]
+    widths = [max(len(title), *(len(c[i]) for c in cells)) for i, (title, _) in enumerate(columns)]
+    print('  '.join(title.ljust(w) for (title, _), w in zip(columns, widths)))
     for c in cells:
         print('  '.join(v.ljust(w) for v, w in zip(c, widths)))
 
@@ -121,6 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument('run', help='training output folder (holds model.safetensors and channel_config.json)')
     p.add_argument('out', help='folder to write')
     p.add_argument('--hub-config', help='hub_configs/<name>.yaml with repo id, license and card fields')
+    p.add_argument('--repo-id', help='Hub repo id the card and usage snippet name (default: hub config, recipe '
+                                     'export.repo_id, or aps-zoo/<run name>)')
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('push', help='push an exported folder to the Hugging Face Hub')
@@ -145,13 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `aps-zoo` command."""
     args = build_parser().parse_args(argv)
-    from .recipe import RecipeError
+    from .hub import HubError
     from .runs import CheckpointError, NonFiniteLossError
-    from .spaces import SearchSpaceError
     try:
         args.func(args)
-    except (RecipeError, ChannelConfigError, SearchSpaceError, CheckpointError, NonFiniteLossError,
-            FileNotFoundError, ValueError) as e:
+    except (ValueError, HubError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+        # RecipeError, ChannelConfigError, SearchSpaceError, HubConfigError and DataError are ValueErrors
         print(f"aps-zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
     return 0

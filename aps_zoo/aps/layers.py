@@ -124,14 +124,25 @@ class APSLinear(nn.Module):
 
 
 class APSBatchNorm2d(nn.Module):
-    """BatchNorm with statistics kept per candidate pair (affine=False, as in the supernet)."""
+    """BatchNorm with statistics kept per candidate pair (affine=False, as in the supernet).
 
-    def __init__(self, pairs: Sequence[Pair]):
+    Subnets are normalised with batch statistics, in evaluation too, unless
+    ``use_running_stats`` is set: the per-pair running averages lag behind meta weights that
+    change under every sampled architecture. Evaluation never updates the running statistics.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], momentum: float = 0.1):
         super().__init__()
-        self.norms = nn.ModuleDict({pair_key(*p): nn.BatchNorm2d(p[1], affine=False) for p in pairs})
+        self.norms = nn.ModuleDict({pair_key(*p): nn.BatchNorm2d(p[1], affine=False, momentum=momentum)
+                                    for p in pairs})
+        self.momentum = momentum
+        self.use_running_stats = False
 
     def forward(self, x: torch.Tensor, c_in: int) -> torch.Tensor:
-        return self.norms[pair_key(c_in, x.shape[1])](x)
+        bn = self.norms[pair_key(c_in, x.shape[1])]
+        batch_stats = self.training or not self.use_running_stats
+        return F.batch_norm(x, bn.running_mean, bn.running_var, None, None, batch_stats,
+                            self.momentum if self.training else 0.0, bn.eps)
 
 
 def aps_modules(model: nn.Module) -> Dict[str, nn.Module]:
