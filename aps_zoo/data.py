@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
@@ -53,9 +53,9 @@ class DataBundle:
     std: Tuple[float, ...]
     crop_pct: float
     dataset_name: str
-    sizes: Dict[str, Optional[int]] = field(default_factory=dict)
-    class_names: Optional[List[str]] = None
-    skipped: int = 0
+    sizes: Dict[str, Optional[int]]
+    class_names: List[str]
+    skipped: int  # unreadable image files left out
 
     @property
     def data_config(self) -> Dict[str, Any]:

@@ -84,7 +84,8 @@ def resolve_config(config: Union[ChannelConfig, str, Path, None]) -> Tuple[Chann
 
 def _nesterov(tr: TrainSection) -> Dict[str, bool]:
     """``nesterov`` for optimizers that take it (timm's ``sgd`` defaults it on; the recipe decides)."""
-    return {'nesterov': tr.nesterov} if 'nesterov' in (get_optimizer_info(tr.opt).defaults or {}) else {}
+    info = get_optimizer_info(tr.opt.lower().split('_')[-1])  # 'lookahead_sgd' -> 'sgd', as timm parses it
+    return {'nesterov': tr.nesterov} if 'nesterov' in (info.defaults or {}) else {}
 
 
 def _scheduler(optimizer, tr: TrainSection, updates_per_epoch: int):
@@ -164,8 +165,9 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     check_train_section(tr)
     channel_config, config_ref = resolve_config(config if config is not None else tr.config)
     out_dir = Path(out_dir) if out_dir is not None else recipe.run_dir / 'train'
-    if not resume and list_checkpoints(out_dir):
-        raise TrainError(f"{out_dir} already holds a training run ({list_checkpoints(out_dir)[-1][1].name}); "
+    previous = list_checkpoints(out_dir)
+    if previous and not resume:
+        raise TrainError(f"{out_dir} already holds a training run ({previous[-1][1].name}); "
                          f"pass --resume to continue it, or remove the folder / choose another output_dir")
     accelerator = accelerator or make_accelerator(tr, cpu)
     accelerator.gradient_accumulation_steps = tr.grad_accum_steps
