@@ -253,26 +253,18 @@ def generic_args(family: str, kwargs: Dict[str, Any], depth: int = 0) -> Dict[st
 def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
     """Model kwargs of a zoo model: its config's widths (and depth); other widths are refused."""
     config = zoo_config(name)
-    fixed = {'widths': list(config.widths)}
-    if config.family != 'mobilenetv2':
-        fixed['depth'] = config.depth
-    for key, value in fixed.items():
-        given = kwargs.setdefault(key, value)
-        if key == 'widths':
-            given = list(given)
-            if len(given) != len(value):
-                problem = f'{len(given)} widths given, its config has {len(value)}'
-            else:
-                i = next((i for i, (a, b) in enumerate(zip(given, value)) if a != b), None)
-                problem = None if i is None else f'width {i} is {given[i]}, its config has {value[i]}'
-        else:
-            problem = None if given == value else f'depth {given} given, its config has depth {value}'
-        if problem:
-            raise ChannelConfigError(
-                f"{name} is a fixed network ({CONFIG_DIR / (name + '.json')}): {problem}. "
-                f"Build other widths with timm.create_model('{architecture_for(config)}', widths=...) "
-                f"or aps_zoo.models.create_model_from_config(config).")
-    return kwargs
+    widths = list(kwargs.setdefault('widths', list(config.widths)))
+    if widths != list(config.widths):
+        i = next((i for i, (a, b) in enumerate(zip(widths, config.widths)) if a != b), None)
+        problem = (f'{len(widths)} widths given, its config has {len(config.widths)}' if i is None
+                   else f'width {i} is {widths[i]}, its config has {config.widths[i]}')
+    elif config.family != 'mobilenetv2' and kwargs.setdefault('depth', config.depth) != config.depth:
+        problem = f"depth {kwargs['depth']} given, its config has depth {config.depth}"
+    else:
+        return kwargs
+    raise ChannelConfigError(
+        f"{name} is a fixed network ({CONFIG_DIR / (name + '.json')}): {problem}. Build other widths with "
+        f"timm.create_model('{architecture_for(config)}', widths=...) or aps_zoo.models.create_model_from_config.")
 
 
 def pool_size(config: ChannelConfig) -> Tuple[int, int]:
