@@ -87,7 +87,7 @@ class SearchSection:
     over_budget_exponent: float = -0.1
     decode: str = 'beam'
     decode_top_k: int = 8
-    max_over_budget: float = 1.1
+    max_over_budget: float = 1.02   # DESIGN: the reference drops > 1.1x; the issue allows 2%
     steps_per_epoch: Optional[int] = None
     on_nonfinite_loss: str = 'stop'
     controller: ControllerSection = field(default_factory=ControllerSection)
