@@ -45,7 +45,7 @@ from .runs import MetricsLog, check_finite, list_checkpoints, load_latest_checkp
 WEIGHTS = 'model.safetensors'
 
 
-class TrainError(RuntimeError):
+class TrainError(ValueError):
     """A training run that cannot start or continue as asked."""
 
 
