@@ -145,6 +145,14 @@ def list_checkpoints(run_dir) -> List[Tuple[int, Path]]:
     return sorted(found)
 
 
+def check_fresh_run(out_dir, resume: bool) -> None:
+    """A fresh run refuses a folder that already holds checkpoints, so nothing earlier is overwritten."""
+    previous = list_checkpoints(out_dir)
+    if previous and not resume:
+        raise CheckpointError(f"{out_dir} already holds a run ({previous[-1][1].name}); pass --resume to continue "
+                              f"it, or remove the folder / choose another name or output_dir")
+
+
 def save_checkpoint(accelerator, run_dir, epoch: int, extra_state: Dict[str, Any]) -> Optional[Path]:
     """Save Accelerate state plus ``extra_state`` for ``epoch`` atomically; keep the newest few."""
     final = checkpoint_dir(run_dir, epoch)

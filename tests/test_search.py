@@ -90,6 +90,10 @@ def test_resume_falls_back_from_corrupted_checkpoint(tmp_path, capsys):
 
 def test_resume_rejects_checkpoint_of_another_space(tmp_path):
     search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    before = (tmp_path / 'tiny' / 'search' / 'metrics.jsonl').read_text()
+    with pytest.raises(CheckpointError, match='already holds a run'):
+        search(recipe_from_dict(tiny(tmp_path)), cpu=True)  # a fresh run never overwrites an earlier one
+    assert (tmp_path / 'tiny' / 'search' / 'metrics.jsonl').read_text() == before
     other = tiny(tmp_path)
     other['space']['candidates'] = [4, 8, 12]
     with pytest.raises((ValueError, CheckpointError)):

@@ -31,7 +31,7 @@ from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_at_budget
 from ..plots import plot_curves, plot_widths
 from ..recipe import Recipe
-from ..runs import MetricsLog, check_finite, load_latest_checkpoint, save_checkpoint
+from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
 from ..spaces import APSSupernet, SearchSpace, space_from_recipe
 from .controller import Controller, Reinforce, budget_reward
 
@@ -257,10 +257,11 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
     accelerator = accelerator or make_accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
     set_seed(recipe.seed)
     out_dir = recipe.run_dir / 'search'
+    check_fresh_run(out_dir, resume)
     searcher = _Searcher(recipe, accelerator, out_dir)  # validates data, space and budget before writing
     start = searcher.restore() if resume else 0
     if not resume and accelerator.is_main_process and searcher.log.path.exists():
-        searcher.log.path.unlink()
+        searcher.log.path.unlink()  # a log without checkpoints: an earlier run that never finished an epoch
     s = recipe.search
     t0 = time.time()
     epochs = tqdm(range(start, s.epochs), desc='APS search', disable=not accelerator.is_main_process,
