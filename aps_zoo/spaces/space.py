@@ -9,6 +9,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from ..aps.projection import required_meta_width
 from ..channels import ChannelConfig, network_layout, tied_entries
 from ..flops import count_macs
+from .timm_backbones import check_layout_matches_timm
 
 
 class SearchSpaceError(ValueError):
@@ -143,8 +144,10 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
 
     MobileNetV2 expand/depthwise entries take 6x the candidates of the stage feeding the block.
     ``meta_width``: 'sum' (room for disjoint candidates at overlap 0), 'max', or an integer.
+    ImageNet families are checked against the timm model they stand for (``check_layout_matches_timm``).
     """
     layout = network_layout(family, depth)
+    check_layout_matches_timm(family, depth)
     stages = entry_stages(family, depth)
     num_stages = max(stages) + 1
     mults = list(stage_multipliers) if stage_multipliers else [1.0] * num_stages
