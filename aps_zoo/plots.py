@@ -30,10 +30,11 @@ def plot_curves(records: List[Dict], x: str, panels: Dict[str, Sequence[str]], p
         ax.set_title(name)
         ax.set_xlabel(x)
         ax.grid(alpha=0.3)
+        ax.ticklabel_format(axis='y', useOffset=False)
         if len(keys) > 1:
             ax.legend(fontsize=8)
     if title:
-        fig.suptitle(title)
+        fig.suptitle(title, y=1.04)
     return _save(fig, path)
 
 
