@@ -1,0 +1,446 @@
+"""Search quality at equal MACs: APS against its sharing ablations, uniform scaling and random search.
+
+For one recipe (space, data, budget) it runs, in one process and one after another:
+
+    aps          the APS search as the recipe sets it (learned projections)
+    ordinal      the same search with projections frozen at overlap 1 (slimmable/AutoSlim sharing)
+    independent  the same search with projections frozen at overlap 0 (no sharing)
+    uniform      the family's standard network with every width scaled to fit the budget
+    random       N random configs, each shrunk to the budget like a decoded search result, the best
+                 one by a short proxy training scored on the held-out split (never the test split)
+
+then retrains every resulting config from scratch once per seed and reports test top-1 (mean ± std),
+MACs, params and search wall time as Markdown and a bar chart, plus the sharing level through the
+searches. The recipe is a normal aps-zoo recipe with one extra section, ``quality``:
+
+    quality:
+      seeds: [0, 1, 2]          # retraining seeds (at least 2)
+      budget_fraction: 0.5      # budget = fraction x MACs of the uniform network; omit to use search.budget_macs
+      random_samples: 8         # configs drawn for random search
+      random_proxy_epochs: 4    # proxy training epochs per random config
+      methods: [aps, ordinal, independent, uniform, random]   # optional subset
+
+    OMP_NUM_THREADS=1 python benchmarks/search_quality.py recipes/quality_resnet20_digits_50.yaml --out docs/results
+
+Runs live under ``--runs`` (default ``runs/quality/<recipe>``); a rerun reuses finished searches and
+trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut
+short leaves a report that says which methods are missing. ``<out>.md`` collects every setting in ``--out``.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import math
+import os
+import random
+import shlex
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import torch
+import yaml
+from tqdm.auto import tqdm
+
+from aps_zoo.channels import ChannelConfig, uniform_widths
+from aps_zoo.data import build_loaders
+from aps_zoo.flops import count_macs, count_params, uniform_at_budget
+from aps_zoo.plots import plt
+from aps_zoo.recipe import Recipe, RecipeError, recipe_from_dict
+from aps_zoo.runs import list_checkpoints
+from aps_zoo.search.loop import search
+from aps_zoo.spaces import space_from_recipe
+from aps_zoo.train import train
+
+METHODS = ('aps', 'ordinal', 'independent', 'uniform', 'random')
+SEARCHES = {'aps': {}, 'ordinal': {'overlap': 1.0, 'learn_projections': False},
+            'independent': {'overlap': 0.0, 'learn_projections': False}}
+LABELS = {'aps': 'APS (learned sharing)', 'ordinal': 'ordinal sharing (overlap 1, frozen)',
+          'independent': 'independent (overlap 0, frozen)', 'uniform': 'uniform width',
+          'random': 'random search (best of N)'}
+SHARING_TOL = 0.01
+
+
+class QualityError(ValueError):
+    """Settings of the ``quality`` section that cannot be run."""
+
+
+@dataclasses.dataclass
+class Quality:
+    seeds: List[int]
+    budget_fraction: Optional[float] = None
+    random_samples: int = 8
+    random_proxy_epochs: int = 4
+    methods: List[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+
+
+def parse_quality(section) -> Quality:
+    """Validate the ``quality`` section of a recipe."""
+    if not isinstance(section, dict):
+        raise QualityError("the recipe needs a 'quality' section (a mapping with at least 'seeds')")
+    allowed = [f.name for f in dataclasses.fields(Quality)]
+    unknown = sorted(set(section) - set(allowed))
+    if unknown:
+        raise QualityError(f"unknown key(s) quality.{', quality.'.join(unknown)}; allowed: {', '.join(allowed)}")
+    q = Quality(**section)
+    if (not isinstance(q.seeds, list) or len(q.seeds) < 2 or len(set(q.seeds)) != len(q.seeds)
+            or not all(isinstance(s, int) and not isinstance(s, bool) for s in q.seeds)):
+        raise QualityError(f"quality.seeds must be a list of at least 2 distinct integers, got {q.seeds!r}")
+    if q.budget_fraction is not None and (isinstance(q.budget_fraction, bool) or
+                                          not isinstance(q.budget_fraction, (int, float)) or
+                                          not 0 < q.budget_fraction <= 1):
+        raise QualityError(f"quality.budget_fraction must be in (0, 1], got {q.budget_fraction!r}")
+    for key in ('random_samples', 'random_proxy_epochs'):
+        value = getattr(q, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise QualityError(f"quality.{key} must be a positive integer, got {value!r}")
+    if not isinstance(q.methods, list) or not q.methods or not set(q.methods) <= set(METHODS) \
+            or len(set(q.methods)) != len(q.methods):
+        raise QualityError(f"quality.methods must be a non-empty list of distinct names from {', '.join(METHODS)}, "
+                           f"got {q.methods!r}")
+    q.methods = [m for m in METHODS if m in q.methods]
+    return q
+
+
+def load_quality_recipe(path) -> tuple:
+    """(Recipe, Quality) of a quality recipe file; errors name the file."""
+    path = Path(path)
+    if not path.is_file():
+        raise QualityError(f"recipe file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise QualityError(f"{path}: a recipe must be a mapping")
+    try:
+        quality = parse_quality(data.pop('quality', None))
+        return recipe_from_dict(data, source=str(path)), quality
+    except (QualityError, RecipeError) as e:
+        raise QualityError(f"{path}: {e}") from None
+
+
+def mean_std(values: Sequence[float]) -> tuple:
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
+
+
+def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
+    """Difference of means a - b, its standard error and the verdict at 2 standard errors."""
+    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
+    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    diff = ma - mb
+    if abs(diff) <= 2 * se or diff == 0:
+        verdict = 'tie (within 2 standard errors)'
+    else:
+        verdict = 'better' if diff > 0 else 'worse'
+    return {'diff': diff, 'se': se, 'verdict': verdict}
+
+
+def sharing_trend(records: List[Dict]) -> Dict:
+    """Mean sharing at the end of warm-up, its extremes during the search and at the end; whether it fell."""
+    pts = [(r['epoch'], r['phase'], r['sharing_mean']) for r in records if r.get('sharing_mean') is not None]
+    if not pts:
+        return {}
+    warm = [v for _, phase, v in pts if phase == 'warmup']
+    start = warm[-1] if warm else pts[0][2]
+    later = [v for _, phase, v in pts if phase == 'search'] or [start]
+    end = pts[-1][2]
+    if end < start - SHARING_TOL:
+        held = 'held: sharing fell from {:.3f} after warm-up to {:.3f} at the end'.format(start, end)
+    elif end > start + SHARING_TOL:
+        held = 'did not hold: sharing rose from {:.3f} after warm-up to {:.3f} at the end'.format(start, end)
+    else:
+        held = ('not observed: sharing stayed within {} of its warm-up value ({:.3f} -> {:.3f}) over this short '
+                'search').format(SHARING_TOL, start, end)
+    return {'after_warmup': start, 'min': min(later), 'max': max(later), 'end': end, 'verdict': held}
+
+
+# -- running -------------------------------------------------------------------------------------------
+def _read_json(path: Path) -> Optional[Dict]:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + '\n')
+
+
+def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
+    """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
+    done = runs / method / 'search_result.json'
+    if done.is_file():
+        return _read_json(done)
+    r = dataclasses.replace(recipe, name=method, output_dir=str(runs),
+                            search=dataclasses.replace(recipe.search, **SEARCHES[method]))
+    t0 = time.time()
+    result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
+    out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
+           'metrics': str(result.out_dir / 'metrics.jsonl')}
+    _write_json(done, out)
+    return out
+
+
+def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
+    """``train``'s results.json for ``config`` in ``out_dir`` (reused when done, resumed when interrupted)."""
+    results = _read_json(out_dir / 'results.json')
+    if results is None:
+        results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
+    records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+    return {**results, 'train_s': sum(r['time_s'] for r in records),
+            'best_val_top1': max(r['eval_top1'] for r in records if r['eval_split'] == 'val')
+            if records[0]['eval_split'] == 'val' else None}
+
+
+def run_random(recipe: Recipe, q: Quality, space, limit: float, runs: Path, cpu: bool) -> Dict:
+    """Best of N random configs (each fitted to ``limit``) by held-out top-1 after a short proxy training."""
+    done = runs / 'random' / 'search_result.json'
+    if done.is_file():
+        return _read_json(done)
+    rng = random.Random(recipe.seed)
+    proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
+                                                                  select_best=True))
+    t0 = time.time()
+    tried = []
+    for i in tqdm(range(q.random_samples), desc='random search (proxy training)', leave=False):
+        choices = space.fit_to_budget(space.random_choices(rng), limit)
+        out_dir = runs / 'random' / f'proxy{i}'
+        res = train_run(proxy, space.config(choices, {'source': 'random', 'draw': i}), out_dir, cpu)
+        tried.append({'choices': choices, 'val_top1': res['best_val_top1']})
+    best = max(tried, key=lambda t: t['val_top1'])
+    config = space.config(best['choices'], {'source': 'random search', 'samples': q.random_samples,
+                                            'proxy_epochs': q.random_proxy_epochs, 'proxy_val_top1': best['val_top1']})
+    out = {'config': config.to_dict(), 'search_s': time.time() - t0, 'val_acc': best['val_top1'] / 100,
+           'tried': tried}
+    _write_json(done, out)
+    return out
+
+
+def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, command: str) -> Dict:
+    """Every method of one quality recipe; the summary is rewritten after each method."""
+    recipe, q = load_quality_recipe(recipe_path)
+    stem = recipe_path.stem
+    runs = runs or Path('runs') / 'quality' / stem
+    data = build_loaders(recipe.data, recipe.seed, holdout=True)
+    sp = recipe.space
+    reference = ChannelConfig(sp.family, uniform_widths(sp.family, sp.depth), sp.depth, data.num_classes,
+                              data.input_size, {})
+    budget = recipe.search.budget_macs if q.budget_fraction is None else \
+        float(round(q.budget_fraction * count_macs(reference)))
+    recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, budget_macs=budget))
+    space = space_from_recipe(recipe, data.num_classes, data.input_size)
+    space.check_budget(budget)
+    limit = recipe.search.max_over_budget * budget
+    summary = {'setting': stem, 'recipe': str(recipe_path), 'command': command, 'dataset': data.dataset_name,
+               'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
+               'reference_macs': count_macs(reference), 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
+               'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
+               'aps_overlap': recipe.search.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
+               'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
+               'methods_planned': q.methods, 'device': 'cpu' if cpu else torch.cuda.get_device_name(),
+               'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+               'cpu_count': os.cpu_count(), 'load_start': os.getloadavg(), 'methods': {}, 'sharing': {}}
+    t0 = time.time()
+    jobs = tqdm(q.methods, desc=stem)
+    for method in jobs:
+        jobs.set_postfix(method=method)
+        if method in SEARCHES:
+            found = run_search(recipe, method, runs, cpu)
+            records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
+            keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
+            summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],
+                                          'trend': sharing_trend(records)}
+        elif method == 'uniform':
+            found = {'config': uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
+                                                 input_size=data.input_size).to_dict(), 'search_s': 0.0}
+        else:
+            found = run_random(recipe, q, space, limit, runs, cpu)
+        config = ChannelConfig.from_dict(found['config'])
+        seeds = {}
+        for seed in tqdm(q.seeds, desc=f'{method}: retrain', leave=False):
+            res = train_run(dataclasses.replace(recipe, seed=seed), config, runs / method / f'train_seed{seed}', cpu)
+            seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s']}
+        summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
+                                      'params': count_params(config), 'search_s': found['search_s'],
+                                      'search_val_acc': found.get('val_acc'), 'seeds': seeds}
+        summary.update(wall_s=time.time() - t0, load_end=os.getloadavg(),
+                       complete=list(summary['methods']) == q.methods)
+        write_outputs(summary, out)
+    return summary
+
+
+# -- outputs -------------------------------------------------------------------------------------------
+def method_rows(summary: Dict) -> List[Dict]:
+    rows = []
+    for method, m in summary['methods'].items():
+        top1 = [s['top1'] for s in m['seeds'].values()]
+        mean, std = mean_std(top1)
+        rows.append({'method': method, 'top1': top1, 'mean': mean, 'std': std, **m})
+    return rows
+
+
+def table_markdown(summary: Dict) -> str:
+    lines = ['| method | MACs | % of budget | params | test top-1 (mean ± std) | per seed | search wall time |',
+             '|---|---:|---:|---:|---:|---|---:|']
+    for r in method_rows(summary):
+        lines.append(f"| {LABELS[r['method']]} | {r['macs'] / 1e6:.3f}M | {100 * r['macs'] / summary['budget_macs']:.1f} "
+                     f"| {r['params'] / 1e3:.1f}k | {r['mean']:.2f} ± {r['std']:.2f} (n={len(r['top1'])}) | "
+                     f"{', '.join(f'{v:.2f}' for v in r['top1'])} | {r['search_s']:.0f} s |")
+    return '\n'.join(lines)
+
+
+def reading(summary: Dict) -> List[str]:
+    """Plain-language comparison of APS with every other method, relative to the seed spread."""
+    rows = {r['method']: r for r in method_rows(summary)}
+    lines = []
+    if rows:
+        best = max(rows.values(), key=lambda r: r['mean'])
+        lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
+    if 'aps' not in rows:
+        return lines + ['APS has not finished in this run, so it is not compared.']
+    aps = rows['aps']
+    for method, r in rows.items():
+        if method == 'aps':
+            continue
+        c = compare(aps['top1'], r['top1'])
+        lines.append(f"APS vs {LABELS[method]}: {c['diff']:+.2f} points (standard error {c['se']:.2f}; seed std "
+                     f"{aps['std']:.2f} vs {r['std']:.2f}): {c['verdict']}.")
+    return lines
+
+
+def plot_bars(summary: Dict, path: Path) -> None:
+    rows = method_rows(summary)
+    fig, ax = plt.subplots(figsize=(7, 3.6))
+    x = range(len(rows))
+    ax.bar(x, [r['mean'] for r in rows], yerr=[r['std'] for r in rows], capsize=5, color='tab:blue', alpha=0.8)
+    for i, r in enumerate(rows):
+        ax.scatter([i] * len(r['top1']), r['top1'], color='black', s=10, zorder=3)
+    ax.set_xticks(list(x), [f"{r['method']}\n{r['macs'] / 1e6:.2f}M" for r in rows])
+    lows = [min(r['top1']) for r in rows]
+    ax.set_ylim(max(0.0, min(lows) - 3), min(100.0, max(max(r['top1']) for r in rows) + 1.5))
+    ax.set_ylabel('test top-1 (%)')
+    ax.set_title(f"{summary['setting']}: budget {summary['budget_macs'] / 1e6:.3g}M MACs, "
+                 f"mean ± std over {len(summary['seeds'])} seeds")
+    ax.grid(axis='y', alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    plt.close(fig)
+
+
+def plot_sharing(summary: Dict, path: Path) -> None:
+    """Mean sharing of every search (left) and APS's per-layer sharing (right), against the epoch."""
+    sharing = summary['sharing']
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for method, s in sharing.items():
+        pts = s['records']
+        axes[0].plot([p['epoch'] for p in pts], [p['sharing_mean'] for p in pts], marker='.', label=method)
+    axes[0].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1, label='end of warm-up')
+    axes[0].set_title('mean sharing level')
+    axes[0].legend(fontsize=8)
+    if 'aps' in sharing:
+        pts = sharing['aps']['records']
+        layers = list(pts[-1]['sharing'])
+        cmap = plt.get_cmap('viridis')
+        for i, layer in enumerate(layers):
+            axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8,
+                         color=cmap(i / max(1, len(layers) - 1)))
+        axes[1].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1)
+        axes[1].set_title(f'APS: sharing per layer ({len(layers)} layers, dark = first, light = last)')
+    for ax in axes:
+        ax.set_xlabel('search epoch')
+        ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
+        ax.ticklabel_format(axis='y', useOffset=False)
+        ax.grid(alpha=0.3)
+    fig.savefig(path, dpi=110, bbox_inches='tight')
+    plt.close(fig)
+
+
+def setting_markdown(summary: Dict, link_prefix: str) -> str:
+    s, stem = summary, summary['setting']
+    done, planned = list(s['methods']), s['methods_planned']
+    status = 'complete' if s['complete'] else \
+        f"INCOMPLETE: {len(done)} of {len(planned)} methods finished; missing: {', '.join(m for m in planned if m not in done)}"
+    budget = f"{s['budget_macs'] / 1e6:.4g}M MACs"
+    if s['budget_fraction'] is not None:
+        budget += f" ({s['budget_fraction']:.0%} of the uniform network's {s['reference_macs'] / 1e6:.4g}M)"
+    out = [f"## {stem}", "",
+           f"- status: {status}",
+           f"- recipe: `{s['recipe']}`; command: `{s['command']}`",
+           f"- data: {s['dataset']}",
+           f"- space: {s['space']}; budget {budget}; searched/random configs may use up to "
+           f"{s['limit_macs'] / 1e6:.4g}M (the decoder's limit)",
+           f"- search: {s['search_epochs']} epochs ({s['warmup_epochs']} warm-up), one search per method (seed 0); "
+           f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
+           f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split",
+           f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
+           f"- wall time: {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, torch threads "
+           f"{s['torch_threads']}, OMP_NUM_THREADS={s['omp_num_threads']}); load average at start "
+           f"{s['load_start'][0]:.2f}, at end {s['load_end'][0]:.2f}", "",
+           table_markdown(s), "",
+           f"![test top-1 per method]({link_prefix}{stem}.png)", "",
+           "Widths of each config (forward order):", ""]
+    out += [f"- {m}: {','.join(map(str, v['widths']))}" for m, v in s['methods'].items()]
+    out += ["", "### Sharing level through the search", ""]
+    if s['sharing']:
+        out.append(f"![sharing level]({link_prefix}{stem}_sharing.png)")
+        out.append("")
+        for method, sh in s['sharing'].items():
+            t = sh['trend']
+            out.append(f"- {method}: after warm-up {t['after_warmup']:.4f}, during search min {t['min']:.4f} / max "
+                       f"{t['max']:.4f}, end {t['end']:.4f}")
+        if 'aps' in s['sharing']:
+            out += ["", f"Paper's observation (high sharing early, lower later) for APS: "
+                        f"{s['sharing']['aps']['trend']['verdict']}."]
+    else:
+        out.append("No search has finished yet.")
+    out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
+    return '\n'.join(out) + '\n'
+
+
+def write_outputs(summary: Dict, out: Path) -> None:
+    """``<out>/<setting>.{json,md,png}``, the sharing plot, and ``<out>.md`` over every setting in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    stem = summary['setting']
+    _write_json(out / f'{stem}.json', summary)
+    (out / f'{stem}.md').write_text(setting_markdown(summary, ''))
+    if summary['methods']:
+        plot_bars(summary, out / f'{stem}.png')
+    if summary['sharing']:
+        plot_sharing(summary, out / f'{stem}_sharing.png')
+    settings = [json.loads(p.read_text()) for p in sorted(out.glob('*.json'))]
+    text = ["# Search quality: APS against its sharing ablations and baselines at equal MACs", "",
+            "Generated by `benchmarks/search_quality.py` (do not edit by hand; rerun the commands below). "
+            "Each method yields one config under the budget; every config is retrained from scratch with "
+            "several seeds and tested on the same test split. The ± is the sample standard deviation over "
+            "retraining seeds; each search ran once, so search-to-search variation is not included. "
+            "'tie' means the difference of means is within 2 standard errors of that difference.", ""]
+    text += [setting_markdown(s, f'{out.name}/') for s in settings]
+    out.with_name(out.name + '.md').write_text('\n'.join(text))
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('recipes', nargs='+', type=Path, help='quality recipes (recipes/quality_*.yaml)')
+    parser.add_argument('--out', type=Path, default=Path('docs/results'), help='folder for tables and plots')
+    parser.add_argument('--runs', type=Path, default=None,
+                        help='folder for the runs (default runs/quality/<recipe>); only with one recipe')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
+    args = parser.parse_args(argv)
+    command = ' '.join(['python benchmarks/search_quality.py'] + [shlex.quote(a) for a in sys.argv[1:]])
+    if args.runs is not None and len(args.recipes) > 1:
+        parser.error('--runs takes one recipe')
+    torch.set_num_threads(args.threads)
+    cpu = not torch.cuda.is_available()
+    try:
+        for path in args.recipes:
+            load_quality_recipe(path)  # every recipe is checked before any run starts
+        for path in args.recipes:
+            summary = run_setting(path, args.out, args.runs, cpu, command)
+            print(f"\n{summary['setting']} ({summary['wall_s'] / 60:.1f} min)\n{table_markdown(summary)}")
+            print('\n'.join(reading(summary)))
+    except ValueError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
