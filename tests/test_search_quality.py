@@ -1,0 +1,95 @@
+"""The search-quality benchmark's pure parts: settings checks, statistics, sharing trend, report text."""
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope='module')
+def sq():
+    spec = importlib.util.spec_from_file_location('search_quality', ROOT / 'benchmarks' / 'search_quality.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize('name', ['quality_resnet20_digits_50', 'quality_resnet20_digits_25', 'quality_resnet20_cifar10'])
+def test_recipes_load(sq, name):
+    recipe, q = sq.load_quality_recipe(ROOT / 'recipes' / f'{name}.yaml')
+    assert len(q.seeds) >= 3 and q.methods == list(sq.METHODS)
+    assert recipe.search.learn_projections
+
+
+@pytest.mark.parametrize('section, match', [
+    (None, "needs a 'quality' section"),
+    ({'seeds': [0, 1], 'budget': 3}, 'unknown key'),
+    ({'seeds': [0]}, 'at least 2 distinct'),
+    ({'seeds': [0, 0]}, 'at least 2 distinct'),
+    ({'seeds': [0, 1], 'budget_fraction': 1.5}, 'budget_fraction'),
+    ({'seeds': [0, 1], 'random_samples': 0}, 'random_samples'),
+    ({'seeds': [0, 1], 'methods': ['aps', 'darts']}, 'quality.methods'),
+])
+def test_bad_settings(sq, section, match):
+    with pytest.raises(sq.QualityError, match=match):
+        sq.parse_quality(section)
+
+
+def test_bad_recipe_names_file(sq, tmp_path):
+    path = tmp_path / 'q.yaml'
+    path.write_text('search: {overlap: 2}\nquality: {seeds: [0, 1]}\n')
+    with pytest.raises(sq.QualityError, match=r'q\.yaml.*search\.overlap'):
+        sq.load_quality_recipe(path)
+    assert sq.main([str(path), '--out', str(tmp_path / 'out')]) == 2
+
+
+def test_methods_keep_canonical_order(sq):
+    assert sq.parse_quality({'seeds': [1, 2], 'methods': ['random', 'aps']}).methods == ['aps', 'random']
+
+
+def test_compare_verdicts(sq):
+    assert sq.compare([90.0, 91.0, 92.0], [80.0, 81.0, 82.0])['verdict'] == 'better'
+    assert sq.compare([80.0, 81.0, 82.0], [90.0, 91.0, 92.0])['verdict'] == 'worse'
+    c = sq.compare([90.0, 95.0, 85.0], [89.0, 94.0, 86.0])
+    assert c['verdict'].startswith('tie') and c['diff'] == pytest.approx(1 / 3)
+
+
+def test_sharing_trend(sq):
+    recs = [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0}, {'epoch': 1, 'phase': 'search', 'sharing_mean': 0.9},
+            {'epoch': 2, 'phase': 'search', 'sharing_mean': 0.7}]
+    t = sq.sharing_trend(recs)
+    assert t['after_warmup'] == 1.0 and t['end'] == 0.7 and t['verdict'].startswith('held')
+    assert sq.sharing_trend([{**r, 'sharing_mean': 0.5} for r in recs])['verdict'].startswith('not observed')
+    rising = [{**r, 'sharing_mean': v} for r, v in zip(recs, (0.2, 0.5, 0.9))]
+    assert sq.sharing_trend(rising)['verdict'].startswith('did not hold')
+
+
+def test_outputs_from_a_partial_summary(sq, tmp_path):
+    seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0}, 1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0}}
+    summary = {
+        'setting': 'toy', 'recipe': 'recipes/toy.yaml', 'command': 'python benchmarks/search_quality.py toy',
+        'dataset': 'digits', 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'budget_macs': 1e6,
+        'budget_fraction': 0.5, 'limit_macs': 1.02e6, 'search_epochs': 2, 'warmup_epochs': 1, 'aps_overlap': 1.0,
+        'train_epochs': 1, 'seeds': [0, 1], 'random_samples': 2, 'random_proxy_epochs': 1,
+        'methods_planned': ['aps', 'uniform', 'random'], 'device': 'cpu', 'torch_threads': 1, 'omp_num_threads': '1',
+        'cpu_count': 2, 'load_start': [1.0, 1.0, 1.0], 'load_end': [2.0, 2.0, 2.0], 'wall_s': 60.0,
+        'complete': False,
+        'methods': {'aps': {'widths': [8, 16], 'macs': 1e6, 'params': 5e4, 'search_s': 10.0, 'search_val_acc': 0.9,
+                            'seeds': seeds},
+                    'uniform': {'widths': [8, 8], 'macs': 9e5, 'params': 4e4, 'search_s': 0.0, 'search_val_acc': None,
+                                'seeds': seeds}},
+        'sharing': {'aps': {'records': [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0, 'sharing': {'a': 1.0}},
+                                        {'epoch': 1, 'phase': 'search', 'sharing_mean': 0.8, 'sharing': {'a': 0.8}}],
+                            'trend': sq.sharing_trend([{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0},
+                                                       {'epoch': 1, 'phase': 'search', 'sharing_mean': 0.8}])}},
+    }
+    out = tmp_path / 'results'
+    sq.write_outputs(summary, out)
+    assert {p.name for p in out.iterdir()} == {'toy.json', 'toy.md', 'toy.png', 'toy_sharing.png'}
+    text = (tmp_path / 'results.md').read_text()
+    assert 'INCOMPLETE: 2 of 3 methods finished; missing: random' in text
+    assert '91.00 ± 1.41 (n=2)' in text and '](results/toy.png)' in text
+    assert 'APS vs uniform width: +0.00 points' in text and "for APS: held" in text
