@@ -239,7 +239,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
                'methods_planned': q.methods, 'device': 'cpu' if cpu else torch.cuda.get_device_name(),
                'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
                'cpu_count': os.cpu_count(), 'load_start': os.getloadavg(), 'methods': {}, 'sharing': {}}
-    t0 = time.time()
+    t0, cpu0 = time.time(), time.process_time()
     jobs = tqdm(q.methods, desc=stem)
     for method in jobs:
         jobs.set_postfix(method=method)
@@ -262,7 +262,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
         summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
                                       'params': count_params(config), 'search_s': found['search_s'],
                                       'search_val_acc': found.get('val_acc'), 'seeds': seeds}
-        summary.update(wall_s=time.time() - t0, load_end=os.getloadavg(),
+        summary.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg(),
                        complete=list(summary['methods']) == q.methods)
         write_outputs(summary, out)
     return summary
@@ -371,9 +371,11 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
            f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split",
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
-           f"- wall time: {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, torch threads "
-           f"{s['torch_threads']}, OMP_NUM_THREADS={s['omp_num_threads']}); load average at start "
-           f"{s['load_start'][0]:.2f}, at end {s['load_end'][0]:.2f}", "",
+           f"- wall time of this invocation: {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, "
+           f"torch threads {s['torch_threads']}, OMP_NUM_THREADS={s['omp_num_threads']}"
+           + (f"; process CPU time {s['cpu_s'] / 60:.1f} min" if 'cpu_s' in s else '') +
+           f"); load average at start {s['load_start'][0]:.2f}, at end {s['load_end'][0]:.2f} "
+           f"(the machine was shared when the load exceeds the threads used)", "",
            table_markdown(s), "",
            f"![test top-1 per method]({link_prefix}{stem}.png)", "",
            "Widths of each config (forward order):", ""]
