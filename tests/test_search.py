@@ -11,7 +11,7 @@ import yaml
 from aps_zoo.channels import ChannelConfig
 from aps_zoo.flops import count_macs
 from aps_zoo.recipe import recipe_from_dict
-from aps_zoo.runs import CheckpointError, list_checkpoints, load_plain_state
+from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
 from aps_zoo.search.loop import search
 from aps_zoo.spaces import SearchSpaceError
 
@@ -130,3 +130,19 @@ def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
         assert len(r['arch_digests']) == 2 and r['arch_digests'][0] == r['arch_digests'][1], r['arch_digests']
     assert sorted(p.name for p in out.glob('*.json')) == ['channel_config.json']
     assert count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET * 1.02
+
+
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
+    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    run = tmp_path / 'tiny' / 'search'
+    before = {p: p.read_bytes() for _, folder in list_checkpoints(run) for p in folder.iterdir()}
+    exploding = tiny(tmp_path, lr=1e30, epochs=6)
+    with pytest.raises(NonFiniteLossError, match=r'at step \d+'):
+        search(recipe_from_dict(exploding), resume=True, cpu=True)
+    assert [e for e, _ in list_checkpoints(run)] == [2, 3]
+    assert all(p.read_bytes() == data for p, data in before.items())
+    # the recipe may ask to skip such steps instead: the run then finishes
+    skipping = tiny(tmp_path, lr=1e30, epochs=6, on_nonfinite_loss='skip')
+    result = search(recipe_from_dict(skipping), resume=True, cpu=True)
+    assert [e for e, _ in list_checkpoints(run)] == [4, 5]
+    assert count_macs(result.config) <= BUDGET * 1.02
