@@ -146,3 +146,28 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
     result = search(recipe_from_dict(skipping), resume=True, cpu=True)
     assert [e for e, _ in list_checkpoints(run)] == [4, 5]
     assert count_macs(result.config) <= BUDGET * 1.02
+
+
+@pytest.mark.slow
+def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path):
+    """SIGKILL a real `aps-zoo search` process once it has written a checkpoint, then --resume."""
+    import signal
+    import time
+    full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
+    path = tmp_path / 'b.yaml'
+    path.write_text(yaml.safe_dump(tiny(tmp_path / 'b')))
+    run = tmp_path / 'b' / 'tiny' / 'search'
+    proc = subprocess.Popen([sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu'],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 300
+    while not list_checkpoints(run) and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run / 'channel_config.json').exists(), 'the run finished before it could be killed'
+    resumed = search(recipe_from_dict(tiny(tmp_path / 'b')), resume=True, cpu=True)
+    assert resumed.config.widths == full.config.widths
+    a = load_plain_state(tmp_path / 'a' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
+    b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
+    for key, tensor in a['reinforce']['controller'].items():
+        assert (tensor == b['reinforce']['controller'][key]).all(), key
