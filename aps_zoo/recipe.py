@@ -137,6 +137,7 @@ class Recipe:
     search: SearchSection = field(default_factory=SearchSection)
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportSection = field(default_factory=ExportSection)
+    gpus: Optional[int] = None  # GPUs (processes) the batch sizes and learning rates were set for
     source: Optional[str] = None
 
     @property
@@ -267,6 +268,7 @@ def _check_ranges(r: Recipe) -> None:
     need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
          r.search.warmup_epochs)
     need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
+    need(r.gpus is None or r.gpus > 0, 'gpus', 'a positive integer or null', r.gpus)
     need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
     need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)
     need(r.train.batch_size is None or r.train.batch_size > 0, 'train.batch_size', 'positive', r.train.batch_size)
@@ -278,6 +280,19 @@ def _check_ranges(r: Recipe) -> None:
     need(r.train.mixup >= 0, 'train.mixup', '>= 0', r.train.mixup)
     need(r.train.cutmix >= 0, 'train.cutmix', '>= 0', r.train.cutmix)
     need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
+
+
+def check_devices(recipe: Recipe, num_processes: int, on_gpu: bool) -> None:
+    """Raise if the recipe was written for more GPUs than this launch has."""
+    if recipe.gpus is None:
+        return
+    have = num_processes if on_gpu else 0
+    if have < recipe.gpus:
+        import torch
+        raise RecipeError(f"recipe '{recipe.name}' asks for {recipe.gpus} GPUs (key 'gpus'), but this launch has "
+                          f"{have} GPU process(es) ({torch.cuda.device_count()} GPU(s) visible); run "
+                          f"`accelerate launch --num_processes {recipe.gpus} ...` on such a machine, or override "
+                          f"--set gpus=null and scale the batch size and learning rate")
 
 
 def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Recipe:

@@ -39,7 +39,7 @@ from .data import build_loaders
 from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
-from .recipe import Recipe, RecipeError, TrainSection
+from .recipe import Recipe, RecipeError, TrainSection, check_devices
 from .runs import MetricsLog, check_finite, list_checkpoints, load_latest_checkpoint, save_checkpoint
 
 WEIGHTS = 'model.safetensors'
@@ -170,6 +170,7 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
         raise TrainError(f"{out_dir} already holds a training run ({previous[-1][1].name}); "
                          f"pass --resume to continue it, or remove the folder / choose another output_dir")
     accelerator = accelerator or make_accelerator(tr, cpu)
+    check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
     accelerator.gradient_accumulation_steps = tr.grad_accum_steps
     main = accelerator.is_main_process
 

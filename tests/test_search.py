@@ -10,7 +10,7 @@ import yaml
 
 from aps_zoo.channels import ChannelConfig
 from aps_zoo.flops import count_macs
-from aps_zoo.recipe import recipe_from_dict
+from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
 from aps_zoo.search.loop import search
 from aps_zoo.spaces import SearchSpaceError
@@ -171,3 +171,11 @@ def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path):
     b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
     for key, tensor in a['reinforce']['controller'].items():
         assert (tensor == b['reinforce']['controller'][key]).all(), key
+
+
+def test_recipe_for_more_gpus_than_present(tmp_path):
+    recipe = tiny(tmp_path)
+    recipe['gpus'] = 8
+    with pytest.raises(RecipeError, match="asks for 8 GPUs .* this launch has 0 GPU"):
+        search(recipe_from_dict(recipe), cpu=True)
+    assert not (tmp_path / 'tiny').exists()

@@ -30,7 +30,7 @@ from ..channels import ChannelConfig
 from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_at_budget
 from ..plots import plot_curves, plot_widths
-from ..recipe import Recipe
+from ..recipe import Recipe, check_devices
 from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
 from ..spaces import APSSupernet, SearchSpace, space_from_recipe
 from .controller import Controller, Reinforce, budget_reward
@@ -116,7 +116,7 @@ class _Searcher:
         bar = tqdm(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
                    disable=not self.acc.is_local_main_process, total=min(len(self.train_loader), total))
         learn = self.supernet.fc.projections_trainable
-        digest = 0
+        digest, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(bar):
             if i >= total:
                 break
@@ -142,7 +142,8 @@ class _Searcher:
         # every rank's digest of the architectures it trained: they must all be equal
         digests = self.acc.gather(torch.tensor([digest], device=self.acc.device)).tolist()
         return {'train_loss': sum(losses) / max(1, len(losses)), 'train_acc': correct / max(1, seen),
-                'arch_digests': digests}
+                'arch_digests': digests,
+                'images_per_s': seen * self.acc.num_processes / max(1e-9, time.perf_counter() - start)}
 
     @torch.no_grad()
     def accuracy(self, choices: Sequence[int], loader, max_batches: Optional[int] = None) -> float:
@@ -160,7 +161,7 @@ class _Searcher:
 
     def controller_epoch(self) -> Dict[str, float]:
         s = self.recipe.search
-        stats = []
+        stats, update_s = [], 0.0
         val_iter = iter(self.val_loader)
         for _ in range(s.controller.steps_per_epoch):
             choices, log_prob, entropy = self.controller_arch()
@@ -173,11 +174,14 @@ class _Searcher:
             reward = budget_reward(acc, self.space.macs(choices), s.budget_macs, s.under_budget_exponent,
                                    s.over_budget_exponent)
             if self.acc.is_main_process:
+                t = time.perf_counter()
                 stats.append(self.reinforce.step(log_prob, entropy, reward))
+                update_s += time.perf_counter() - t
         if not stats:
             return {}
         return {'reward': sum(x.reward for x in stats) / len(stats), 'baseline': stats[-1].baseline,
-                'entropy': sum(x.entropy for x in stats) / len(stats)}
+                'entropy': sum(x.entropy for x in stats) / len(stats),
+                'controller_update_ms': 1e3 * update_s / len(stats)}
 
     # -- checkpoints ---------------------------------------------------------------------------
     def extra_state(self, epoch: int) -> Dict:
@@ -216,7 +220,13 @@ def _decode(searcher: _Searcher) -> List[Dict]:
     return rows
 
 
+def _mean(records: List[Dict], key: str) -> float:
+    values = [r[key] for r in records if r.get(key) is not None]
+    return sum(values) / len(values) if values else float('nan')
+
+
 def _report(searcher: _Searcher, rows: List[Dict], config: ChannelConfig, test_acc: float, seconds: float) -> str:
+    records = searcher.log.read()
     uniform = uniform_at_budget(config.family, config.depth, searcher.recipe.search.budget_macs,
                                 num_classes=config.num_classes, input_size=config.input_size)
     lines = [f"# APS search: {searcher.recipe.name}", "",
@@ -227,7 +237,9 @@ def _report(searcher: _Searcher, rows: List[Dict], config: ChannelConfig, test_a
              f"- uniform network at the budget: multiplier {uniform.provenance['multiplier']}, "
              f"{count_macs(uniform):,} MACs",
              f"- held-out accuracy (supernet weights): {rows[0]['val_acc']:.4f}; test accuracy: {test_acc:.4f}",
-             f"- search wall time: {seconds:.1f} s", "",
+             f"- search wall time: {seconds:.1f} s; supernet training throughput "
+             f"{_mean(records, 'images_per_s'):.0f} images/s; controller update {_mean(records, 'controller_update_ms'):.1f} ms",
+             "",
              "| rank | MACs | val acc | repaired | widths |", "|---|---|---|---|---|"]
     for i, r in enumerate(rows):
         lines.append(f"| {i + 1} | {r['macs']:,} | {r['val_acc']:.4f} | {r['repaired']} | "
@@ -256,6 +268,7 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
     """Run the APS search of ``recipe``; writes ``<run_dir>/search/`` and returns the searched config."""
     accelerator = accelerator or make_accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
     set_seed(recipe.seed)
+    check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
     out_dir = recipe.run_dir / 'search'
     check_fresh_run(out_dir, resume)
     searcher = _Searcher(recipe, accelerator, out_dir)  # validates data, space and budget before writing
