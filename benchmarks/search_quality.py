@@ -124,16 +124,19 @@ def mean_std(values: Sequence[float]) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def compare(a: Sequence[float], b: Sequence[float]) -> Dict[str, float]:
-    """Difference of means a - b, its standard error and the verdict at 2 standard errors."""
+def compare(a: Sequence[float], b: Sequence[float], test_images: int) -> Dict[str, float]:
+    """Difference of mean top-1 (%) a - b and its standard error from the retraining seeds and from the finite
+    test set (binomial); the verdict needs the difference to exceed 2 combined standard errors."""
     (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    se = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    se_seed = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
+    se_test = 100 * math.sqrt(sum(p / 100 * (1 - p / 100) for p in (ma, mb)) / test_images)
+    se = math.hypot(se_seed, se_test)
     diff = ma - mb
     if abs(diff) <= 2 * se or diff == 0:
         verdict = 'tie (within 2 standard errors)'
     else:
         verdict = 'better' if diff > 0 else 'worse'
-    return {'diff': diff, 'se': se, 'verdict': verdict}
+    return {'diff': diff, 'se': se, 'se_seed': se_seed, 'se_test': se_test, 'verdict': verdict}
 
 
 def sharing_trend(records: List[Dict]) -> Dict:
@@ -169,7 +172,7 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
     done = runs / method / 'search_result.json'
     if done.is_file():
-        return _read_json(done)
+        return {**_read_json(done), 'reused': True}
     r = dataclasses.replace(recipe, name=method, output_dir=str(runs),
                             search=dataclasses.replace(recipe.search, **SEARCHES[method]))
     t0 = time.time()
@@ -177,16 +180,17 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
            'metrics': str(result.out_dir / 'metrics.jsonl')}
     _write_json(done, out)
-    return out
+    return {**out, 'reused': False}
 
 
 def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
     """``train``'s results.json for ``config`` in ``out_dir`` (reused when done, resumed when interrupted)."""
     results = _read_json(out_dir / 'results.json')
-    if results is None:
+    reused = results is not None
+    if not reused:
         results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
     records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
-    return {**results, 'train_s': sum(r['time_s'] for r in records),
+    return {**results, 'reused': reused, 'train_s': sum(r['time_s'] for r in records),
             'best_val_top1': max(r['eval_top1'] for r in records if r['eval_split'] == 'val')
             if records[0]['eval_split'] == 'val' else None}
 
@@ -195,7 +199,7 @@ def run_random(recipe: Recipe, q: Quality, space, limit: float, runs: Path, cpu:
     """Best of N random configs (each fitted to ``limit``) by held-out top-1 after a short proxy training."""
     done = runs / 'random' / 'search_result.json'
     if done.is_file():
-        return _read_json(done)
+        return {**_read_json(done), 'reused': True}
     rng = random.Random(recipe.seed)
     proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
                                                                   select_best=True))
@@ -212,7 +216,7 @@ def run_random(recipe: Recipe, q: Quality, space, limit: float, runs: Path, cpu:
     out = {'config': config.to_dict(), 'search_s': time.time() - t0, 'val_acc': best['val_top1'] / 100,
            'tried': tried}
     _write_json(done, out)
-    return out
+    return {**out, 'reused': False}
 
 
 def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, command: str) -> Dict:
@@ -230,15 +234,20 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     space = space_from_recipe(recipe, data.num_classes, data.input_size)
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
-    summary = {'setting': stem, 'recipe': str(recipe_path), 'command': command, 'dataset': data.dataset_name,
+    previous = _read_json(out / f'{stem}.json') or {}
+    summary = {'setting': stem, 'recipe': str(recipe_path), 'dataset': data.dataset_name,
+               'test_images': data.sizes['test'],
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
                'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
                'aps_overlap': recipe.search.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
-               'methods_planned': q.methods, 'device': 'cpu' if cpu else torch.cuda.get_device_name(),
-               'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
-               'cpu_count': os.cpu_count(), 'load_start': os.getloadavg(), 'methods': {}, 'sharing': {}}
+               'methods_planned': q.methods, 'methods': {}, 'sharing': {}}
+    now = {'command': command, 'started': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
+           'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
+           'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
+           'load_start': os.getloadavg()[0], 'ran': 0, 'reused': 0}
+    summary['invocations'] = previous.get('invocations', []) + [now]
     t0, cpu0 = time.time(), time.process_time()
     jobs = tqdm(q.methods, desc=stem)
     for method in jobs:
@@ -254,16 +263,19 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
                                                  input_size=data.input_size).to_dict(), 'search_s': 0.0}
         else:
             found = run_random(recipe, q, space, limit, runs, cpu)
+        if 'reused' in found:
+            now['reused' if found['reused'] else 'ran'] += 1
         config = ChannelConfig.from_dict(found['config'])
         seeds = {}
         for seed in tqdm(q.seeds, desc=f'{method}: retrain', leave=False):
             res = train_run(dataclasses.replace(recipe, seed=seed), config, runs / method / f'train_seed{seed}', cpu)
             seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s']}
+            now['reused' if res['reused'] else 'ran'] += 1
         summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
                                       'params': count_params(config), 'search_s': found['search_s'],
                                       'search_val_acc': found.get('val_acc'), 'seeds': seeds}
-        summary.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg(),
-                       complete=list(summary['methods']) == q.methods)
+        now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
+        summary['complete'] = list(summary['methods']) == q.methods
         write_outputs(summary, out)
     return summary
 
@@ -279,12 +291,13 @@ def method_rows(summary: Dict) -> List[Dict]:
 
 
 def table_markdown(summary: Dict) -> str:
-    lines = ['| method | MACs | % of budget | params | test top-1 (mean ± std) | per seed | search wall time |',
-             '|---|---:|---:|---:|---:|---|---:|']
+    lines = ['| method | MACs | % of budget | params | test top-1 (mean ± std) | per seed | search wall time | '
+             'retraining time (all seeds) |', '|---|---:|---:|---:|---:|---|---:|---:|']
     for r in method_rows(summary):
         lines.append(f"| {LABELS[r['method']]} | {r['macs'] / 1e6:.3f}M | {100 * r['macs'] / summary['budget_macs']:.1f} "
                      f"| {r['params'] / 1e3:.1f}k | {r['mean']:.2f} ± {r['std']:.2f} (n={len(r['top1'])}) | "
-                     f"{', '.join(f'{v:.2f}' for v in r['top1'])} | {r['search_s']:.0f} s |")
+                     f"{', '.join(f'{v:.2f}' for v in r['top1'])} | {r['search_s']:.0f} s | "
+                     f"{sum(v['train_s'] for v in r['seeds'].values()):.0f} s |")
     return '\n'.join(lines)
 
 
@@ -301,10 +314,12 @@ def reading(summary: Dict) -> List[str]:
     for method, r in rows.items():
         if method == 'aps':
             continue
-        c = compare(aps['top1'], r['top1'])
-        lines.append(f"APS vs {LABELS[method]}: {c['diff']:+.2f} points (standard error {c['se']:.2f}; seed std "
-                     f"{aps['std']:.2f} vs {r['std']:.2f}): {c['verdict']}.")
-    return lines
+        c = compare(aps['top1'], r['top1'], summary['test_images'])
+        lines.append(f"APS vs {LABELS[method]}: {c['diff']:+.2f} points (standard error {c['se']:.2f}: "
+                     f"{c['se_seed']:.2f} from the seeds, whose std is {aps['std']:.2f} vs {r['std']:.2f}, and "
+                     f"{c['se_test']:.2f} from the finite test set): {c['verdict']}.")
+    return lines + [f"One test image is {100 / summary['test_images']:.2f} points of top-1 "
+                    f"({summary['test_images']} test images)."]
 
 
 def plot_bars(summary: Dict, path: Path) -> None:
@@ -353,6 +368,10 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     plt.close(fig)
 
 
+def compute_s(summary: Dict) -> float:
+    return sum(m['search_s'] + sum(v['train_s'] for v in m['seeds'].values()) for m in summary['methods'].values())
+
+
 def setting_markdown(summary: Dict, link_prefix: str) -> str:
     s, stem = summary, summary['setting']
     done, planned = list(s['methods']), s['methods_planned']
@@ -363,7 +382,7 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
         budget += f" ({s['budget_fraction']:.0%} of the uniform network's {s['reference_macs'] / 1e6:.4g}M)"
     out = [f"## {stem}", "",
            f"- status: {status}",
-           f"- recipe: `{s['recipe']}`; command: `{s['command']}`",
+           f"- recipe: `{s['recipe']}`",
            f"- data: {s['dataset']}",
            f"- space: {s['space']}; budget {budget}; searched/random configs may use up to "
            f"{s['limit_macs'] / 1e6:.4g}M (the decoder's limit)",
@@ -371,14 +390,15 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
            f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split",
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
-           f"- wall time of this invocation: {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, "
-           f"torch threads {s['torch_threads']}, OMP_NUM_THREADS={s['omp_num_threads']}"
-           + (f"; process CPU time {s['cpu_s'] / 60:.1f} min" if 'cpu_s' in s else '') +
-           f"); load average at start {s['load_start'][0]:.2f}, at end {s['load_end'][0]:.2f} "
-           f"(the machine was shared when the load exceeds the threads used)", "",
-           table_markdown(s), "",
-           f"![test top-1 per method]({link_prefix}{stem}.png)", "",
-           "Widths of each config (forward order):", ""]
+           f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
+           "- invocations (a load average above the threads used means the machine was shared):"]
+    out += [f"  - `{i['command']}` ({i['started']}): {i['wall_s'] / 60:.1f} min wall"
+            + (f", {i['cpu_s'] / 60:.1f} min process CPU time" if 'cpu_s' in i else '') + f", on {i['device']} ({i['cpu_count']} CPUs, torch threads {i['torch_threads']}, "
+            f"OMP_NUM_THREADS={i['omp_num_threads']}); ran {i['ran']} searches/trainings, reused {i['reused']} "
+            f"finished ones; load average {i['load_start']:.2f} at start, {i['load_end']:.2f} at end"
+            for i in s['invocations']]
+    out += ["", table_markdown(s), "", f"![test top-1 per method]({link_prefix}{stem}.png)", "",
+            "Widths of each config (forward order):", ""]
     out += [f"- {m}: {','.join(map(str, v['widths']))}" for m, v in s['methods'].items()]
     out += ["", "### Sharing level through the search", ""]
     if s['sharing']:
@@ -413,7 +433,8 @@ def write_outputs(summary: Dict, out: Path) -> None:
             "Each method yields one config under the budget; every config is retrained from scratch with "
             "several seeds and tested on the same test split. The ± is the sample standard deviation over "
             "retraining seeds; each search ran once, so search-to-search variation is not included. "
-            "'tie' means the difference of means is within 2 standard errors of that difference.", ""]
+            "'tie' means the difference of means is within 2 standard errors of that difference, combining the "
+            "spread over retraining seeds with the binomial noise of a finite test set.", ""]
     text += [setting_markdown(s, f'{out.name}/') for s in settings]
     out.with_name(out.name + '.md').write_text('\n'.join(text))
 
@@ -436,7 +457,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             load_quality_recipe(path)  # every recipe is checked before any run starts
         for path in args.recipes:
             summary = run_setting(path, args.out, args.runs, cpu, command)
-            print(f"\n{summary['setting']} ({summary['wall_s'] / 60:.1f} min)\n{table_markdown(summary)}")
+            print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
+                  f"{table_markdown(summary)}")
             print('\n'.join(reading(summary)))
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)

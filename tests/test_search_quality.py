@@ -51,10 +51,14 @@ def test_methods_keep_canonical_order(sq):
 
 
 def test_compare_verdicts(sq):
-    assert sq.compare([90.0, 91.0, 92.0], [80.0, 81.0, 82.0])['verdict'] == 'better'
-    assert sq.compare([80.0, 81.0, 82.0], [90.0, 91.0, 92.0])['verdict'] == 'worse'
-    c = sq.compare([90.0, 95.0, 85.0], [89.0, 94.0, 86.0])
+    assert sq.compare([90.0, 91.0, 92.0], [80.0, 81.0, 82.0], 10000)['verdict'] == 'better'
+    assert sq.compare([80.0, 81.0, 82.0], [90.0, 91.0, 92.0], 10000)['verdict'] == 'worse'
+    c = sq.compare([90.0, 95.0, 85.0], [89.0, 94.0, 86.0], 10000)
     assert c['verdict'].startswith('tie') and c['diff'] == pytest.approx(1 / 3)
+    # no seed spread, but 2 points on 100 test images is within the test set's own noise
+    c = sq.compare([99.0, 99.0], [97.0, 97.0], 100)
+    assert c['se_seed'] == 0 and c['verdict'].startswith('tie')
+    assert sq.compare([99.0, 99.0], [97.0, 97.0], 100000)['verdict'] == 'better'
 
 
 def test_sharing_trend(sq):
@@ -71,12 +75,13 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0}, 1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0}}
     summary = {
         'setting': 'toy', 'recipe': 'recipes/toy.yaml', 'command': 'python benchmarks/search_quality.py toy',
-        'dataset': 'digits', 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'budget_macs': 1e6,
+        'dataset': 'digits', 'test_images': 360, 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'budget_macs': 1e6,
         'budget_fraction': 0.5, 'limit_macs': 1.02e6, 'search_epochs': 2, 'warmup_epochs': 1, 'aps_overlap': 1.0,
         'train_epochs': 1, 'seeds': [0, 1], 'random_samples': 2, 'random_proxy_epochs': 1,
-        'methods_planned': ['aps', 'uniform', 'random'], 'device': 'cpu', 'torch_threads': 1, 'omp_num_threads': '1',
-        'cpu_count': 2, 'load_start': [1.0, 1.0, 1.0], 'load_end': [2.0, 2.0, 2.0], 'wall_s': 60.0,
-        'complete': False,
+        'methods_planned': ['aps', 'uniform', 'random'], 'complete': False,
+        'invocations': [{'command': 'python benchmarks/search_quality.py toy', 'started': '2026-01-01 00:00 UTC',
+                         'device': 'cpu', 'cpu_count': 2, 'torch_threads': 1, 'omp_num_threads': '1',
+                         'load_start': 1.0, 'load_end': 2.0, 'wall_s': 60.0, 'cpu_s': 55.0, 'ran': 4, 'reused': 0}],
         'methods': {'aps': {'widths': [8, 16], 'macs': 1e6, 'params': 5e4, 'search_s': 10.0, 'search_val_acc': 0.9,
                             'seeds': seeds},
                     'uniform': {'widths': [8, 8], 'macs': 9e5, 'params': 4e4, 'search_s': 0.0, 'search_val_acc': None,
@@ -93,3 +98,4 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     assert 'INCOMPLETE: 2 of 3 methods finished; missing: random' in text
     assert '91.00 ± 1.41 (n=2)' in text and '](results/toy.png)' in text
     assert 'APS vs uniform width: +0.00 points' in text and "for APS: held" in text
+    assert '1.0 min wall, 0.9 min process CPU time' in text and 'time in the runs: 0.2 min' in text
