@@ -25,7 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._io import atomic_write_text
-from ..aps import renormalize_projections, set_projections_trainable, sharing_levels
+from ..aps import orthogonality_loss, renormalize_projections, set_projections_trainable, sharing_levels
 from ..channels import ChannelConfig
 from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_at_budget
@@ -288,6 +288,8 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
             record.update(searcher.controller_epoch())
         greedy = searcher.controller.sample(greedy=True)[0]
         levels = sharing_levels(searcher.supernet)
+        with torch.no_grad():
+            record['orthogonality'] = orthogonality_loss(searcher.supernet).item()  # over every projection
         record.update(val_acc=searcher.accuracy(greedy, searcher.val_loader), greedy_macs=searcher.space.macs(greedy),
                       greedy_widths=searcher.space.widths(greedy),
                       sharing_mean=sum(levels.values()) / max(1, len(levels)), sharing=levels)
