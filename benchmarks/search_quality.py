@@ -294,7 +294,8 @@ def table_markdown(summary: Dict) -> str:
     lines = ['| method | MACs | % of budget | params | test top-1 (mean ± std) | per seed | search wall time | '
              'retraining time (all seeds) |', '|---|---:|---:|---:|---:|---|---:|---:|']
     for r in method_rows(summary):
-        lines.append(f"| {LABELS[r['method']]} | {r['macs'] / 1e6:.3f}M | {100 * r['macs'] / summary['budget_macs']:.1f} "
+        share = 100 * r['macs'] / summary['budget_macs']
+        lines.append(f"| {LABELS[r['method']]} | {r['macs'] / 1e6:.3f}M | {share:.1f} "
                      f"| {r['params'] / 1e3:.1f}k | {r['mean']:.2f} ± {r['std']:.2f} (n={len(r['top1'])}) | "
                      f"{', '.join(f'{v:.2f}' for v in r['top1'])} | {r['search_s']:.0f} s | "
                      f"{sum(v['train_s'] for v in r['seeds'].values()):.0f} s |")
@@ -375,8 +376,9 @@ def compute_s(summary: Dict) -> float:
 def setting_markdown(summary: Dict, link_prefix: str) -> str:
     s, stem = summary, summary['setting']
     done, planned = list(s['methods']), s['methods_planned']
+    missing = ', '.join(m for m in planned if m not in done)
     status = 'complete' if s['complete'] else \
-        f"INCOMPLETE: {len(done)} of {len(planned)} methods finished; missing: {', '.join(m for m in planned if m not in done)}"
+        f"INCOMPLETE: {len(done)} of {len(planned)} methods finished; missing: {missing}"
     budget = f"{s['budget_macs'] / 1e6:.4g}M MACs"
     if s['budget_fraction'] is not None:
         budget += f" ({s['budget_fraction']:.0%} of the uniform network's {s['reference_macs'] / 1e6:.4g}M)"
@@ -393,7 +395,8 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
            "- invocations (a load average above the threads used means the machine was shared):"]
     out += [f"  - `{i['command']}` ({i['started']}): {i['wall_s'] / 60:.1f} min wall"
-            + (f", {i['cpu_s'] / 60:.1f} min process CPU time" if 'cpu_s' in i else '') + f", on {i['device']} ({i['cpu_count']} CPUs, torch threads {i['torch_threads']}, "
+            + (f", {i['cpu_s'] / 60:.1f} min process CPU time" if 'cpu_s' in i else '')
+            + f", on {i['device']} ({i['cpu_count']} CPUs, torch threads {i['torch_threads']}, "
             f"OMP_NUM_THREADS={i['omp_num_threads']}); ran {i['ran']} searches/trainings, reused {i['reused']} "
             f"finished ones; load average {i['load_start']:.2f} at start, {i['load_end']:.2f} at end"
             for i in s['invocations']]
@@ -417,6 +420,28 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
     return '\n'.join(out) + '\n'
 
 
+def overview(settings: List[Dict]) -> List[str]:
+    """One line per setting: APS's verdicts against the other methods, the best method, the sharing verdict."""
+    lines = []
+    for s in settings:
+        rows = {r['method']: r for r in method_rows(s)}
+        if 'aps' not in rows:
+            lines.append(f"- {s['setting']}: APS has not finished.")
+            continue
+        verdicts = [compare(rows['aps']['top1'], r['top1'], s['test_images'])['verdict'].split()[0]
+                    for m, r in rows.items() if m != 'aps']
+        best = max(rows.values(), key=lambda r: r['mean'])
+        lines.append(f"- {s['setting']}: APS is better than {verdicts.count('better')}, tied with "
+                     f"{verdicts.count('tie')} and worse than {verdicts.count('worse')} of {len(verdicts)} other "
+                     f"methods; best mean {best['mean']:.2f} ({best['method']}), spread of the means "
+                     f"{best['mean'] - min(r['mean'] for r in rows.values()):.2f} points, one test image "
+                     f"{100 / s['test_images']:.2f} points; sharing: "
+                     f"{s['sharing'].get('aps', {}).get('trend', {}).get('verdict', 'no APS search log')}.")
+    total = sum(compute_s(s) for s in settings)
+    return lines + [f"- time in the runs of all settings above: {total / 60:.1f} min (searches' wall time + "
+                    f"retraining epochs)"]
+
+
 def write_outputs(summary: Dict, out: Path) -> None:
     """``<out>/<setting>.{json,md,png}``, the sharing plot, and ``<out>.md`` over every setting in ``out``."""
     out.mkdir(parents=True, exist_ok=True)
@@ -435,6 +460,7 @@ def write_outputs(summary: Dict, out: Path) -> None:
             "retraining seeds; each search ran once, so search-to-search variation is not included. "
             "'tie' means the difference of means is within 2 standard errors of that difference, combining the "
             "spread over retraining seeds with the binomial noise of a finite test set.", ""]
+    text += ["## Overview", ""] + overview(settings) + [""]
     text += [setting_markdown(s, f'{out.name}/') for s in settings]
     out.with_name(out.name + '.md').write_text('\n'.join(text))
 

@@ -17,7 +17,8 @@ def sq():
     return module
 
 
-@pytest.mark.parametrize('name', ['quality_resnet20_digits_50', 'quality_resnet20_digits_25', 'quality_resnet20_cifar10'])
+@pytest.mark.parametrize('name', ['quality_resnet20_digits_50', 'quality_resnet20_digits_25',
+                                  'quality_resnet20_cifar10'])
 def test_recipes_load(sq, name):
     recipe, q = sq.load_quality_recipe(ROOT / 'recipes' / f'{name}.yaml')
     assert len(q.seeds) >= 3 and q.methods == list(sq.METHODS)
@@ -99,3 +100,4 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     assert '91.00 ± 1.41 (n=2)' in text and '](results/toy.png)' in text
     assert 'APS vs uniform width: +0.00 points' in text and "for APS: held" in text
     assert '1.0 min wall, 0.9 min process CPU time' in text and 'time in the runs: 0.2 min' in text
+    assert '- toy: APS is better than 0, tied with 1 and worse than 0 of 1 other methods' in text
