@@ -58,6 +58,14 @@ def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     Mean squared cosine of the principal angles between the two subspaces
     (``||Qa^T Qb||_F^2 / min(rank)``): 1 when the smaller lies inside the larger, 0 when orthogonal.
     """
-    qa = torch.linalg.qr(a.detach().float())[0]
-    qb = torch.linalg.qr(b.detach().float())[0]
+    return basis_overlap(orthonormal_basis(a), orthonormal_basis(b))
+
+
+def orthonormal_basis(p: torch.Tensor) -> torch.Tensor:
+    """Orthonormal basis of the column space of ``p`` (reduced QR, float32, detached)."""
+    return torch.linalg.qr(p.detach().float())[0]
+
+
+def basis_overlap(qa: torch.Tensor, qb: torch.Tensor) -> torch.Tensor:
+    """:func:`subspace_overlap` of two orthonormal bases."""
     return (qa.t() @ qb).pow(2).sum() / min(qa.shape[1], qb.shape[1])

@@ -9,7 +9,7 @@ import torch
 import torch.nn as nn
 
 from .layers import aps_modules
-from .projection import orthogonality_penalty, renormalize_columns_, subspace_overlap
+from .projection import basis_overlap, orthogonality_penalty, orthonormal_basis, renormalize_columns_
 
 
 def layer_sharing_level(layer: nn.Module) -> float:
@@ -22,8 +22,10 @@ def layer_sharing_level(layer: nn.Module) -> float:
     for axis, key, p in layer.projections():
         c_in, c_out = (int(v) for v in key.split('_'))
         groups[(axis, c_in if axis == 'out' else c_out)].append(p)
-    scores = [subspace_overlap(a, b) for ps in groups.values() for a, b in combinations(ps, 2)
-              if a.shape[1] != b.shape[1]]
+    scores = []
+    for ps in groups.values():
+        bases = [orthonormal_basis(p) for p in ps]  # one QR per projection, not one per pair
+        scores += [basis_overlap(a, b) for a, b in combinations(bases, 2) if a.shape[1] != b.shape[1]]
     return float(torch.stack(scores).mean()) if scores else float('nan')
 
 
