@@ -110,3 +110,21 @@ def test_sharing_levels_report_every_layer():
     levels = sharing_levels(APSSupernet(space))
     assert len(levels) == len(aps_modules(APSSupernet(space)))
     assert all(0.2 < v < 0.6 for v in levels.values())
+
+
+def test_candidate_kernel_is_the_design_einsum():
+    """W_c = einsum('ijhw,ix,jy->xyhw', W, P, Q) for every pair, whichever matmul order is used."""
+    torch.manual_seed(0)
+    layer = APSConv2d([4, 8, 16], [4, 8, 32], 28, 44, 3, overlap=0.5)
+    for c_in, c_out in itertools.product([4, 8, 16], [4, 8, 32]):
+        key = f'{c_in}_{c_out}'
+        expected = torch.einsum('ijhw,ix,jy->xyhw', layer.weight, layer.out_proj[key], layer.in_proj[key])
+        assert torch.allclose(layer.candidate_weight(c_in, c_out), expected, atol=1e-5)
+
+
+def test_stride_one_shortcut_keeps_no_equal_width_pairs():
+    space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8))
+    net = APSSupernet(space)
+    stride_one = [b.shortcut.conv for b in net.blocks if b.spec.stride == 1]
+    assert stride_one and all(i != o for conv in stride_one for i, o in conv.pairs)
+    assert all(len(conv.pairs) == len(CANDS) * (len(CANDS) - 1) for conv in stride_one)

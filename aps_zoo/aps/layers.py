@@ -36,12 +36,13 @@ class APSConv2d(nn.Module):
     """Conv whose every candidate (c_in, c_out) is an affine projection of one meta weight.
 
     ``in_candidates=None`` marks a fixed input axis (the image): no Q. ``depthwise=True`` ties
-    c_in == c_out and uses one projection per width.
+    c_in == c_out and uses one projection per width. ``skip_equal`` leaves out the pairs with
+    c_in == c_out (a stride-1 shortcut is the identity there and never uses them).
     """
 
     def __init__(self, in_candidates: Optional[Sequence[int]], out_candidates: Sequence[int], meta_in: int,
                  meta_out: int, kernel_size: int, stride: int = 1, depthwise: bool = False,
-                 overlap: float = 1.0, noise: float = 1e-3):
+                 overlap: float = 1.0, noise: float = 1e-3, skip_equal: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.depthwise = kernel_size, stride, depthwise
         self.padding = kernel_size // 2
@@ -52,7 +53,7 @@ class APSConv2d(nn.Module):
         elif self.fixed_in:
             pairs = [(meta_in, c) for c in out_candidates]
         else:
-            pairs = list(product(in_candidates, out_candidates))
+            pairs = [(i, o) for i, o in product(in_candidates, out_candidates) if not (skip_equal and i == o)]
         self.pairs = pairs
         self.weight = nn.Parameter(torch.empty(meta_out, 1 if depthwise else meta_in, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
@@ -84,12 +85,19 @@ class APSConv2d(nn.Module):
         if key not in self.out_proj:
             raise KeyError(f"width pair (in={c_in}, out={c_out}) is not a candidate of this layer; "
                            f"candidates: {self.pairs}")
-        k2 = self.kernel_size ** 2
-        w = self._proj(self.out_proj, key).t() @ self.weight.reshape(self.meta_out, -1)  # (c_out, I*k*k)
+        k, k2 = self.kernel_size, self.kernel_size ** 2
+        p = self._proj(self.out_proj, key)
         if self.in_proj is None:
-            return w.reshape(c_out, -1, self.kernel_size, self.kernel_size)
-        w = w.reshape(c_out, self.meta_in, k2).transpose(1, 2) @ self._proj(self.in_proj, key)  # (c_out, k2, c_in)
-        return w.transpose(1, 2).reshape(c_out, c_in, self.kernel_size, self.kernel_size)
+            return (p.t() @ self.weight.reshape(self.meta_out, -1)).reshape(c_out, -1, k, k)
+        q = self._proj(self.in_proj, key)
+        # the same product in the cheaper order: project the smaller of the two axes first
+        meta_out, meta_in = self.meta_out, self.meta_in
+        if c_out * meta_in * (meta_out + c_in) <= c_in * meta_out * (meta_in + c_out):
+            w = (p.t() @ self.weight.reshape(self.meta_out, -1)).reshape(c_out, self.meta_in, k2)
+            return (w.transpose(1, 2) @ q).transpose(1, 2).reshape(c_out, c_in, k, k)
+        w = self.weight.reshape(self.meta_out, self.meta_in, k2).transpose(1, 2) @ q  # (O, k2, c_in)
+        return (p.t() @ w.reshape(self.meta_out, -1)).reshape(c_out, k2, c_in).transpose(1, 2).reshape(
+            c_out, c_in, k, k)
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         c_in = x.shape[1]

@@ -21,12 +21,12 @@ class _ConvBN(nn.Module):
     """APS conv + per-candidate BN (+ activation)."""
 
     def __init__(self, space: SearchSpace, in_entry, out_entry: int, kernel: int, stride: int = 1,
-                 act=F.relu, depthwise: bool = False, norm: bool = True):
+                 act=F.relu, depthwise: bool = False, norm: bool = True, skip_equal: bool = False):
         super().__init__()
         cin = None if in_entry is None else space.candidates[in_entry]
         meta_in = space.input_size[0] if in_entry is None else space.meta_widths[in_entry]
         self.conv = APSConv2d(cin, space.candidates[out_entry], meta_in, space.meta_widths[out_entry], kernel,
-                              stride, depthwise=depthwise, overlap=space.overlap)
+                              stride, depthwise=depthwise, overlap=space.overlap, skip_equal=skip_equal)
         self.bn = APSBatchNorm2d(self.conv.pairs) if norm else None
         self.act = act
         self.fixed_in = meta_in if in_entry is None else None
@@ -62,7 +62,8 @@ class SupernetBlock(nn.Module):
         self.shortcut = None
         if spec.residual:
             # 1x1 conv + BN at stride 1 (used when widths differ); 2x2 avg-pool + 1x1 conv at stride 2
-            self.shortcut = _ConvBN(space, spec.in_entry, spec.out_entry, 1, act=None, norm=spec.stride == 1)
+            self.shortcut = _ConvBN(space, spec.in_entry, spec.out_entry, 1, act=None, norm=spec.stride == 1,
+                                    skip_equal=spec.stride == 1)
         self.out_act = F.relu if spec.kind != 'inverted_residual' else None
 
     def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
