@@ -47,6 +47,13 @@ PAPER = {
                 96, 64, 96, 96, 64, 192, 192, 48, 288, 288, 48, 576, 576, 48, 576, 576, 160, 960, 960, 160, 720, 720,
                 160, 960, 960, 240, 1280]),
 }
+# This project's own searches: widths, MACs at the registered 1000 classes and 224x224, params, name budget.
+SEARCHED = {
+    'aps_resnet50_2g': dict(
+        family='resnet', depth=50, budget=2.0e9, macs=2_012_479_488, params=10_585_864,
+        widths=[32, 32, 32, 128, 48, 48, 192, 48, 48, 192] + [64, 64, 256] * 4 + [320, 320, 1280] * 2
+        + [128, 128, 512] * 4 + [256, 256, 1024] * 3),
+}
 GENERIC = {'aps_resnet_cifar': ('resnet_cifar', 20), 'aps_resnet': ('resnet', 50),
            'aps_mobilenetv2': ('mobilenetv2', 0)}
 # Random configs of every family: (family, depth, input size); small inputs keep the ImageNet families fast,
@@ -86,8 +93,8 @@ def paper_models():
 # --- registry and zoo configs -----------------------------------------------------------------------------------
 
 def test_registry_lists_zoo_and_generic_architectures():
-    assert set(timm.list_models('aps_*')) == set(PAPER) | set(GENERIC)
-    assert zoo_names() == sorted(PAPER)
+    assert set(timm.list_models('aps_*')) == set(PAPER) | set(SEARCHED) | set(GENERIC)
+    assert zoo_names() == sorted(set(PAPER) | set(SEARCHED))
     for name, (family, depth) in GENERIC.items():
         config = timm.create_model(name).channel_config
         assert architecture_for(config) == name
@@ -123,6 +130,22 @@ def test_paper_model_macs_and_params(name, paper_models):
     for n in sorted(PAPER)])
 def test_paper_model_macs_within_5pct_of_name_budget(name):
     assert abs(count_macs(zoo_config(name)) / PAPER[name]['budget'] - 1) <= 0.05
+
+
+@pytest.mark.parametrize('name', sorted(SEARCHED))
+def test_searched_model_config_macs_and_provenance(name):
+    ref, config = SEARCHED[name], zoo_config(name)
+    assert (config.family, config.depth, list(config.widths)) == (ref['family'], ref['depth'], ref['widths'])
+    assert (config.num_classes, config.input_size) == (1000, (3, 224, 224))
+    model = timm.create_model(name)
+    assert model.pretrained_cfg['hf_hub_id'] == f'aps-zoo/{name}' and model.pretrained_cfg['num_classes'] == 1000
+    assert count_macs(config) == flop_counter_macs(model, config.input_size) == ref['macs']
+    assert count_params(config) == num_params(model) == ref['params']
+    assert abs(ref['macs'] / ref['budget'] - 1) <= 0.05
+    p = config.provenance
+    assert p['source'] == 'search' and p['budget_macs'] == ref['budget'] and p['searched_num_classes'] == 10
+    assert 'digits' in p['dataset'] and p['recipe'] == 'recipes/search_resnet50_digits_2g.yaml'
+    assert p['imagenet_weights'] == 'recipes/train_resnet50_imagenet.yaml'
 
 
 def test_paper_figures_within_5pct_of_name_budgets():
@@ -337,15 +360,16 @@ def test_width_mismatch_is_named():
                       ApsMobileNetV2)
 
 
-def test_pretrained_without_published_weights_is_a_clear_fast_error(monkeypatch):
+@pytest.mark.parametrize('name', ['aps_resnet18_1g8', 'aps_resnet50_2g'])
+def test_pretrained_without_published_weights_is_a_clear_fast_error(monkeypatch, name):
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', True)
     start = time.monotonic()
     with pytest.raises(PretrainedWeightsNotFoundError) as info:
-        timm.create_model('aps_resnet18_1g8', pretrained=True)
+        timm.create_model(name, pretrained=True)
     assert time.monotonic() - start < 10
     message = str(info.value)
-    for part in ('No weights are published for aps_resnet18_1g8 at https://huggingface.co/aps-zoo/aps_resnet18_1g8',
-                 'HF_HUB_OFFLINE', 'aps-zoo train <recipe.yaml> --config aps_resnet18_1g8', 'aps-zoo export'):
+    for part in (f'No weights are published for {name} at https://huggingface.co/aps-zoo/{name}',
+                 'HF_HUB_OFFLINE', f'aps-zoo train <recipe.yaml> --config {name}', 'aps-zoo export'):
         assert part in message
     with pytest.raises(RuntimeError, match='No pretrained weights exist for aps_resnet'):
         timm.create_model('aps_resnet', pretrained=True)

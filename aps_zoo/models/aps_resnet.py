@@ -102,6 +102,7 @@ default_cfgs = generate_default_cfgs({
     'aps_resnet56_cifar_60m': zoo_cfg('aps_resnet56_cifar_60m'),
     'aps_resnet18_1g8': zoo_cfg('aps_resnet18_1g8'),
     'aps_resnet18_1g': zoo_cfg('aps_resnet18_1g'),
+    'aps_resnet50_2g': zoo_cfg('aps_resnet50_2g'),
 })
 
 
@@ -145,3 +146,10 @@ def aps_resnet18_1g(pretrained: bool = False, **kwargs) -> ApsResNet:
     """ImageNet ResNet-18 searched by APS at 1.0G MACs (paper config)."""
     kwargs = zoo_args('aps_resnet18_1g', kwargs)
     return _create_aps_resnet('aps_resnet18_1g', 'resnet', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet50_2g(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """ImageNet ResNet-50 searched by aps-zoo with APS under a 2.0G MACs budget (on digits upsampled to 224)."""
+    kwargs = zoo_args('aps_resnet50_2g', kwargs)
+    return _create_aps_resnet('aps_resnet50_2g', 'resnet', pretrained, **kwargs)
