@@ -1,0 +1,137 @@
+"""Peak memory and step time of the ImageNet APS supernets at 224x224 on CPU.
+
+Each space is the one of a search recipe (``recipes/search_*_imagenet*.yaml``) with ``space.meta_width``
+set to each ``--meta-widths`` value. A fresh child process per setting builds the supernet with
+trainable projections, gives every parameter an SGD momentum buffer (the steady state of a search
+that has sampled every candidate pair), and runs training steps the way the search loop does
+(forward with the orthogonality penalty, backward, SGD step with the recipe's groups, column
+renormalisation): first on the space's largest architecture (the memory worst case), then on
+``--steps`` random ones. Peak RSS is the child's ``ru_maxrss``. A setting whose parameters and
+momentum alone exceed ``--limit-gib`` or the memory available is reported, not run.
+
+    python benchmarks/supernet_memory.py [--spaces resnet50 resnet18 mobilenetv2] [--meta-widths sum max]
+                                         [--batch 8] [--steps 2] [--threads 1] [--limit-gib 24]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from aps_zoo.aps import renormalize_projections, set_projections_trainable
+from aps_zoo.recipe import load_recipe
+from aps_zoo.spaces import APSSupernet, space_from_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / 'recipes'
+SPACES = {'resnet50': 'search_resnet50_imagenet_2g.yaml', 'resnet18': 'search_resnet18_imagenet.yaml',
+          'mobilenetv2': 'search_mobilenetv2_imagenet.yaml'}
+GIB = 2 ** 30
+
+
+def recipe_and_space(name: str, meta_width: str):
+    recipe = load_recipe(RECIPES / SPACES[name], overrides=[f'space.meta_width={meta_width}'])
+    return recipe, space_from_recipe(recipe, 1000, (3, 224, 224))
+
+
+def counts(supernet) -> dict:
+    """Elements of meta weights (and classifier bias), projections and BN buffers."""
+    return {'meta': sum(p.numel() for p in supernet.meta_parameters()),
+            'proj': sum(p.numel() for p in supernet.projection_parameters()),
+            'bn': sum(b.numel() for b in supernet.buffers())}
+
+
+def available_gib() -> float:
+    for line in Path('/proc/meminfo').read_text().splitlines():
+        if line.startswith('MemAvailable:'):
+            return int(line.split()[1]) / 2 ** 20
+    return float('inf')
+
+
+def run_child(args) -> None:
+    recipe, space = recipe_and_space(args.only, args.meta_width)
+    s = recipe.search
+    torch.manual_seed(0)
+    net = APSSupernet(space)
+    set_projections_trainable(net, True)
+    opt = torch.optim.SGD([{'params': net.meta_parameters(), 'weight_decay': s.weight_decay},
+                           {'params': net.projection_parameters(), 'lr': s.projection_lr, 'weight_decay': 0.0}],
+                          lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
+    for group in opt.param_groups:
+        for p in group['params']:
+            opt.state[p]['momentum_buffer'] = torch.zeros_like(p)
+    x = torch.randn(args.batch, 3, 224, 224)
+    y = torch.randint(space.num_classes, (args.batch,))
+
+    def step(choices) -> float:
+        start = time.perf_counter()
+        logits, penalty = net(x, space.widths(choices), return_penalty=True)
+        loss = F.cross_entropy(logits, y) + s.orthogonal_weight * penalty
+        loss.backward()
+        opt.step()
+        opt.zero_grad()
+        renormalize_projections(net)
+        return (time.perf_counter() - start) * 1e3
+
+    ms_largest = step(space.largest())
+    rng = random.Random(0)
+    archs = [space.random_choices(rng) for _ in range(args.steps)]
+    ms_random = [step(c) for c in archs]
+    print(json.dumps({'peak_rss_gib': resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2 ** 20,
+                      'ms_largest': ms_largest, 'macs_largest': space.macs(space.largest()),
+                      'ms_random': sum(ms_random) / len(ms_random),
+                      'macs_random': sum(space.macs(c) for c in archs) / len(archs)}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--spaces', nargs='+', choices=list(SPACES), default=list(SPACES))
+    parser.add_argument('--meta-widths', nargs='+', default=['sum', 'max'])
+    parser.add_argument('--batch', type=int, default=8)
+    parser.add_argument('--steps', type=int, default=2, help='timed steps on random architectures')
+    parser.add_argument('--threads', type=int, default=1)
+    parser.add_argument('--limit-gib', type=float, default=24.0)
+    parser.add_argument('--only', choices=list(SPACES), help=argparse.SUPPRESS)
+    parser.add_argument('--meta-width', help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    if args.only:
+        return run_child(args)
+
+    print(f"APS supernets at 224x224, batch {args.batch}, CPU, {args.threads} thread(s), torch {torch.__version__}; "
+          f"projections trainable, momentum for every parameter")
+    print(f"{'space':<24} | {'meta_width':<10} | {'meta weights':>12} | {'projections':>12} | {'BN buffers':>10} | "
+          f"{'peak RSS':>9} | {'ms/step largest':>22} | {'ms/step random':>22}")
+    for name in args.spaces:
+        for meta_width in args.meta_widths:
+            recipe, space = recipe_and_space(name, meta_width)
+            with torch.device('meta'):
+                n = counts(APSSupernet(space))
+            label = f"{name} ({'blockwise' if recipe.space.blockwise else 'per layer'})"
+            row = f"{label:<24} | {meta_width:<10} | {n['meta'] / 1e6:>11.1f}M | {n['proj'] / 1e6:>11.1f}M | " \
+                  f"{n['bn'] / 1e6:>9.2f}M"
+            floor = 4 * (2 * (n['meta'] + n['proj']) + n['bn']) / GIB
+            room = min(args.limit_gib, available_gib())
+            if floor > room:
+                print(f"{row} | not run: parameters + momentum alone are {floor:.1f} GiB > {room:.1f} GiB", flush=True)
+                continue
+            out = subprocess.run([sys.executable, __file__, '--only', name, '--meta-width', meta_width,
+                                  '--batch', str(args.batch), '--steps', str(args.steps),
+                                  '--threads', str(args.threads)], capture_output=True, text=True)
+            if out.returncode:
+                print(f"{row} | failed (exit {out.returncode}): {out.stderr.strip().splitlines()[-1:]}", flush=True)
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            print(f"{row} | {r['peak_rss_gib']:>5.2f} GiB | {r['ms_largest']:>7.0f} @ {r['macs_largest'] / 1e9:.2f}G MACs | "
+                  f"{r['ms_random']:>7.0f} @ {r['macs_random'] / 1e9:.2f}G MACs", flush=True)
+
+
+if __name__ == '__main__':
+    main()
