@@ -128,3 +128,18 @@ def test_stride_one_shortcut_keeps_no_equal_width_pairs():
     stride_one = [b.shortcut.conv for b in net.blocks if b.spec.stride == 1]
     assert stride_one and all(i != o for conv in stride_one for i, o in conv.pairs)
     assert all(len(conv.pairs) == len(CANDS) * (len(CANDS) - 1) for conv in stride_one)
+
+
+def test_renormalize_only_updated_projections():
+    space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
+    net = APSSupernet(space)
+    set_projections_trainable(net, True)
+    with torch.no_grad():
+        for p in net.projection_parameters():
+            p.mul_(2.0)
+    net(torch.randn(2, 3, 8, 8), space.widths([0] * space.num_decisions)).sum().backward()
+    renormalize_projections(net, only_updated=True)
+    for p in net.projection_parameters():
+        norms = p.norm(dim=0)
+        target = torch.ones_like(norms) * (1.0 if p.grad is not None else 2.0)
+        assert torch.allclose(norms, target, atol=0.05)

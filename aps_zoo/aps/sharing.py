@@ -42,8 +42,13 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
 
 
 @torch.no_grad()
-def renormalize_projections(model: nn.Module) -> None:
-    """Scale every projection column to unit norm (the optional hard constraint, after each step)."""
+def renormalize_projections(model: nn.Module, only_updated: bool = False) -> None:
+    """Scale projection columns to unit norm (the optional hard constraint, after each step).
+
+    ``only_updated``: just the projections that hold a gradient, i.e. the ones this step changed
+    (the optimizer leaves projections without a gradient untouched).
+    """
     for m in aps_modules(model).values():
         for _, _, p in m.projections():
-            renormalize_columns_(p)
+            if not only_updated or p.grad is not None:
+                renormalize_columns_(p)

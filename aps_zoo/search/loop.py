@@ -132,9 +132,9 @@ class _Searcher:
                 continue
             self.acc.backward(loss)
             self.optimizer.step()
-            self.optimizer.zero_grad()
             if learn and s.renormalize_projections:
-                renormalize_projections(self.supernet)
+                renormalize_projections(self.supernet, only_updated=True)
+            self.optimizer.zero_grad()
             losses.append(loss.item())
             correct += (logits.argmax(-1) == y).sum().item()
             seen += y.numel()
