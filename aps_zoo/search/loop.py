@@ -115,7 +115,7 @@ class _Searcher:
         losses, correct, seen = [], 0.0, 0
         bar = tqdm(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
                    disable=not self.acc.is_local_main_process, total=min(len(self.train_loader), total))
-        learn = self.supernet.fc.projections_trainable
+        learn = s.learn_projections and not warm
         digest, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(bar):
             if i >= total:
@@ -225,10 +225,8 @@ def _mean(records: List[Dict], key: str) -> float:
     return sum(values) / len(values) if values else float('nan')
 
 
-def _report(searcher: _Searcher, rows: List[Dict], config: ChannelConfig, test_acc: float, seconds: float) -> str:
-    records = searcher.log.read()
-    uniform = uniform_at_budget(config.family, config.depth, searcher.recipe.search.budget_macs,
-                                num_classes=config.num_classes, input_size=config.input_size)
+def _report(searcher: _Searcher, records: List[Dict], rows: List[Dict], config: ChannelConfig,
+            uniform: ChannelConfig, test_acc: float, seconds: float) -> str:
     lines = [f"# APS search: {searcher.recipe.name}", "",
              f"- data: {searcher.data.dataset_name}",
              f"- space: {config.name}, {searcher.space.num_decisions} decisions, overlap {searcher.space.overlap}",
@@ -247,8 +245,7 @@ def _report(searcher: _Searcher, rows: List[Dict], config: ChannelConfig, test_a
     return '\n'.join(lines) + '\n'
 
 
-def _plots(searcher: _Searcher, config: ChannelConfig) -> None:
-    records = searcher.log.read()
+def _plots(searcher: _Searcher, records: List[Dict], config: ChannelConfig, uniform: ChannelConfig) -> None:
     plot_curves(records, 'epoch', {'held-out accuracy': ['val_acc', 'train_acc'], 'reward': ['reward', 'baseline'],
                                    'sharing level': ['sharing_mean']},
                 searcher.out_dir / 'search_curves.png', title=f'APS search: {searcher.recipe.name}')
@@ -256,8 +253,6 @@ def _plots(searcher: _Searcher, config: ChannelConfig) -> None:
     if layers:
         per_layer = [{'epoch': r['epoch'], **r.get('sharing', {})} for r in records]
         plot_curves(per_layer, 'epoch', {'sharing level per layer': layers}, searcher.out_dir / 'sharing_layers.png')
-    uniform = uniform_at_budget(config.family, config.depth, searcher.recipe.search.budget_macs,
-                                num_classes=config.num_classes, input_size=config.input_size)
     plot_widths(config.widths, searcher.out_dir / 'widths.png', reference=uniform.widths,
                 reference_label=f'uniform x{uniform.provenance["multiplier"]} (same budget)',
                 title=f'{config.name}: searched widths, {count_macs(config) / 1e6:.2f}M MACs')
@@ -310,8 +305,11 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
     report_path = out_dir / 'search_report.md'
     if accelerator.is_main_process:
         config.save(config_path)
-        atomic_write_text(report_path, _report(searcher, rows, config, test_acc, time.time() - t0))
+        records = searcher.log.read()
+        uniform = uniform_at_budget(config.family, config.depth, s.budget_macs, num_classes=config.num_classes,
+                                    input_size=config.input_size)
+        atomic_write_text(report_path, _report(searcher, records, rows, config, uniform, test_acc, time.time() - t0))
         atomic_write_text(out_dir / 'recipe.yaml', recipe.to_yaml())
-        _plots(searcher, config)
+        _plots(searcher, records, config, uniform)
     accelerator.wait_for_everyone()
     return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc)
