@@ -82,6 +82,7 @@ class SearchSection:
     overlap: float = 1.0
     learn_projections: bool = True
     orthogonal_weight: float = 5e-3
+    orthogonal_every: int = 1       # lazy regularisation: the penalty on every k-th step, weighted k x
     renormalize_projections: bool = True
     under_budget_exponent: float = 0.0
     over_budget_exponent: float = -0.1
@@ -268,6 +269,7 @@ def _check_ranges(r: Recipe) -> None:
     need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
          r.search.warmup_epochs)
     need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
+    need(r.search.orthogonal_every > 0, 'search.orthogonal_every', 'positive', r.search.orthogonal_every)
     need(r.gpus is None or r.gpus > 0, 'gpus', 'a positive integer or null', r.gpus)
     need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
     need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)

@@ -2,25 +2,44 @@
 
 For each sampled architecture of a space (default: the ResNet-20 CIFAR space, candidates
 4,8,16,32,64, meta width 124) it times a full SGD step (forward, backward, optimizer) of the APS
-supernet with learning projections, and of the timm model built from the same ChannelConfig
-trained the same way, and prints ms/step and their ratio. Memory is measured exactly rather than
-through the allocator: the tensors autograd saves for backward in one step (activations, candidate
-kernels), and the training state (parameters, buffers, gradients, SGD momentum).
+supernet with learning projections, of the same supernet with every projection forced onto the
+kernel (``P^T W Q``, the reference formulation), of the supernet without the orthogonality penalty
+(what ``search.orthogonal_every`` skips on most steps), and of the timm model built from the same
+ChannelConfig trained the same way. The steps run interleaved, round after round, and each is
+reported as the median over rounds, so load on the machine hits them alike. The supernet runs
+channels_last; so does the standalone model by default (``--no-channels-last``: contiguous), the
+faster memory format for it on CPU too.
+
+"MAC ratio" is the multiply-adds of the supernet forward (convolutions, the projections under the
+plan each layer picks, and the orthogonality penalty; counted by FlopCounterMode) over those of the
+subnet: no implementation of dense projections can beat it. The projections and the penalty cost
+the same at any batch, so the ratio falls as the batch grows; a last table gives it for a few
+batch sizes without running them. Memory is measured exactly rather than through the allocator:
+the tensors autograd saves for backward in one step, and the training state (parameters, buffers,
+gradients, SGD momentum).
 
     python benchmarks/search_step.py [--batch 64] [--archs 5] [--steps 10] [--threads 2]
     python benchmarks/search_step.py --family resnet --depth 50 --size 224 --batch 8 --archs 2 --steps 2
+
+On CPU, glibc's malloc returns large freed blocks to the system and page-faults them back on the
+next step, which adds noise and cost to both sides; the figures in docs/benchmarks.md ran with
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=4294967295:glibc.malloc.trim_threshold=4294967295``
+(the header line says which allocator settings a run had).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import time
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
 
-from aps_zoo.aps import set_projections_trainable
+from aps_zoo.aps import APSConv2d, set_projections_trainable
 from aps_zoo.models import create_model_from_config
 from aps_zoo.spaces import APSSupernet, build_space
 
@@ -34,14 +53,16 @@ def make_space(family: str, depth: int, size: int):
                        stage_multipliers=[1, 2, 4, 8], blockwise=True, meta_width='max')
 
 
-def step_timer(step, steps: int, warmup: int = 2) -> float:
-    """Mean milliseconds of ``step()`` after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        step()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    return (time.perf_counter() - t) / steps * 1e3
+def interleaved_ms(steps: dict, rounds: int, warmup: int = 2) -> dict:
+    """Median milliseconds of each ``steps[name]()``, the steps called in turn for every round."""
+    times = {name: [] for name in steps}
+    for r in range(warmup + rounds):
+        for name, step in steps.items():
+            t = time.perf_counter()
+            step()
+            if r >= warmup:
+                times[name].append((time.perf_counter() - t) * 1e3)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def sgd(params):
@@ -57,6 +78,36 @@ def train_step(forward, opt, y):
         opt.step()
         opt.zero_grad()
     return step
+
+
+@contextmanager
+def kernel_only(supernet):
+    """Every APS conv applies its projections to the kernel (``P^T W Q``) while inside."""
+    convs = [m for m in supernet.modules() if isinstance(m, APSConv2d)]
+    for m in convs:
+        m.plan = m.plans()[0]
+    try:
+        yield
+    finally:
+        for m in convs:
+            m.plan = None
+
+
+def forward_mac_ratio(space, choices, batch: int, plan_kernel_only: bool = False) -> float:
+    """Multiply-adds of one supernet forward (convolutions, projections, orthogonality penalty;
+    counted by torch's FlopCounterMode on the meta device, so nothing is computed) over the
+    subnet's analytic MACs at ``batch``: the floor for any implementation of dense projections."""
+    with torch.device('meta'):
+        supernet = APSSupernet(space)
+        set_projections_trainable(supernet, True)
+        x = torch.empty(batch, *space.input_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        if plan_kernel_only:
+            with kernel_only(supernet):
+                supernet(x, space.widths(choices), return_penalty=True)
+        else:
+            supernet(x, space.widths(choices), return_penalty=True)
+    return counter.get_total_flops() / 2 / (batch * space.macs(choices))
 
 
 def saved_activation_bytes(forward) -> int:
@@ -80,14 +131,19 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--archs', type=int, default=5)
-    parser.add_argument('--steps', type=int, default=10)
+    parser.add_argument('--steps', type=int, default=10, help='timed rounds per architecture')
     parser.add_argument('--family', default='resnet_cifar')
     parser.add_argument('--depth', type=int, default=20)
     parser.add_argument('--size', type=int, default=32)
+    parser.add_argument('--channels-last', action=argparse.BooleanOptionalAction, default=True,
+                        help='standalone model and input in channels_last (the supernet always is)')
+    parser.add_argument('--floor-batches', type=int, nargs='*', default=[8, 64, 256],
+                        help='batch sizes for the MAC-ratio table (counted, not timed)')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
 
     space = make_space(args.family, args.depth, args.size)
     torch.manual_seed(0)
@@ -95,26 +151,50 @@ def main() -> None:
     supernet = APSSupernet(space)
     set_projections_trainable(supernet, True)
     opt = sgd(supernet.parameters())
-    x, y = torch.randn(args.batch, 3, args.size, args.size), torch.randint(space.num_classes, (args.batch,))
+    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=memory_format)
+    y = torch.randint(space.num_classes, (args.batch,))
     zero = torch.zeros(())
-    rows = []
+    rows, floors = [], []
     for _ in range(args.archs):
         choices = space.random_choices(rng)
         widths = space.widths(choices)
-        model = create_model_from_config(space.config(choices))
+        model = create_model_from_config(space.config(choices)).to(memory_format=memory_format)
         super_fwd = lambda: supernet(x, widths, return_penalty=True)  # noqa: E731
         alone_fwd = lambda: (model(x), zero)  # noqa: E731
-        rows.append((space.macs(choices),
-                     step_timer(train_step(super_fwd, opt, y), args.steps),
-                     step_timer(train_step(alone_fwd, sgd(model.parameters()), y), args.steps),
-                     saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)))
+        super_step = train_step(super_fwd, opt, y)
+        unpenalised_fwd = lambda: (supernet(x, widths), zero)  # noqa: E731
 
-    print(f"{args.family}{args.depth} space, input {args.size}x{args.size}, batch {args.batch}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'MACs':>14} | {'supernet ms':>11} | {'standalone ms':>13} | {'ratio':>5} | saved for backward MiB")
-    for macs, a, b, sa, sb in rows:
-        print(f"{macs:>14,} | {a:>11.1f} | {b:>13.1f} | {a / b:>5.2f} | {sa / MIB:.1f} vs {sb / MIB:.1f}")
-    print(f"median time ratio supernet/standalone: {statistics.median(r[1] / r[2] for r in rows):.2f}")
+        def kernel_step():
+            with kernel_only(supernet):
+                super_step()
+
+        ms = interleaved_ms({'supernet': super_step, 'kernel': kernel_step,
+                             'no penalty': train_step(unpenalised_fwd, opt, y),
+                             'standalone': train_step(alone_fwd, sgd(model.parameters()), y)}, args.steps)
+        rows.append((space.macs(choices), ms, forward_mac_ratio(space, choices, args.batch),
+                     forward_mac_ratio(space, choices, args.batch, plan_kernel_only=True),
+                     saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)))
+        floors.append([forward_mac_ratio(space, choices, b) for b in args.floor_batches])
+
+    print(f"{args.family}{args.depth} space, input {args.size}x{args.size}, batch {args.batch}, standalone "
+          f"{'channels_last' if args.channels_last else 'contiguous'}, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, malloc {os.environ.get('GLIBC_TUNABLES', 'glibc defaults')}")
+    print("supernet: projections where cheapest; kernel: all on the kernel (P^T W Q); no penalty: supernet "
+          "step without the orthogonality penalty (search.orthogonal_every skips it); ms = median per step")
+    print(f"{'MACs':>14} | {'supernet ms':>11} | {'kernel ms':>9} | {'no penalty ms':>13} | {'standalone ms':>13} | "
+          f"{'ratio':>5} | {'kernel ratio':>12} | {'MAC ratio':>9} | {'kernel MAC ratio':>16} | saved for backward MiB")
+    for macs, ms, mac_ratio, kernel_mac_ratio, sa, sb in rows:
+        print(f"{macs:>14,} | {ms['supernet']:>11.1f} | {ms['kernel']:>9.1f} | {ms['no penalty']:>13.1f} | "
+              f"{ms['standalone']:>13.1f} | {ms['supernet'] / ms['standalone']:>5.2f} | "
+              f"{ms['kernel'] / ms['standalone']:>12.2f} | {mac_ratio:>9.2f} | {kernel_mac_ratio:>16.2f} | "
+              f"{sa / MIB:.1f} vs {sb / MIB:.1f}")
+    for name in ('supernet', 'kernel', 'no penalty'):
+        print(f"median time ratio {name}/standalone: "
+              f"{statistics.median(r[1][name] / r[1]['standalone'] for r in rows):.2f}")
+    print(f"MAC ratio (supernet forward incl. projections and penalty / subnet) by batch, same architectures:")
+    print(' | '.join(f"batch {b:>4}" for b in args.floor_batches))
+    for row in floors:
+        print(' | '.join(f"{r:>10.2f}" for r in row))
     meta, proj = nbytes(supernet.meta_parameters()), nbytes(supernet.projection_parameters())
     print(f"supernet state: meta weights {meta / MIB:.1f} MiB, projections {proj / MIB:.1f} MiB, "
           f"BN buffers {nbytes(supernet.buffers()) / MIB:.1f} MiB; training state (params, buffers, grads and "

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import (APSConv2d, aps_modules, layer_sharing_level, orthogonality_loss,
+from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, layer_sharing_level, orthogonality_loss,
                          renormalize_projections, set_projections_trainable, sharing_levels)
 from aps_zoo.aps.projection import orthogonality_penalty, overlap_offsets, required_meta_width
 from aps_zoo.spaces import APSSupernet, SearchSpaceError, build_space
@@ -143,3 +143,131 @@ def test_renormalize_only_updated_projections():
         norms = p.norm(dim=0)
         target = torch.ones_like(norms) * (1.0 if p.grad is not None else 2.0)
         assert torch.allclose(norms, target, atol=0.05)
+
+
+def _reference_conv(layer, x, c_out, stride):
+    """F.conv2d with the DESIGN einsum kernel: the meaning every plan must reproduce."""
+    key = f'{layer.meta_in if layer.fixed_in else x.shape[1]}_{c_out}'
+    p = layer.out_proj[key]
+    if layer.depthwise:
+        w = torch.einsum('ijhw,ix->xjhw', layer.weight, p)
+    elif layer.in_proj is None:
+        w = torch.einsum('ijhw,ix->xjhw', layer.weight, p)
+    else:
+        w = torch.einsum('ijhw,ix,jy->xyhw', layer.weight, p, layer.in_proj[key])
+    return F.conv2d(x, w, None, stride, layer.kernel_size // 2, 1, x.shape[1] if layer.depthwise else 1)
+
+
+PLAN_LAYERS = {
+    'conv': (dict(in_candidates=[4, 8], out_candidates=[6, 12], meta_in=12, meta_out=20, kernel_size=3, stride=2,
+                  overlap=0.3), 8),
+    'stem': (dict(in_candidates=None, out_candidates=[6, 12], meta_in=3, meta_out=14, kernel_size=7, stride=2), 3),
+    'depthwise': (dict(in_candidates=[6, 12], out_candidates=[6, 12], meta_in=18, meta_out=18, kernel_size=3,
+                       depthwise=True, overlap=0.0), 12),
+}
+
+
+@pytest.mark.parametrize('kind', PLAN_LAYERS)
+def test_every_plan_computes_the_design_convolution(kind):
+    """Projections on the kernel or on the activations: same output, same gradients, same penalty."""
+    kwargs, c_in = PLAN_LAYERS[kind]
+    torch.manual_seed(0)
+    layer = APSConv2d(**kwargs, noise=0.1)
+    layer.projections_trainable = True
+    x = torch.randn(2, c_in, 9, 9)
+    target = torch.randn_like(_reference_conv(layer, x, 12, layer.stride))
+    _reference_conv(layer, x, 12, layer.stride).mul(target).sum().backward()
+    expected = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
+    expected_out = _reference_conv(layer, x, 12, layer.stride).detach()
+    assert len(layer.plans()) == {'conv': 4, 'stem': 2, 'depthwise': 1}[kind]
+    penalties = []
+    for plan in layer.plans():
+        layer.zero_grad()
+        layer.penalty, layer.plan = None, plan
+        out = layer(x, 12)
+        out.mul(target).sum().backward()
+        penalties.append(layer.penalty.item())
+        assert torch.allclose(out, expected_out, atol=1e-5), plan
+        got = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
+        assert got.keys() == expected.keys(), plan
+        for n, g in got.items():
+            assert torch.allclose(g, expected[n], rtol=1e-4, atol=1e-4), (plan, n)
+    assert penalties == pytest.approx([penalties[0]] * len(penalties))
+
+
+@pytest.mark.parametrize('kind', PLAN_LAYERS)
+@pytest.mark.parametrize('batch, size', [(1, 5), (16, 32)])
+def test_plan_macs_equal_flop_counter(kind, batch, size):
+    """The analytic cost that picks a plan is the multiply-add count torch's FlopCounterMode measures."""
+    from torch.utils.flop_counter import FlopCounterMode
+    kwargs, c_in = PLAN_LAYERS[kind]
+    layer = APSConv2d(**kwargs)
+    x = torch.randn(batch, c_in, size, size)
+    out_pixels = batch * ((size - 1) // layer.stride + 1) ** 2
+    counted = {}
+    for plan in layer.plans():
+        layer.plan = plan
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            layer(x, 12)
+        counted[plan] = counter.get_total_flops() // 2
+        assert layer.plan_macs(plan, c_in, 12, batch * size * size, out_pixels) == counted[plan], plan
+    assert counted[layer.cheapest_plan(c_in, 12, batch * size * size, out_pixels)] == min(counted.values())
+
+
+def test_cheapest_plan_moves_projections_to_the_side_that_costs_less():
+    """Large images put the projections on the kernel; a 7x7 deep stage at batch 8 puts them on the activations."""
+    layer = APSConv2d([256, 640], [256, 640], 640, 640, 3)
+    assert layer.cheapest_plan(256, 256, 64 * 56 * 56, 64 * 56 * 56) == ('weight', 'weight')
+    assert layer.cheapest_plan(640, 640, 8 * 7 * 7, 8 * 7 * 7) == ('activation', 'activation')
+    layer.plan = ('weight', None)
+    with pytest.raises(ValueError, match=r"plan \('weight', None\) is not one of this layer's plans"):
+        layer(torch.randn(1, 256, 7, 7), 256)
+
+
+def test_orthogonality_penalty_gradient_matches_autograd():
+    """The one-matmul backward equals autograd through the plain formula (float64)."""
+    torch.manual_seed(0)
+    p = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
+    gram = p.t() @ p
+    plain = (gram - torch.diag_embed(torch.diagonal(gram))).abs().sum()
+    expected, = torch.autograd.grad(3.0 * plain, p)
+    value = orthogonality_penalty(p)
+    got, = torch.autograd.grad(3.0 * value, p)
+    assert value.item() == pytest.approx(plain.item())
+    assert torch.allclose(got, expected)
+    assert torch.autograd.gradcheck(orthogonality_penalty, (p.detach().requires_grad_(),))
+
+
+def test_penalty_only_when_asked():
+    """Without ``return_penalty`` learning projections get the loss gradient and no penalty is computed;
+    with it the gradient adds exactly the penalty's."""
+    space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
+    torch.manual_seed(0)
+    net = APSSupernet(space)
+    set_projections_trainable(net, True)
+    widths = space.widths([1] * space.num_decisions)
+    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    used = net.stem.conv.out_proj[f'3_{widths[0]}']
+    F.cross_entropy(net(x, widths), y).backward()
+    assert all(m.penalty is None for m in aps_modules(net).values())
+    plain = used.grad.clone()
+    net.zero_grad()
+    logits, penalty = net(x, widths, return_penalty=True)
+    (F.cross_entropy(logits, y) + 0.5 * penalty).backward()
+    penalty_grad, = torch.autograd.grad(0.5 * orthogonality_penalty(used), used)
+    assert torch.allclose(used.grad, plain + penalty_grad, atol=1e-6)
+
+
+@pytest.mark.parametrize('batch', [1, 64])
+def test_linear_applies_its_projection_where_cheaper(batch):
+    """APSLinear computes ``(W Q) x`` or ``W (Q x)``, the one FlopCounterMode finds cheaper, same logits."""
+    from torch.utils.flop_counter import FlopCounterMode
+    torch.manual_seed(0)
+    layer = APSLinear([8, 16], 40, 30, overlap=0.5, noise=0.1)
+    x = torch.randn(batch, 16)
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        out = layer(x)
+    expected = F.linear(x, layer.weight @ layer.in_proj['16_30'], layer.bias)
+    assert torch.allclose(out, expected, atol=1e-5)
+    kernel_side, activation_side = 30 * 40 * 16 + batch * 16 * 30, batch * 40 * (16 + 30)
+    assert counter.get_total_flops() // 2 == min(kernel_side, activation_side)

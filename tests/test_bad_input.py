@@ -41,6 +41,7 @@ def with_change(path: str, value):
     ('search.budget_macs', 'lots', "'search.budget_macs' must be a number, got 'lots'"),
     ('search.budget_macs', -1, "'search.budget_macs' must be positive"),
     ('search.overlap', 1.5, "'search.overlap' must be in [0, 1]"),
+    ('search.orthogonal_every', 0, "'search.orthogonal_every' must be positive"),
     ('search.warmup_epochs', 9, "'search.warmup_epochs' must be between 0 and search.epochs"),
     ('search.decode', 'greedy', "'search.decode' must be one of beam, sample"),
     ('search.learn_projections', 'yes', "'search.learn_projections' must be true or false"),

@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from aps_zoo.aps import APSConv2d
 from aps_zoo.channels import ChannelConfig, ChannelConfigError, network_layout, uniform_widths
 from aps_zoo.flops import count_macs, count_params, uniform_at_budget
 from aps_zoo.spaces import APSSupernet, build_space
@@ -77,14 +78,20 @@ def torch_macs(model, x, *args):
 
 @pytest.mark.parametrize('depth', [20, 56])
 def test_analytic_macs_equal_flop_counter_on_random_configs(depth):
-    """The supernet runs the same layers as the exported network; its subnets must count the same."""
+    """The supernet runs the same layers as the exported network; its subnets must count the same.
+
+    Projections sit on the kernels (each conv's first plan; at batch 16 the classifier's own choice),
+    so the convolutions run at the subnet's widths."""
     rng = random.Random(depth)
     space = build_space('resnet_cifar', depth, [4, 8, 16, 32], num_classes=10, input_size=(3, 32, 32))
     net = APSSupernet(space).eval()
+    for m in net.modules():
+        if isinstance(m, APSConv2d):
+            m.plan = m.plans()[0]
     for _ in range(3):
         choices = space.random_choices(rng)
         config = space.config(choices)
-        assert torch_macs(net, torch.randn(1, 3, 32, 32), space.widths(choices)) == count_macs(config)
+        assert torch_macs(net, torch.randn(16, 3, 32, 32), space.widths(choices)) == 16 * count_macs(config)
 
 
 def test_uniform_at_budget_is_widest_fit():

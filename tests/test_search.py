@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 import yaml
 
 from aps_zoo.channels import ChannelConfig
@@ -179,3 +180,21 @@ def test_recipe_for_more_gpus_than_present(tmp_path):
     with pytest.raises(RecipeError, match="asks for 8 GPUs .* this launch has 0 GPU"):
         search(recipe_from_dict(recipe), cpu=True)
     assert not (tmp_path / 'tiny').exists()
+
+
+def test_lazy_orthogonality_penalty_skips_exactly(tmp_path):
+    """orthogonal_every=k adds the penalty on every k-th step only: with k beyond the run's steps the
+    supernet ends bit-identical to a run without the penalty, while k=1 moves the projections."""
+    from safetensors.torch import load_file
+
+    def projections(name, **overrides):
+        search(recipe_from_dict(tiny(tmp_path / name, **overrides)), cpu=True)
+        state = load_file(tmp_path / name / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003' / 'model.safetensors')
+        return {k: v for k, v in state.items() if '_proj.' in k}
+
+    unpenalised = projections('zero', orthogonal_weight=0.0)
+    skipped = projections('lazy', orthogonal_every=1000)
+    every_step = projections('every')
+    assert unpenalised.keys() == skipped.keys() == every_step.keys()
+    assert all(torch.equal(unpenalised[k], skipped[k]) for k in unpenalised)
+    assert any(not torch.equal(unpenalised[k], every_step[k]) for k in unpenalised)

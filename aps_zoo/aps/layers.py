@@ -2,8 +2,13 @@
 
 A candidate (c_in, c_out) of a conv uses ``W_c = einsum('ijhw,ix,jy->xyhw', W, P, Q)`` with
 ``P: (meta_out, c_out)`` and ``Q: (meta_in, c_in)``, one (P, Q) pair per candidate pair (as the
-reference code keeps them). The einsum is computed as two matmuls. While projections are frozen
-(warm-up) they enter detached, so only the meta weight gets gradients.
+reference code keeps them). Convolution is linear in both channel axes, so each projection can be
+applied either to the meta weight (building the candidate kernel) or to the activations (a matmul
+over channels lifting the input to the meta width, or projecting a meta-width output down): the
+four ways give the same output, and each call takes the one with the fewest multiply-adds for its
+batch and image size.
+Small images and large batches favour the kernel; deep stages at a small batch favour the activations.
+While projections are frozen (warm-up) they enter detached, so only the meta weight gets gradients.
 """
 from __future__ import annotations
 
@@ -15,9 +20,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..channels import conv_out_size
 from .projection import init_projection, orthogonality_penalty, overlap_offsets
 
 Pair = Tuple[int, int]
+# Where each projection is applied: (P side, Q side), each 'weight' or 'activation'; Q side None
+# for a fixed input axis or a depthwise conv (no Q).
+Plan = Tuple[str, Optional[str]]
+SIDES = ('weight', 'activation')
 
 
 def pair_key(c_in: int, c_out: int) -> str:
@@ -61,7 +71,9 @@ class APSConv2d(nn.Module):
         self.in_proj = None if (self.fixed_in or depthwise) else \
             _projection_dict(meta_in, list(in_candidates), pairs, 0, overlap, noise)
         self.projections_trainable = False
+        self.collect_penalty = True  # off: learning projections skip their orthogonality penalty
         self.penalty: Optional[torch.Tensor] = None
+        self.plan: Optional[Plan] = None  # where the projections go; None: the cheapest for each call
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
         """(axis, pair key, matrix) of every projection of this layer."""
@@ -75,38 +87,98 @@ class APSConv2d(nn.Module):
         p = table[key]
         if not self.projections_trainable:
             return p.detach()
-        penalty = orthogonality_penalty(p)  # the regulariser on the projections this step uses
-        self.penalty = penalty if self.penalty is None else self.penalty + penalty
+        if self.collect_penalty:  # the regulariser on the projections this step uses
+            penalty = orthogonality_penalty(p)
+            self.penalty = penalty if self.penalty is None else self.penalty + penalty
         return p
 
-    def candidate_weight(self, c_in: int, c_out: int) -> torch.Tensor:
-        """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
+    def _check_pair(self, c_in: int, c_out: int) -> str:
         key = pair_key(self.meta_in if self.fixed_in else c_in, c_out)
         if key not in self.out_proj:
             raise KeyError(f"width pair (in={c_in}, out={c_out}) is not a candidate of this layer; "
                            f"candidates: {self.pairs}")
-        k, k2 = self.kernel_size, self.kernel_size ** 2
+        return key
+
+    def plans(self) -> Tuple[Plan, ...]:
+        """Every way this layer can apply its projections; the first puts them all on the kernel."""
+        if self.depthwise:
+            return (('weight', None),)
+        return tuple(product(SIDES, (None,) if self.fixed_in else SIDES))
+
+    def plan_macs(self, plan: Plan, c_in: int, c_out: int, in_pixels: int, out_pixels: int) -> int:
+        """Multiply-adds of one forward under ``plan``; ``*_pixels`` = batch x height x width."""
+        k2, meta_in, meta_out = self.kernel_size ** 2, self.meta_in, self.meta_out
+        if self.depthwise:
+            return c_out * meta_out * k2 + out_pixels * c_out * k2
+        p_side, q_side = plan
+        kernel = {('weight', 'weight'): min(c_out * meta_out * meta_in * k2 + c_out * meta_in * c_in * k2,
+                                            meta_out * meta_in * k2 * c_in + c_out * meta_out * c_in * k2),
+                  ('weight', None): c_out * meta_out * c_in * k2,
+                  ('weight', 'activation'): c_out * meta_out * meta_in * k2,
+                  ('activation', 'weight'): meta_out * meta_in * k2 * c_in}.get(plan, 0)
+        conv_in = meta_in if q_side == 'activation' else c_in
+        conv_out = meta_out if p_side == 'activation' else c_out
+        lift = in_pixels * meta_in * c_in if q_side == 'activation' else 0
+        project = out_pixels * meta_out * c_out if p_side == 'activation' else 0
+        return kernel + lift + out_pixels * conv_out * conv_in * k2 + project
+
+    def cheapest_plan(self, c_in: int, c_out: int, in_pixels: int, out_pixels: int) -> Plan:
+        """The plan with the fewest multiply-adds (ties: the kernel side first)."""
+        return min(self.plans(), key=lambda plan: self.plan_macs(plan, c_in, c_out, in_pixels, out_pixels))
+
+    def candidate_weight(self, c_in: int, c_out: int) -> torch.Tensor:
+        """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
+        return self._kernel(('weight', None if (self.fixed_in or self.depthwise) else 'weight'),
+                            self._check_pair(c_in, c_out), c_in, c_out)[0]
+
+    def _kernel(self, plan: Plan, key: str, c_in: int, c_out: int):
+        """(kernel, P or None, Q or None): the kernel with the weight-side projections applied, and
+        the projections left for the activations."""
+        k, k2, meta_out, meta_in = self.kernel_size, self.kernel_size ** 2, self.meta_out, self.meta_in
         p = self._proj(self.out_proj, key)
-        if self.in_proj is None:
-            return (p.t() @ self.weight.reshape(self.meta_out, -1)).reshape(c_out, -1, k, k)
-        q = self._proj(self.in_proj, key)
-        # the same product in the cheaper order: project the smaller of the two axes first
-        meta_out, meta_in = self.meta_out, self.meta_in
+        q = None if plan[1] is None else self._proj(self.in_proj, key)
+        w = self.weight
+        if plan[0] == 'activation' and plan[1] != 'weight':  # the meta kernel itself
+            return w, p, q
+        if plan == ('activation', 'weight'):
+            w = (w.reshape(meta_out, meta_in, k2).transpose(1, 2) @ q).transpose(1, 2)
+            return w.reshape(meta_out, c_in, k, k), p, None
+        if plan[1] != 'weight':  # P on the kernel; Q on the activations or absent
+            return (p.t() @ w.reshape(meta_out, -1)).reshape(c_out, -1, k, k), None, q
+        # both on the kernel, in the cheaper order: project the smaller of the two axes first
         if c_out * meta_in * (meta_out + c_in) <= c_in * meta_out * (meta_in + c_out):
-            w = (p.t() @ self.weight.reshape(self.meta_out, -1)).reshape(c_out, self.meta_in, k2)
-            return (w.transpose(1, 2) @ q).transpose(1, 2).reshape(c_out, c_in, k, k)
-        w = self.weight.reshape(self.meta_out, self.meta_in, k2).transpose(1, 2) @ q  # (O, k2, c_in)
-        return (p.t() @ w.reshape(self.meta_out, -1)).reshape(c_out, k2, c_in).transpose(1, 2).reshape(
-            c_out, c_in, k, k)
+            w = (p.t() @ w.reshape(meta_out, -1)).reshape(c_out, meta_in, k2)
+            return (w.transpose(1, 2) @ q).transpose(1, 2).reshape(c_out, c_in, k, k), None, None
+        w = w.reshape(meta_out, meta_in, k2).transpose(1, 2) @ q  # (O, k2, c_in)
+        w = (p.t() @ w.reshape(meta_out, -1)).reshape(c_out, k2, c_in).transpose(1, 2)
+        return w.reshape(c_out, c_in, k, k), None, None
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         c_in = x.shape[1]
-        w = self.candidate_weight(c_in, c_out)
-        return F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
+        key = self._check_pair(c_in, c_out)
+        plan = self.plan
+        if plan is None:
+            batch, _, h, w = x.shape
+            h_out, w_out = (conv_out_size(s, self.kernel_size, self.stride) for s in (h, w))
+            plan = self.cheapest_plan(c_in, c_out, batch * h * w, batch * h_out * w_out)
+        elif plan not in self.plans():
+            raise ValueError(f"plan {plan} is not one of this layer's plans {self.plans()}")
+        w, p, q = self._kernel(plan, key, c_in, c_out)
+        if q is not None:  # lift the input to the meta width: z = Q x
+            x = mix_channels(x, q.t())
+        y = F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
+        return y if p is None else mix_channels(y, p)  # project down: P^T y
+
+
+def mix_channels(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
+    """``(B, C, H, W)`` activations times ``m: (C, D)`` along channels, as one matmul over the
+    channels-last view (no copy when ``x`` is channels_last; the result is channels_last)."""
+    return (x.permute(0, 2, 3, 1) @ m).permute(0, 3, 1, 2)
 
 
 class APSLinear(nn.Module):
-    """Classifier whose input width is searched: ``W_c = W @ Q`` for each input candidate."""
+    """Classifier whose input width is searched: ``W_c = W @ Q`` for each input candidate, applied
+    as ``W_c x`` or ``W (Q x)``, whichever takes fewer multiply-adds."""
 
     def __init__(self, in_candidates: Sequence[int], meta_in: int, out_features: int, overlap: float = 1.0,
                  noise: float = 1e-3):
@@ -119,6 +191,7 @@ class APSLinear(nn.Module):
         self.pairs = [(c, out_features) for c in in_candidates]
         self.in_proj = _projection_dict(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
         self.projections_trainable = False
+        self.collect_penalty = True  # off: learning projections skip their orthogonality penalty
         self.penalty: Optional[torch.Tensor] = None
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
@@ -127,8 +200,13 @@ class APSLinear(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.in_proj[pair_key(x.shape[1], self.weight.shape[0])]
-        self.penalty = orthogonality_penalty(q) if self.projections_trainable else None
-        return F.linear(x, self.weight @ (q if self.projections_trainable else q.detach()), self.bias)
+        learn = self.projections_trainable
+        self.penalty = orthogonality_penalty(q) if learn and self.collect_penalty else None
+        q = q if learn else q.detach()
+        (batch, c_in), (classes, meta_in) = x.shape, self.weight.shape
+        if batch * meta_in * (c_in + classes) < classes * c_in * (meta_in + batch):  # fewer MACs as W (Q x)
+            return F.linear(x @ q.t(), self.weight, self.bias)
+        return F.linear(x, self.weight @ q, self.bias)
 
 
 class APSBatchNorm2d(nn.Module):

@@ -46,10 +46,30 @@ def renormalize_columns_(p: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return p
 
 
+class _OffDiagonalL1(torch.autograd.Function):
+    """L1 norm of the off-diagonal of ``p^T p`` with a one-matmul backward.
+
+    The Gram matrix is symmetric, so the gradient ``p (S + S^T)`` of the sign pattern ``S`` is
+    ``2 p S``: one ``(meta, c) x (c, c)`` product where autograd's generic rule takes two. For
+    the wide 1x1 layers of an ImageNet ResNet-50 this penalty costs more than the convolutions.
+    """
+
+    @staticmethod
+    def forward(ctx, p: torch.Tensor) -> torch.Tensor:
+        gram = p.t() @ p
+        gram.diagonal().zero_()
+        ctx.save_for_backward(p, gram)
+        return gram.abs().sum()
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        p, off_diagonal = ctx.saved_tensors
+        return p @ off_diagonal.sign().mul_(2 * grad)
+
+
 def orthogonality_penalty(p: torch.Tensor) -> torch.Tensor:
     """L1 norm of the off-diagonal of ``p^T p``: zero iff the columns are mutually orthogonal."""
-    gram = p.t() @ p
-    return (gram - torch.diag_embed(torch.diagonal(gram))).abs().sum()
+    return _OffDiagonalL1.apply(p)
 
 
 def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

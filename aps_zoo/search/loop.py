@@ -122,11 +122,16 @@ class _Searcher:
                 break
             choices = self.uniform_arch() if warm else self.controller_arch()[0]
             digest = zlib.crc32(json.dumps(choices).encode(), digest)
-            logits, penalty = self.model(x, self.space.widths(choices), return_penalty=True)
-            loss = F.cross_entropy(logits, y)
-            if learn:
-                loss = loss + s.orthogonal_weight * penalty
             self.step += 1
+            # lazy regularisation (as StyleGAN2's): the penalty every k-th step, weighted k times
+            penalised = learn and self.step % s.orthogonal_every == 0
+            widths = self.space.widths(choices)
+            if penalised:
+                logits, penalty = self.model(x, widths, return_penalty=True)
+                loss = F.cross_entropy(logits, y) + s.orthogonal_every * s.orthogonal_weight * penalty
+            else:
+                logits = self.model(x, widths)
+                loss = F.cross_entropy(logits, y)
             if not check_finite(loss, self.step, s.on_nonfinite_loss):
                 self.optimizer.zero_grad()
                 continue

@@ -6,11 +6,14 @@ The structure and the shortcut rule are the ones the exported timm models use, r
 """
 from __future__ import annotations
 
+from functools import partial
 from typing import List, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+RELU, RELU6 = partial(F.relu, inplace=True), partial(F.relu6, inplace=True)  # as timm's blocks
 
 from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear, aps_modules
 from ..channels import BlockSpec, shortcut_kind
@@ -21,7 +24,7 @@ class _ConvBN(nn.Module):
     """APS conv + per-candidate BN (+ activation)."""
 
     def __init__(self, space: SearchSpace, in_entry, out_entry: int, kernel: int, stride: int = 1,
-                 act=F.relu, depthwise: bool = False, norm: bool = True, skip_equal: bool = False):
+                 act=RELU, depthwise: bool = False, norm: bool = True, skip_equal: bool = False):
         super().__init__()
         cin = None if in_entry is None else space.candidates[in_entry]
         meta_in = space.input_size[0] if in_entry is None else space.meta_widths[in_entry]
@@ -54,8 +57,8 @@ class SupernetBlock(nn.Module):
                                         _ConvBN(space, e[0], e[1], 3, s),
                                         _ConvBN(space, e[1], e[2], 1, act=None)])
         else:
-            convs = [_ConvBN(space, spec.in_entry, e[0], 1, act=F.relu6)] if len(e) == 3 else []
-            convs += [_ConvBN(space, e[-2] if len(e) == 3 else spec.in_entry, e[-2], 3, s, act=F.relu6,
+            convs = [_ConvBN(space, spec.in_entry, e[0], 1, act=RELU6)] if len(e) == 3 else []
+            convs += [_ConvBN(space, e[-2] if len(e) == 3 else spec.in_entry, e[-2], 3, s, act=RELU6,
                               depthwise=True),
                       _ConvBN(space, e[-2], e[-1], 1, act=None)]
             self.convs = nn.ModuleList(convs)
@@ -64,7 +67,7 @@ class SupernetBlock(nn.Module):
             # 1x1 conv + BN at stride 1 (used when widths differ); 2x2 avg-pool + 1x1 conv at stride 2
             self.shortcut = _ConvBN(space, spec.in_entry, spec.out_entry, 1, act=None, norm=spec.stride == 1,
                                     skip_equal=spec.stride == 1)
-        self.out_act = F.relu if spec.kind != 'inverted_residual' else None
+        self.out_act = RELU if spec.kind != 'inverted_residual' else None
 
     def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
         spec = self.spec
@@ -91,23 +94,26 @@ class APSSupernet(nn.Module):
         self.space = space
         layout = space.layout
         stride = 1 if layout.stem == 'cifar' else 2
-        act = F.relu6 if layout.stem == 'mobilenet' else F.relu
+        act = RELU6 if layout.stem == 'mobilenet' else RELU
         self.stem = _ConvBN(space, None, 0, 7 if layout.stem == 'imagenet' else 3, stride, act=act)
         self.stem_pool = layout.stem == 'imagenet'
         self.blocks = nn.ModuleList([SupernetBlock(space, b) for b in layout.blocks])
         self.head = None
         if layout.head_entry is not None:
-            self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=F.relu6)
+            self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=RELU6)
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
         self._aps_layers = tuple(aps_modules(self).values())  # plain tuple: not registered twice
 
     def forward(self, x: torch.Tensor, widths: Sequence[int], return_penalty: bool = False):
         """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the
-        orthogonality penalty of the projections this forward used (zero while they are frozen)."""
+        orthogonality penalty of the projections this forward used (zero while they are frozen).
+
+        Runs channels_last: candidate kernels come out of their matmuls in that layout, and
+        projections applied to activations are plain matmuls over the channels-last view."""
         for m in self._aps_layers:
-            m.penalty = None
-        x = self.stem(x, widths[0])
+            m.penalty, m.collect_penalty = None, return_penalty
+        x = self.stem(x.contiguous(memory_format=torch.channels_last), widths[0])
         if self.stem_pool:
             x = F.max_pool2d(x, 3, 2, 1)
         for block in self.blocks:
