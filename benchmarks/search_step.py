@@ -13,13 +13,14 @@ faster memory format for it on CPU too.
 "MAC ratio" is the multiply-adds of the supernet forward (convolutions, the projections under the
 plan each layer picks, and the orthogonality penalty; counted by FlopCounterMode) over those of the
 subnet: no implementation of dense projections can beat it. The projections and the penalty cost
-the same at any batch, so the ratio falls as the batch grows; a last table gives it for a few
-batch sizes without running them. Memory is measured exactly rather than through the allocator:
-the tensors autograd saves for backward in one step, and the training state (parameters, buffers,
-gradients, SGD momentum).
+the same at any batch, so the ratio falls as the batch grows; a last table gives it, with and
+without the penalty, for a few batch sizes without running them. Memory is measured exactly
+rather than through the allocator: the tensors autograd saves for backward in one step, and the
+training state (parameters, buffers, gradients, SGD momentum).
 
     python benchmarks/search_step.py [--batch 64] [--archs 5] [--steps 10] [--threads 2]
     python benchmarks/search_step.py --family resnet --depth 50 --size 224 --batch 8 --archs 2 --steps 2
+    python benchmarks/search_step.py --archs 1 --steps 2 --profile 15   # where a supernet step spends its time
 
 On CPU, glibc's malloc returns large freed blocks to the system and page-faults them back on the
 next step, which adds noise and cost to both sides; the figures in docs/benchmarks.md ran with
@@ -33,7 +34,8 @@ import os
 import random
 import statistics
 import time
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
+from functools import partial
 
 import torch
 import torch.nn.functional as F
@@ -53,13 +55,16 @@ def make_space(family: str, depth: int, size: int):
                        stage_multipliers=[1, 2, 4, 8], blockwise=True, meta_width='max')
 
 
-def interleaved_ms(steps: dict, rounds: int, warmup: int = 2) -> dict:
+def interleaved_ms(steps: dict, rounds: int, device: torch.device, warmup: int = 2) -> dict:
     """Median milliseconds of each ``steps[name]()``, the steps called in turn for every round."""
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
     times = {name: [] for name in steps}
     for r in range(warmup + rounds):
         for name, step in steps.items():
+            sync()
             t = time.perf_counter()
             step()
+            sync()
             if r >= warmup:
                 times[name].append((time.perf_counter() - t) * 1e3)
     return {name: statistics.median(ts) for name, ts in times.items()}
@@ -69,11 +74,12 @@ def sgd(params):
     return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def train_step(forward, opt, y):
-    """One SGD step of ``forward()`` -> (logits, penalty)."""
+def train_step(forward, opt, y, autocast=nullcontext):
+    """One SGD step of ``forward()`` -> (logits, penalty), the forward inside ``autocast()``."""
     def step():
-        logits, penalty = forward()
-        loss = F.cross_entropy(logits, y) + 5e-3 * penalty
+        with autocast():
+            logits, penalty = forward()
+            loss = F.cross_entropy(logits, y) + 5e-3 * penalty
         loss.backward()
         opt.step()
         opt.zero_grad()
@@ -93,20 +99,17 @@ def kernel_only(supernet):
             m.plan = None
 
 
-def forward_mac_ratio(space, choices, batch: int, plan_kernel_only: bool = False) -> float:
-    """Multiply-adds of one supernet forward (convolutions, projections, orthogonality penalty;
-    counted by torch's FlopCounterMode on the meta device, so nothing is computed) over the
-    subnet's analytic MACs at ``batch``: the floor for any implementation of dense projections."""
+def forward_mac_ratio(space, choices, batch: int, plan_kernel_only: bool = False, penalty: bool = True) -> float:
+    """Multiply-adds of one supernet forward (convolutions, projections and, with ``penalty``, the
+    orthogonality penalty; counted by torch's FlopCounterMode on the meta device, so nothing is
+    computed) over the subnet's analytic MACs at ``batch``: the floor for dense projections."""
     with torch.device('meta'):
         supernet = APSSupernet(space)
         set_projections_trainable(supernet, True)
         x = torch.empty(batch, *space.input_size)
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        if plan_kernel_only:
-            with kernel_only(supernet):
-                supernet(x, space.widths(choices), return_penalty=True)
-        else:
-            supernet(x, space.widths(choices), return_penalty=True)
+        with kernel_only(supernet) if plan_kernel_only else nullcontext():
+            supernet(x, space.widths(choices), return_penalty=penalty)
     return counter.get_total_flops() / 2 / (batch * space.macs(choices))
 
 
@@ -139,29 +142,35 @@ def main() -> None:
                         help='standalone model and input in channels_last (the supernet always is)')
     parser.add_argument('--floor-batches', type=int, nargs='*', default=[8, 64, 256],
                         help='batch sizes for the MAC-ratio table (counted, not timed)')
+    parser.add_argument('--profile', type=int, default=0, metavar='ROWS',
+                        help="print torch.profiler's top ROWS operators of one supernet step (first architecture)")
+    parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
+    parser.add_argument('--bf16', action='store_true', help='bf16 autocast, as Accelerate mixed_precision=bf16')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
+    device = torch.device(args.device)
+    autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.bf16)
 
     space = make_space(args.family, args.depth, args.size)
     torch.manual_seed(0)
     rng = random.Random(0)
-    supernet = APSSupernet(space)
+    supernet = APSSupernet(space).to(device)
     set_projections_trainable(supernet, True)
     opt = sgd(supernet.parameters())
-    x = torch.randn(args.batch, 3, args.size, args.size).contiguous(memory_format=memory_format)
-    y = torch.randint(space.num_classes, (args.batch,))
-    zero = torch.zeros(())
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
+    y = torch.randint(space.num_classes, (args.batch,), device=device)
+    zero = torch.zeros((), device=device)
     rows, floors = [], []
     for _ in range(args.archs):
         choices = space.random_choices(rng)
         widths = space.widths(choices)
-        model = create_model_from_config(space.config(choices)).to(memory_format=memory_format)
+        model = create_model_from_config(space.config(choices)).to(device, memory_format=memory_format)
         super_fwd = lambda: supernet(x, widths, return_penalty=True)  # noqa: E731
         alone_fwd = lambda: (model(x), zero)  # noqa: E731
-        super_step = train_step(super_fwd, opt, y)
+        super_step = train_step(super_fwd, opt, y, autocast)
         unpenalised_fwd = lambda: (supernet(x, widths), zero)  # noqa: E731
 
         def kernel_step():
@@ -169,16 +178,28 @@ def main() -> None:
                 super_step()
 
         ms = interleaved_ms({'supernet': super_step, 'kernel': kernel_step,
-                             'no penalty': train_step(unpenalised_fwd, opt, y),
-                             'standalone': train_step(alone_fwd, sgd(model.parameters()), y)}, args.steps)
+                             'no penalty': train_step(unpenalised_fwd, opt, y, autocast),
+                             'standalone': train_step(alone_fwd, sgd(model.parameters()), y, autocast)},
+                            args.steps, device)
+        if args.profile and not rows:
+            activities = [torch.profiler.ProfilerActivity.CPU] + \
+                ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+            with torch.profiler.profile(activities=activities) as prof:
+                super_step()
+            print(prof.key_averages().table(sort_by=f'self_{"device" if device.type == "cuda" else "cpu"}_time_total',
+                                            row_limit=args.profile))
+        with autocast():
+            saved = saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)
         rows.append((space.macs(choices), ms, forward_mac_ratio(space, choices, args.batch),
-                     forward_mac_ratio(space, choices, args.batch, plan_kernel_only=True),
-                     saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)))
-        floors.append([forward_mac_ratio(space, choices, b) for b in args.floor_batches])
+                     forward_mac_ratio(space, choices, args.batch, plan_kernel_only=True), *saved))
+        floors.append([(forward_mac_ratio(space, choices, b), forward_mac_ratio(space, choices, b, penalty=False))
+                       for b in args.floor_batches])
 
     print(f"{args.family}{args.depth} space, input {args.size}x{args.size}, batch {args.batch}, standalone "
           f"{'channels_last' if args.channels_last else 'contiguous'}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, malloc {os.environ.get('GLIBC_TUNABLES', 'glibc defaults')}")
+    print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
+          f"{', bf16 autocast' if args.bf16 else ''}")
     print("supernet: projections where cheapest; kernel: all on the kernel (P^T W Q); no penalty: supernet "
           "step without the orthogonality penalty (search.orthogonal_every skips it); ms = median per step")
     print(f"{'MACs':>14} | {'supernet ms':>11} | {'kernel ms':>9} | {'no penalty ms':>13} | {'standalone ms':>13} | "
@@ -191,10 +212,10 @@ def main() -> None:
     for name in ('supernet', 'kernel', 'no penalty'):
         print(f"median time ratio {name}/standalone: "
               f"{statistics.median(r[1][name] / r[1]['standalone'] for r in rows):.2f}")
-    print(f"MAC ratio (supernet forward incl. projections and penalty / subnet) by batch, same architectures:")
-    print(' | '.join(f"batch {b:>4}" for b in args.floor_batches))
+    print("MAC ratio (supernet forward / subnet) by batch, same architectures: with the penalty / without")
+    print(' | '.join(f"{f'batch {b}':>13}" for b in args.floor_batches))
     for row in floors:
-        print(' | '.join(f"{r:>10.2f}" for r in row))
+        print(' | '.join(f"{with_penalty:>6.2f} / {without:<4.2f}" for with_penalty, without in row))
     meta, proj = nbytes(supernet.meta_parameters()), nbytes(supernet.projection_parameters())
     print(f"supernet state: meta weights {meta / MIB:.1f} MiB, projections {proj / MIB:.1f} MiB, "
           f"BN buffers {nbytes(supernet.buffers()) / MIB:.1f} MiB; training state (params, buffers, grads and "

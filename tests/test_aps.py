@@ -238,15 +238,19 @@ def test_orthogonality_penalty_gradient_matches_autograd():
     assert torch.autograd.gradcheck(orthogonality_penalty, (p.detach().requires_grad_(),))
 
 
-def test_penalty_only_when_asked():
-    """Without ``return_penalty`` learning projections get the loss gradient and no penalty is computed;
-    with it the gradient adds exactly the penalty's."""
+def learning_supernet():
+    """A small supernet with learning projections, one architecture and a batch: (net, widths, x, y)."""
     space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
     torch.manual_seed(0)
     net = APSSupernet(space)
     set_projections_trainable(net, True)
-    widths = space.widths([1] * space.num_decisions)
-    x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+    return net, space.widths([1] * space.num_decisions), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+
+
+def test_penalty_only_when_asked():
+    """Without ``return_penalty`` learning projections get the loss gradient and no penalty is computed;
+    with it the gradient adds exactly the penalty's."""
+    net, widths, x, y = learning_supernet()
     used = net.stem.conv.out_proj[f'3_{widths[0]}']
     F.cross_entropy(net(x, widths), y).backward()
     assert all(m.penalty is None for m in aps_modules(net).values())
@@ -271,3 +275,18 @@ def test_linear_applies_its_projection_where_cheaper(batch):
     assert torch.allclose(out, expected, atol=1e-5)
     kernel_side, activation_side = 30 * 40 * 16 + batch * 16 * 30, batch * 40 * (16 + 30)
     assert counter.get_total_flops() // 2 == min(kernel_side, activation_side)
+
+
+def test_supernet_trains_under_bf16_autocast():
+    """Mixed precision (Accelerate's bf16 autocast): the step runs and the penalty stays float32."""
+    net, widths, x, y = learning_supernet()
+    _, reference = net(x, widths, return_penalty=True)
+    with torch.autocast('cpu', dtype=torch.bfloat16):
+        logits, penalty = net(x, widths, return_penalty=True)
+        loss = F.cross_entropy(logits, y) + 5e-3 * penalty
+    loss.backward()
+    assert logits.dtype == torch.bfloat16 and penalty.dtype == torch.float32
+    assert penalty.item() == pytest.approx(reference.item(), rel=1e-5)
+    used = net.stem.conv.out_proj[f'3_{widths[0]}'].grad
+    assert used.dtype == torch.float32 and torch.isfinite(used).all() and used.abs().sum() > 0
+    assert net.stem.conv.weight.grad.abs().sum() > 0

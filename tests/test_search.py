@@ -1,5 +1,6 @@
 """End-to-end APS search on digits: outputs, budget, resume, bad input, two CPU ranks."""
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -198,3 +199,18 @@ def test_lazy_orthogonality_penalty_skips_exactly(tmp_path):
     assert unpenalised.keys() == skipped.keys() == every_step.keys()
     assert all(torch.equal(unpenalised[k], skipped[k]) for k in unpenalised)
     assert any(not torch.equal(unpenalised[k], every_step[k]) for k in unpenalised)
+
+
+def test_search_under_bf16_mixed_precision(tmp_path):
+    """`accelerate launch --mixed_precision bf16` (bf16 autocast, here on CPU) runs the whole search."""
+    path = tmp_path / 'r.yaml'
+    path.write_text(yaml.safe_dump(tiny(tmp_path)))
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', '1', '--num_machines', '1',
+           '--mixed_precision', 'bf16', '--dynamo_backend', 'no', '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'tiny' / 'search'
+    assert '- processes: 1 x cpu, mixed precision bf16' in (out / 'search_report.md').read_text()
+    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
+    assert len(records) == 4 and all(math.isfinite(r['train_loss']) for r in records)
+    assert count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET * 1.02

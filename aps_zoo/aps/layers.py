@@ -47,7 +47,9 @@ class APSConv2d(nn.Module):
 
     ``in_candidates=None`` marks a fixed input axis (the image): no Q. ``depthwise=True`` ties
     c_in == c_out and uses one projection per width. ``skip_equal`` leaves out the pairs with
-    c_in == c_out (a stride-1 shortcut is the identity there and never uses them).
+    c_in == c_out (a stride-1 shortcut is the identity there and never uses them). Each call
+    applies the projections where :meth:`cheapest_plan` says, unless ``plan`` is set to one of
+    :meth:`plans`.
     """
 
     def __init__(self, in_candidates: Optional[Sequence[int]], out_candidates: Sequence[int], meta_in: int,

@@ -7,6 +7,7 @@ gives disjoint blocks (independent weights). Both are special cases of APS.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -56,7 +57,9 @@ class _OffDiagonalL1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, p: torch.Tensor) -> torch.Tensor:
-        gram = p.t() @ p
+        device = p.device.type
+        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+            gram = p.t() @ p  # in p's precision under mixed precision too
         gram.diagonal().zero_()
         ctx.save_for_backward(p, gram)
         return gram.abs().sum()

@@ -240,6 +240,8 @@ def _report(searcher: _Searcher, records: List[Dict], rows: List[Dict], config: 
              f"- uniform network at the budget: multiplier {uniform.provenance['multiplier']}, "
              f"{count_macs(uniform):,} MACs",
              f"- held-out accuracy (supernet weights): {rows[0]['val_acc']:.4f}; test accuracy: {test_acc:.4f}",
+             f"- processes: {searcher.acc.num_processes} x {searcher.acc.device.type}, mixed precision "
+             f"{searcher.acc.mixed_precision}",
              f"- search wall time: {seconds:.1f} s; supernet training throughput "
              f"{_mean(records, 'images_per_s'):.0f} images/s; controller update {_mean(records, 'controller_update_ms'):.1f} ms",
              "",
