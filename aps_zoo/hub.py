@@ -219,6 +219,19 @@ def _check_repo_id(repo_id: str) -> None:
         raise HubError(f"repo id must be '<org or user>/<name>', got {repo_id!r}")
 
 
+def _hub_dataset_ids(names: Iterable[str]) -> List[str]:
+    """The names that can be Hub dataset ids (the card's ``datasets:`` links them); descriptions of
+    data with no Hub id, such as the embedded digits, stay in the card's results only."""
+    ids = []
+    for name in names:
+        try:
+            validate_repo_id(name)
+        except HFValidationError:
+            continue
+        ids.append(name)
+    return ids
+
+
 def _hub_configs(hub_configs_dir) -> List[HubConfig]:
     folder = Path(hub_configs_dir)
     if not folder.is_dir():
@@ -407,7 +420,7 @@ def build_card(config: ChannelConfig, architecture: str, repo_id: str, *, result
     data = ModelCardData(
         library_name='timm', pipeline_tag='image-classification', license=license,
         tags=[*BASE_TAGS, config.family.replace('_', '-'), *tags],
-        datasets=list(datasets) or sorted({r.dataset for r in results}) or None,
+        datasets=_hub_dataset_ids(list(datasets) or sorted({r.dataset for r in results})) or None,
         model_name=name, eval_results=eval_results or None, architecture=architecture)
     trained = [f"{r.epochs} epochs on {DATASET_NAMES.get(r.dataset, r.dataset)}" for r in results if r.epochs]
     summary = [

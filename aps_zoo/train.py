@@ -40,7 +40,7 @@ from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection, check_devices
-from .runs import MetricsLog, check_finite, list_checkpoints, load_latest_checkpoint, save_checkpoint
+from .runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
 
 WEIGHTS = 'model.safetensors'
 
@@ -165,10 +165,7 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     check_train_section(tr)
     channel_config, config_ref = resolve_config(config if config is not None else tr.config)
     out_dir = Path(out_dir) if out_dir is not None else recipe.run_dir / 'train'
-    previous = list_checkpoints(out_dir)
-    if previous and not resume:
-        raise TrainError(f"{out_dir} already holds a training run ({previous[-1][1].name}); "
-                         f"pass --resume to continue it, or remove the folder / choose another output_dir")
+    check_fresh_run(out_dir, resume)
     accelerator = accelerator or make_accelerator(tr, cpu)
     check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
     accelerator.gradient_accumulation_steps = tr.grad_accum_steps

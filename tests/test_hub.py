@@ -158,6 +158,20 @@ def test_card_of_an_unmeasured_paper_config_says_so(tmp_path):
     assert "hf-hub:aps-zoo/aps_resnet56_cifar_60m" in card.text
 
 
+def test_card_links_only_hub_dataset_ids():
+    """A result on the embedded digits keeps its description in the results, out of ``datasets:``."""
+    digits = 'scikit-learn digits (1797 8x8 images; test: 360 images carved from the train split (20%, seed 0))'
+    config = models.zoo_config('aps_resnet20_cifar_20m')
+    card = hub.build_card(config, 'aps_resnet20_cifar_20m', 'tester/r20',
+                          results=[hub.Result(digits, 99.2, 100.0, 'test', 30)], with_plot=False)
+    meta = card.data.to_dict()
+    assert 'datasets' not in meta
+    assert [(r.dataset_type, r.metric_value) for r in card.data.eval_results] == [(digits, 99.2), (digits, 100.0)]
+    both = hub.build_card(config, 'aps_resnet20_cifar_20m', 'tester/r20', with_plot=False,
+                          results=[hub.Result(digits, 99.2), hub.Result('uoft-cs/cifar10', 91.0)])
+    assert both.data.to_dict()['datasets'] == ['uoft-cs/cifar10']
+
+
 def test_peer_comparison_only_next_to_an_imagenet_result():
     config = models.zoo_config('aps_resnet18_1g')
 

@@ -107,7 +107,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
     run = tmp_path / 'killed' / 'train'
     assert [e for e, _ in list_checkpoints(run)] == [1, 2]
     shutil.copytree(run, tmp_path / 'corrupt' / 'train')
-    with pytest.raises(TrainError, match='--resume'):
+    with pytest.raises(CheckpointError, match='already holds a run .* --resume'):
         train(killed)
 
     resumed = train(killed, resume=True).out_dir
