@@ -13,11 +13,11 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-RELU, RELU6 = partial(F.relu, inplace=True), partial(F.relu6, inplace=True)  # as timm's blocks
-
 from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear, aps_modules
 from ..channels import BlockSpec, shortcut_kind
 from .space import SearchSpace
+
+RELU, RELU6 = partial(F.relu, inplace=True), partial(F.relu6, inplace=True)  # as timm's blocks
 
 
 class _ConvBN(nn.Module):
