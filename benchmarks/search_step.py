@@ -99,14 +99,12 @@ def kernel_only(supernet):
             m.plan = None
 
 
-def forward_mac_ratio(space, choices, batch: int, plan_kernel_only: bool = False, penalty: bool = True) -> float:
-    """Multiply-adds of one supernet forward (convolutions, projections and, with ``penalty``, the
-    orthogonality penalty; counted by torch's FlopCounterMode on the meta device, so nothing is
-    computed) over the subnet's analytic MACs at ``batch``: the floor for dense projections."""
-    with torch.device('meta'):
-        supernet = APSSupernet(space)
-        set_projections_trainable(supernet, True)
-        x = torch.empty(batch, *space.input_size)
+def forward_mac_ratio(supernet, choices, batch: int, plan_kernel_only: bool = False, penalty: bool = True) -> float:
+    """Multiply-adds of one forward of ``supernet`` (on the meta device, so nothing is computed):
+    convolutions, projections and, with ``penalty``, the orthogonality penalty, counted by torch's
+    FlopCounterMode, over the subnet's analytic MACs at ``batch``: the floor for dense projections."""
+    space = supernet.space
+    x = torch.empty(batch, *space.input_size, device='meta')
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         with kernel_only(supernet) if plan_kernel_only else nullcontext():
             supernet(x, space.widths(choices), return_penalty=penalty)
@@ -163,6 +161,9 @@ def main() -> None:
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(space.num_classes, (args.batch,), device=device)
     zero = torch.zeros((), device=device)
+    with torch.device('meta'):
+        counting = APSSupernet(space)  # the same supernet on the meta device, for MAC counts
+    set_projections_trainable(counting, True)
     rows, floors = [], []
     for _ in range(args.archs):
         choices = space.random_choices(rng)
@@ -190,9 +191,9 @@ def main() -> None:
                                             row_limit=args.profile))
         with autocast():
             saved = saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)
-        rows.append((space.macs(choices), ms, forward_mac_ratio(space, choices, args.batch),
-                     forward_mac_ratio(space, choices, args.batch, plan_kernel_only=True), *saved))
-        floors.append([(forward_mac_ratio(space, choices, b), forward_mac_ratio(space, choices, b, penalty=False))
+        rows.append((space.macs(choices), ms, forward_mac_ratio(counting, choices, args.batch),
+                     forward_mac_ratio(counting, choices, args.batch, plan_kernel_only=True), *saved))
+        floors.append([(forward_mac_ratio(counting, choices, b), forward_mac_ratio(counting, choices, b, penalty=False))
                        for b in args.floor_batches])
 
     print(f"{args.family}{args.depth} space, input {args.size}x{args.size}, batch {args.batch}, standalone "

@@ -113,8 +113,7 @@ class APSConv2d(nn.Module):
         if self.depthwise:
             return c_out * meta_out * k2 + out_pixels * c_out * k2
         p_side, q_side = plan
-        kernel = {('weight', 'weight'): min(c_out * meta_out * meta_in * k2 + c_out * meta_in * c_in * k2,
-                                            meta_out * meta_in * k2 * c_in + c_out * meta_out * c_in * k2),
+        kernel = {('weight', 'weight'): min(self._kernel_orders(c_in, c_out)),
                   ('weight', None): c_out * meta_out * c_in * k2,
                   ('weight', 'activation'): c_out * meta_out * meta_in * k2,
                   ('activation', 'weight'): meta_out * meta_in * k2 * c_in}.get(plan, 0)
@@ -124,14 +123,18 @@ class APSConv2d(nn.Module):
         project = out_pixels * meta_out * c_out if p_side == 'activation' else 0
         return kernel + lift + out_pixels * conv_out * conv_in * k2 + project
 
+    def _kernel_orders(self, c_in: int, c_out: int) -> Tuple[int, int]:
+        """MACs of ``P^T W Q`` projecting the output axis first, and the input axis first."""
+        k2, meta_in, meta_out = self.kernel_size ** 2, self.meta_in, self.meta_out
+        return k2 * c_out * meta_in * (meta_out + c_in), k2 * c_in * meta_out * (meta_in + c_out)
+
     def cheapest_plan(self, c_in: int, c_out: int, in_pixels: int, out_pixels: int) -> Plan:
         """The plan with the fewest multiply-adds (ties: the kernel side first)."""
         return min(self.plans(), key=lambda plan: self.plan_macs(plan, c_in, c_out, in_pixels, out_pixels))
 
     def candidate_weight(self, c_in: int, c_out: int) -> torch.Tensor:
         """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
-        return self._kernel(('weight', None if (self.fixed_in or self.depthwise) else 'weight'),
-                            self._check_pair(c_in, c_out), c_in, c_out)[0]
+        return self._kernel(self.plans()[0], self._check_pair(c_in, c_out), c_in, c_out)[0]
 
     def _kernel(self, plan: Plan, key: str, c_in: int, c_out: int):
         """(kernel, P or None, Q or None): the kernel with the weight-side projections applied, and
@@ -147,8 +150,9 @@ class APSConv2d(nn.Module):
             return w.reshape(meta_out, c_in, k, k), p, None
         if plan[1] != 'weight':  # P on the kernel; Q on the activations or absent
             return (p.t() @ w.reshape(meta_out, -1)).reshape(c_out, -1, k, k), None, q
-        # both on the kernel, in the cheaper order: project the smaller of the two axes first
-        if c_out * meta_in * (meta_out + c_in) <= c_in * meta_out * (meta_in + c_out):
+        # both on the kernel, in the cheaper order
+        out_first, in_first = self._kernel_orders(c_in, c_out)
+        if out_first <= in_first:
             w = (p.t() @ w.reshape(meta_out, -1)).reshape(c_out, meta_in, k2)
             return (w.transpose(1, 2) @ q).transpose(1, 2).reshape(c_out, c_in, k, k), None, None
         w = w.reshape(meta_out, meta_in, k2).transpose(1, 2) @ q  # (O, k2, c_in)
