@@ -3,6 +3,15 @@
 Input at each step: an embedding of the previous choice, a one-hot of the decision index and the
 fraction of the MACs budget left (budget minus the MACs of the smallest network that completes the
 choices made so far). Decoders: sampling and beam search.
+
+Every decoder samples under a hard feasibility rule: at each decision the options after which no
+completion can stay within the budget (even with the smallest MACs for the rest), or reach
+``min_fraction`` x budget (even with the largest), are masked, and the log-probabilities are
+renormalised over the options left. The mask depends only on the choices made so far, so the
+log-probability of an architecture is that of the masked policy and REINFORCE stays exact. The
+bounds are exact (:class:`aps_zoo.spaces.space.MacsTable`); when the band is narrower than one
+decision's step and no option reaches the lower bound, the lower bound is dropped for that decision
+(the budget never is).
 """
 from __future__ import annotations
 
@@ -20,10 +29,13 @@ from ..spaces import SearchSpace
 class Controller(nn.Module):
     """Autoregressive width policy over a SearchSpace with a budget-aware input."""
 
-    def __init__(self, space: SearchSpace, budget_macs: float, hidden_size: int = 100):
+    def __init__(self, space: SearchSpace, budget_macs: float, hidden_size: int = 100, min_fraction: float = 0.9):
         super().__init__()
         self.space = space
         self.budget = float(budget_macs)
+        self.table = space.macs_table()
+        # the lower end of the band; a budget above the largest network counts as that network's MACs
+        self.lower = min_fraction * min(self.budget, self.table.highest[0][()])
         n = space.num_decisions
         max_options = max(space.num_options(d) for d in range(n))
         self.hidden_size = hidden_size
@@ -36,16 +48,31 @@ class Controller(nn.Module):
             nn.init.zeros_(head.bias)
             head.weight.data.mul_(0.1)
 
-    def budget_left(self, prefix: Sequence[int]) -> float:
-        """Fraction of the budget left if the remaining decisions took their smallest candidates, in [-1, 1]."""
-        choices = list(prefix) + [0] * (self.space.num_decisions - len(prefix))
-        return max(-1.0, (self.budget - self.space.macs(choices)) / self.budget)
+    def feasible(self, prefix: Sequence[int]) -> Tuple[List[bool], float]:
+        """Which options of the next decision keep the band [lower, budget] reachable, and the fraction of
+        the budget left (budget minus the smallest MACs of any completion of ``prefix``, clipped to [-1, 1])."""
+        bounds = self.table.option_bounds(prefix)
+        under = [lo <= self.budget for lo, _ in bounds]
+        both = [u and hi >= self.lower for u, (_, hi) in zip(under, bounds)]
+        left = (self.budget - min(lo for lo, _ in bounds)) / self.budget
+        # an over-budget prefix (only reached by teacher-forcing an architecture outside the band, whose
+        # log-probability is then -inf) masks nothing, so that log-probability stays -inf, not nan
+        allowed = both if any(both) else under if any(under) else [True] * len(bounds)
+        return allowed, max(-1.0, min(1.0, left))
 
     def _logits(self, state, prev: int, d: int, prefix: Sequence[int]):
-        x = torch.cat([self.embed.weight[prev], self.onehots[d],
-                       self.onehots.new_tensor([self.budget_left(prefix)])]).unsqueeze(0)
+        """Masked log-probabilities of decision ``d`` (-inf where infeasible) and the new LSTM state."""
+        allowed, left = self.feasible(prefix)
+        x = torch.cat([self.embed.weight[prev], self.onehots[d], self.onehots.new_tensor([left])]).unsqueeze(0)
         h, c = self.cell(x, state)
-        return self.heads[d](h).squeeze(0), (h, c)
+        logits = self.heads[d](h).squeeze(0)
+        mask = torch.tensor(allowed, device=logits.device)
+        return F.log_softmax(logits.masked_fill(~mask, -math.inf), -1), (h, c)
+
+    @staticmethod
+    def _entropy(logp: torch.Tensor) -> torch.Tensor:
+        p = logp.exp()
+        return -(p * logp.masked_fill(p == 0, 0.0)).sum()
 
     def _initial_state(self):
         z = self.onehots.new_zeros(1, self.hidden_size)
@@ -57,14 +84,13 @@ class Controller(nn.Module):
         state, prev, choices = self._initial_state(), self.start_token, []
         log_probs, entropies = [], []
         for d in range(self.space.num_decisions):
-            logits, state = self._logits(state, prev, d, choices)
-            logp = F.log_softmax(logits, -1)
+            logp, state = self._logits(state, prev, d, choices)
             if greedy:
                 c = int(logp.argmax())
             else:
                 c = int(torch.multinomial(logp.detach().exp(), 1, generator=generator))
             log_probs.append(logp[c])
-            entropies.append(-(logp.exp() * logp).sum())
+            entropies.append(self._entropy(logp))
             choices.append(c)
             prev = c
         return choices, torch.stack(log_probs).sum(), torch.stack(entropies).sum()
@@ -74,24 +100,23 @@ class Controller(nn.Module):
         state, prev = self._initial_state(), self.start_token
         log_probs, entropies = [], []
         for d, c in enumerate(choices):
-            logits, state = self._logits(state, prev, d, choices[:d])
-            logp = F.log_softmax(logits, -1)
+            logp, state = self._logits(state, prev, d, choices[:d])
             log_probs.append(logp[c])
-            entropies.append(-(logp.exp() * logp).sum())
+            entropies.append(self._entropy(logp))
             prev = c
         return torch.stack(log_probs).sum(), torch.stack(entropies).sum()
 
     @torch.no_grad()
     def beam_search(self, top_k: int) -> List[Tuple[List[int], float]]:
-        """The ``top_k`` most probable architectures (choices, log-prob), best first."""
+        """The ``top_k`` most probable feasible architectures (choices, masked log-prob), best first."""
         beams = [([], 0.0, self._initial_state(), self.start_token)]
         for d in range(self.space.num_decisions):
             expanded = []
             for choices, score, state, prev in beams:
-                logits, new_state = self._logits(state, prev, d, choices)
-                logp = F.log_softmax(logits, -1)
+                logp, new_state = self._logits(state, prev, d, choices)
                 for c in range(logp.numel()):
-                    expanded.append((choices + [c], score + float(logp[c]), new_state, c))
+                    if logp[c] > -math.inf:
+                        expanded.append((choices + [c], score + float(logp[c]), new_state, c))
             expanded.sort(key=lambda b: b[1], reverse=True)
             beams = expanded[:top_k]
         return [(choices, score) for choices, score, _, _ in beams]

@@ -1,14 +1,16 @@
 """Search spaces: candidate widths per layer, how layers group into controller decisions, budgets."""
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..aps.projection import required_meta_width
 from ..channels import ChannelConfig, network_layout, tied_entries
-from ..flops import count_macs
+from ..flops import LayerCost, count_macs, layer_table
 from .timm_backbones import check_layout_matches_timm
 
 
@@ -79,6 +81,10 @@ class SearchSpace:
     def macs(self, choices: Sequence[int]) -> int:
         return _macs(self, tuple(choices))
 
+    def macs_table(self) -> 'MacsTable':
+        """The space's MACs as per-decision and per-decision-pair tables (exact, analytic)."""
+        return _macs_table(self)
+
     def smallest(self) -> List[int]:
         return [0] * self.num_decisions
 
@@ -111,6 +117,115 @@ class SearchSpace:
 @lru_cache(maxsize=65536)
 def _macs(space: SearchSpace, choices: Tuple[int, ...]) -> int:
     return count_macs(space.config(choices))
+
+
+def _layer_macs(layer: LayerCost) -> int:
+    return layer.macs if layer.kernel else layer.c_in * layer.c_out  # kernel 0: the classifier (count_macs)
+
+
+class MacsTable:
+    """MACs of every architecture of a space as ``sum_d unary[d][c_d] + sum_(a,b) pair[a,b][c_a][c_b]``.
+
+    Built from :func:`aps_zoo.flops.layer_table`: each conv reads one entry and writes one, so its
+    MACs depend on at most two decisions (a stride-1 shortcut costs nothing where the two widths are
+    equal). On top of the tables, an exact dynamic programme over the decisions in order gives the
+    smallest and the largest MACs of any completion of a prefix of choices: the state of decision d is
+    the assignment of the earlier decisions that a term with a later decision still reads (at most
+    two for the families here), so a bound costs one table lookup per remaining state.
+    """
+
+    def __init__(self, space: SearchSpace):
+        self.num_options = [space.num_options(d) for d in range(space.num_decisions)]
+        n = len(self.num_options)
+        self.unary = [[0] * k for k in self.num_options]
+        self.pair: Dict[Tuple[int, int], List[List[int]]] = {}
+        for (da, db), cost in _layer_terms(space):
+            if da is None or db is None or da == db:  # reads the image, writes the logits, or a tied width
+                d = da if db is None else db
+                for c in range(self.num_options[d]):
+                    self.unary[d][c] += cost(c, c)
+                continue
+            (a, b), swap = sorted((da, db)), da > db
+            table = self.pair.setdefault((a, b), [[0] * self.num_options[b] for _ in range(self.num_options[a])])
+            for ca, cb in product(range(self.num_options[a]), range(self.num_options[b])):
+                table[ca][cb] += cost(cb, ca) if swap else cost(ca, cb)
+        self.readers = [[a for (a, b) in self.pair if b == d] for d in range(n)]  # earlier decisions term d reads
+        self.frontier = [tuple(sorted({a for (a, b) in self.pair if a < d <= b})) for d in range(n + 1)]
+        self.lowest = self._cost_to_go(min)
+        self.highest = self._cost_to_go(max)
+
+    def local(self, d: int, c: int, choices: Sequence[int]) -> int:
+        """MACs of the terms whose last decision is ``d``, with ``c`` at ``d`` and ``choices`` before it."""
+        return self.unary[d][c] + sum(self.pair[a, d][choices[a]][c] for a in self.readers[d])
+
+    def total(self, choices: Sequence[int]) -> int:
+        """MACs of a complete architecture."""
+        return sum(self.local(d, c, choices) for d, c in enumerate(choices))
+
+    def _cost_to_go(self, pick) -> List[Dict[Tuple[int, ...], int]]:
+        """``table[d][state]``: the ``pick`` (min or max) over decisions d.. of their MACs, given the
+        choices of ``frontier[d]`` (``state``)."""
+        n = len(self.num_options)
+        tables: List[Dict[Tuple[int, ...], int]] = [{} for _ in range(n)] + [{(): 0}]
+        for d in range(n - 1, -1, -1):
+            front, nxt = self.frontier[d], self.frontier[d + 1]
+            for state in product(*(range(self.num_options[a]) for a in front)):
+                choices = dict(zip(front, state))
+                best = []
+                for c in range(self.num_options[d]):
+                    choices[d] = c
+                    best.append(self.local(d, c, choices) + tables[d + 1][tuple(choices[a] for a in nxt)])
+                tables[d][state] = pick(best)
+        return tables
+
+    def option_bounds(self, prefix: Sequence[int]) -> List[Tuple[int, int]]:
+        """(smallest, largest) MACs over every completion of ``prefix + [c]``, for each option ``c`` of the
+        next decision."""
+        d = len(prefix)
+        done = sum(self.local(i, c, prefix) for i, c in enumerate(prefix))
+        choices = dict(enumerate(prefix))
+        bounds = []
+        for c in range(self.num_options[d]):
+            choices[d] = c
+            key = tuple(choices[a] for a in self.frontier[d + 1])
+            here = done + self.local(d, c, choices)
+            bounds.append((here + self.lowest[d + 1][key], here + self.highest[d + 1][key]))
+        return bounds
+
+
+def _layer_terms(space: SearchSpace):
+    """((decision read, decision written), MACs(c_in option, c_out option)) for every conv and the classifier.
+
+    Which entries a layer reads and writes is found by building the layer table once with a distinct
+    width per entry (tied entries share theirs): the stem reads no decision, the classifier writes none."""
+    layout = space.layout
+    cls = list(range(len(space.candidates)))
+    for a, b in tied_entries(layout):
+        old, new = cls[b], cls[a]
+        cls = [new if k == old else k for k in cls]
+    base = max(space.input_size[0], space.num_classes) + 1
+    tags = [base + k for k in cls]
+    entry_of = {t: e for e, t in enumerate(tags)}
+    decision_of = {e: d for d, entries in enumerate(space.decisions) for e in entries}
+    tagged = ChannelConfig(space.family, tags, space.depth, space.num_classes, space.input_size)
+    for layer in layer_table(tagged):
+        e_in, e_out = entry_of.get(layer.c_in), entry_of.get(layer.c_out)
+        cin = (lambda c: space.input_size[0]) if e_in is None else space.candidates[e_in].__getitem__
+        cout = (lambda c: space.num_classes) if e_out is None else space.candidates[e_out].__getitem__
+        skip_equal = layer.name.endswith('.shortcut') and layer.batchnorm  # identity where widths match
+
+        def cost(ci, co, layer=layer, cin=cin, cout=cout, skip_equal=skip_equal):
+            w_in, w_out = cin(ci), cout(co)
+            if skip_equal and w_in == w_out:
+                return 0
+            groups = w_in if layer.groups > 1 else 1
+            return _layer_macs(dataclasses.replace(layer, c_in=w_in, c_out=w_out, groups=groups))
+        yield (decision_of.get(e_in), decision_of.get(e_out)), cost
+
+
+@lru_cache(maxsize=64)
+def _macs_table(space: SearchSpace) -> MacsTable:
+    return MacsTable(space)
 
 
 def entry_stages(family: str, depth: int) -> List[int]:
