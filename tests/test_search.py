@@ -214,3 +214,50 @@ def test_search_under_bf16_mixed_precision(tmp_path):
     records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert len(records) == 4 and all(math.isfinite(r['train_loss']) for r in records)
     assert count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET * 1.02
+
+
+def _trained_searcher(tmp_path, **search_overrides):
+    from aps_zoo.search.loop import _Searcher, make_accelerator
+    recipe = recipe_from_dict(tiny(tmp_path, epochs=3, warmup_epochs=3, steps_per_epoch=None, **search_overrides))
+    searcher = _Searcher(recipe, make_accelerator(cpu=True), tmp_path / 'out')
+    for epoch in range(3):
+        searcher.set_schedule(epoch, True)
+        searcher.train_epoch(epoch, True)
+    return searcher
+
+
+def _sorted_and_shuffled(searcher):
+    """The test split ordered by label, and the same images in a random order, as prepared loaders."""
+    from torch.utils.data import DataLoader, Subset
+    test = searcher.data.test
+    labels = [int(test.dataset[i]['label']) for i in range(len(test.dataset))]
+    by_label = sorted(range(len(labels)), key=labels.__getitem__)
+    shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).tolist()
+    return [searcher.acc.prepare(DataLoader(Subset(test.dataset, idx), batch_size=64, collate_fn=test.collate_fn))
+            for idx in (by_label, shuffled)]
+
+
+def test_subnet_accuracy_does_not_depend_on_the_order_of_the_split(tmp_path):
+    """Recalibrated BN statistics: a label-sorted split and the same split shuffled score the same subnet
+    alike; on batch statistics (the old evaluation) the sorted split scores it far lower."""
+    from aps_zoo.search import evaluation
+    searcher = _trained_searcher(tmp_path)
+    by_label, shuffled = _sorted_and_shuffled(searcher)
+    arch = searcher.space.largest()
+    recalibrated = [searcher.accuracy(arch, loader) for loader in (by_label, shuffled)]
+    assert abs(recalibrated[0] - recalibrated[1]) < 0.01 and recalibrated[1] > 0.2
+    searcher.calibration = None
+    for m in evaluation.norms(searcher.supernet):
+        m.use_running_stats = False
+    batch_stats = [searcher.accuracy(arch, loader) for loader in (by_label, shuffled)]
+    assert batch_stats[1] - batch_stats[0] > 0.05
+
+
+def test_shuffled_evaluation_loader_is_a_fixed_permutation(tmp_path):
+    from aps_zoo.search import evaluation
+    data = recipe_from_dict(tiny(tmp_path)).data
+    from aps_zoo.data import build_loaders
+    test = build_loaders(data, seed=0, holdout=True).test
+    labels = [y for loader in (test, evaluation.shuffled(test, 5), evaluation.shuffled(test, 5))
+              for y in [torch.cat([y for _, y in loader]).tolist()]]
+    assert sorted(labels[0]) == sorted(labels[1]) and labels[0] != labels[1] and labels[1] == labels[2]

@@ -10,6 +10,7 @@ broadcasting each sampled architecture from the main process so every rank train
 from __future__ import annotations
 
 import json
+import logging
 import math
 import time
 import zlib
@@ -33,8 +34,10 @@ from ..plots import plot_curves, plot_widths
 from ..recipe import Recipe, check_devices
 from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
 from ..spaces import APSSupernet, SearchSpace, space_from_recipe
+from . import evaluation
 from .controller import Controller, Reinforce, budget_reward
 
+logger = logging.getLogger(__name__)
 
 @dataclass
 class SearchResult:
@@ -69,13 +72,19 @@ class _Searcher:
             [{'params': self.supernet.meta_parameters(), 'lr': s.lr, 'weight_decay': s.weight_decay},
              {'params': self.supernet.projection_parameters(), 'lr': 0.0, 'weight_decay': 0.0}],
             lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
-        self.controller = Controller(self.space, s.budget_macs, s.controller.hidden_size).to(accelerator.device)
+        self.controller = Controller(self.space, s.budget_macs, s.controller.hidden_size,
+                                     s.min_budget_fraction).to(accelerator.device)
         self.reinforce = Reinforce(self.controller, s.controller.lr, s.controller.entropy_weight,
                                    s.controller.baseline_decay, s.controller.grad_clip)
         self.arch_rng = torch.Generator().manual_seed(recipe.seed)
+        val, test = self.data.val, self.data.test
+        if s.evaluation == 'shuffle':
+            val, test = evaluation.shuffled(val, recipe.seed), evaluation.shuffled(test, recipe.seed)
         self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
-            self.supernet, self.optimizer, self.data.train, self.data.val)
-        self.test_loader = accelerator.prepare(self.data.test)
+            self.supernet, self.optimizer, self.data.train, val)
+        self.test_loader = accelerator.prepare(test)
+        self.calibration = evaluation.calibration_batches(self.data.train, s.calibration_batches, recipe.seed) \
+            if s.evaluation == 'recalibrate' else None
         self.log = MetricsLog(out_dir / 'metrics.jsonl', enabled=accelerator.is_main_process)
         self.step = 0
 
@@ -152,9 +161,12 @@ class _Searcher:
 
     @torch.no_grad()
     def accuracy(self, choices: Sequence[int], loader, max_batches: Optional[int] = None) -> float:
-        """Accuracy of one subnet over a loader, summed across ranks."""
-        self.model.eval()
+        """Accuracy of one subnet over a loader, summed across ranks; under ``search.evaluation:
+        recalibrate`` its BN statistics are first recomputed on the calibration batches."""
         widths = self.space.widths(choices)
+        if self.calibration is not None:
+            evaluation.recalibrate(self.supernet, widths, self.calibration)
+        self.model.eval()
         correct = torch.zeros(2, device=self.acc.device)
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
@@ -218,7 +230,10 @@ def _decode(searcher: _Searcher) -> List[Dict]:
     limit = s.max_over_budget * s.budget_macs
     rows = []
     for choices in archs:
-        fitted = space.fit_to_budget(choices, limit)
+        fitted = space.fit_to_budget(choices, limit)  # a fallback: the masked policy decodes within budget
+        if fitted != list(choices):
+            logger.warning("decoded architecture at %.4g MACs is over the limit %.4g: repaired to %.4g",
+                           space.macs(choices), limit, space.macs(fitted))
         rows.append({'choices': fitted, 'repaired': fitted != list(choices), 'macs': space.macs(fitted),
                      'val_acc': searcher.accuracy(fitted, searcher.val_loader)})
     rows.sort(key=lambda r: (-r['val_acc'], r['macs']))
@@ -239,7 +254,10 @@ def _report(searcher: _Searcher, records: List[Dict], rows: List[Dict], config: 
              f"{count_params(config):,} params",
              f"- uniform network at the budget: multiplier {uniform.provenance['multiplier']}, "
              f"{count_macs(uniform):,} MACs",
-             f"- held-out accuracy (supernet weights): {rows[0]['val_acc']:.4f}; test accuracy: {test_acc:.4f}",
+             f"- band of the controller: [{searcher.controller.lower:.4g}, {searcher.recipe.search.budget_macs:.4g}] "
+             f"MACs; repaired: {sum(r['repaired'] for r in rows)} of {len(rows)} decoded candidates",
+             f"- held-out accuracy (supernet weights, evaluation {searcher.recipe.search.evaluation}): "
+             f"{rows[0]['val_acc']:.4f}; test accuracy: {test_acc:.4f}",
              f"- processes: {searcher.acc.num_processes} x {searcher.acc.device.type}, mixed precision "
              f"{searcher.acc.mixed_precision}",
              f"- search wall time: {seconds:.1f} s; supernet training throughput "
