@@ -145,3 +145,12 @@ def test_fit_to_budget():
     choices = SPACE.fit_to_budget(SPACE.largest(), 2.05e7)
     assert SPACE.macs(choices) <= 2.05e7
     assert any(c > 0 for c in choices)
+
+
+def test_uniform_warmup_draws_stay_in_the_band_and_cover_it():
+    controller = Controller(SPACE, BUDGET)
+    generator = torch.Generator().manual_seed(0)
+    archs = [controller.uniform(generator) for _ in range(100)]
+    macs = [SPACE.macs(a) for a in archs]
+    assert min(macs) >= 0.9 * BUDGET and max(macs) <= BUDGET
+    assert all(len({a[d] for a in archs}) >= 3 for d in range(SPACE.num_decisions))

@@ -60,6 +60,15 @@ class Controller(nn.Module):
         allowed = both if any(both) else under if any(under) else [True] * len(bounds)
         return allowed, max(-1.0, min(1.0, left))
 
+    def uniform(self, generator: Optional[torch.Generator] = None) -> List[int]:
+        """An architecture drawn uniformly among the feasible options of each decision in turn (warm-up):
+        the supernet trains the subnets of the band the search will sample from."""
+        choices: List[int] = []
+        for _ in range(self.space.num_decisions):
+            allowed = [c for c, ok in enumerate(self.feasible(choices)[0]) if ok]
+            choices.append(allowed[int(torch.randint(len(allowed), (1,), generator=generator))])
+        return choices
+
     def _logits(self, state, prev: int, d: int, prefix: Sequence[int]):
         """Masked log-probabilities of decision ``d`` (-inf where infeasible) and the new LSTM state."""
         allowed, left = self.feasible(prefix)

@@ -96,11 +96,7 @@ class _Searcher:
         return box[0]
 
     def uniform_arch(self) -> List[int]:
-        choices = None
-        if self.acc.is_main_process:
-            choices = [int(torch.randint(self.space.num_options(d), (1,), generator=self.arch_rng))
-                       for d in range(self.space.num_decisions)]
-        return self._shared(choices)
+        return self._shared(self.controller.uniform(self.arch_rng) if self.acc.is_main_process else None)
 
     def controller_arch(self):
         sample = self.controller.sample(self.arch_rng) if self.acc.is_main_process else (None, None, None)

@@ -1,0 +1,241 @@
+"""Does the supernet rank subnets as standalone training does? APS-T against frozen ordinal and independent sharing.
+
+N architectures are drawn near the budget (the untrained controller's masked policy, seeded: every
+architecture lies in [search.min_budget_fraction x budget, budget]). Each is
+
+- scored by three supernets trained for the same steps with the recipe's search schedule: APS-T (the
+  recipe's learned projections), ordinal (overlap 1, frozen) and independent (overlap 0, frozen); the
+  score is held-out accuracy under both subnet evaluations (``recalibrate``: BN statistics recomputed
+  on fixed training batches; ``shuffle``: batch statistics on seeded shuffled batches), and
+- trained standalone with one short fixed schedule (``--train-epochs``, the recipe's ``train`` section
+  otherwise, the same seed for all) through ``aps_zoo.train``, scored on the test split.
+
+Kendall's tau and Spearman's rho between the two, with percentile bootstrap CIs over architectures,
+go to ``<out>/ranking.md`` (+ ``ranking.png`` scatter, ``ranking.json``). Runs are cached under
+``--runs`` (a rerun reuses finished searches and trainings):
+
+    OMP_NUM_THREADS=1 python benchmarks/ranking.py recipes/search_resnet20_digits.yaml --out docs
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+import torch
+from scipy import stats
+from tqdm.auto import tqdm
+
+from aps_zoo.data import build_loaders
+from aps_zoo.plots import plt
+from aps_zoo.recipe import Recipe, RecipeError, load_recipe
+from aps_zoo.search import evaluation
+from aps_zoo.search.controller import Controller
+from aps_zoo.search.loop import _Searcher, make_accelerator
+from aps_zoo.spaces import space_from_recipe
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import SEARCHES, LABELS, run_search, train_run  # noqa: E402  (sibling benchmark)
+
+SUPERNETS = ('aps', 'ordinal', 'independent')
+EVALUATIONS = ('recalibrate', 'shuffle')
+
+
+def sample_archs(space, budget: float, min_fraction: float, count: int, seed: int) -> List[List[int]]:
+    """``count`` distinct architectures from the untrained controller's masked policy (seeded)."""
+    torch.manual_seed(seed)
+    controller = Controller(space, budget, min_fraction=min_fraction)
+    generator, archs = torch.Generator().manual_seed(seed), []
+    with torch.no_grad():
+        for _ in range(100 * count):
+            choices = controller.sample(generator)[0]
+            if choices not in archs:
+                archs.append(choices)
+            if len(archs) == count:
+                return archs
+    raise ValueError(f"the band holds fewer than {count} distinct architectures")
+
+
+def supernet_scores(recipe: Recipe, method: str, archs: Sequence[Sequence[int]], runs: Path, cpu: bool) -> Dict:
+    """Train (or reuse) the method's supernet with the recipe's search, then score every architecture on
+    the held-out split under each evaluation."""
+    done = runs / method / 'scores.json'
+    if done.is_file():
+        return json.loads(done.read_text())
+    found = run_search(recipe, method, runs, cpu)
+    r = dataclasses.replace(recipe, name=method, output_dir=str(runs),
+                            search=dataclasses.replace(recipe.search, **SEARCHES[method]))
+    searcher = _Searcher(r, make_accelerator(cpu=cpu), runs / method / 'search')
+    searcher.restore()
+    records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
+    warm = [x for x in records if x['phase'] == 'warmup']
+    out = {'search_s': found['search_s'], 'warmup_val_acc': warm[-1]['val_acc'] if warm else None,
+           'final_val_acc': records[-1]['val_acc'], 'sharing_end': records[-1]['sharing_mean']}
+    out['recalibrate'] = [searcher.accuracy(a, searcher.val_loader) for a in tqdm(archs, desc=f'{method}: score')]
+    searcher.calibration = None
+    for m in evaluation.norms(searcher.supernet):
+        m.use_running_stats = False
+    shuffled = searcher.acc.prepare(evaluation.shuffled(searcher.data.val, recipe.seed))
+    out['shuffle'] = [searcher.accuracy(a, shuffled) for a in archs]
+    done.write_text(json.dumps(out, indent=2) + '\n')
+    return out
+
+
+def rank_agreement(x: Sequence[float], y: Sequence[float], reps: int = 2000, seed: int = 0) -> Dict[str, float]:
+    """Kendall's tau-b and Spearman's rho of x vs y with 95% percentile bootstrap CIs over the pairs."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    rng = np.random.default_rng(seed)
+    out = {'tau': stats.kendalltau(x, y).statistic, 'rho': stats.spearmanr(x, y).statistic}
+    boot = {'tau': [], 'rho': []}
+    for _ in range(reps):
+        i = rng.integers(0, len(x), len(x))
+        if np.ptp(x[i]) == 0 or np.ptp(y[i]) == 0:
+            continue  # a resample without spread has no rank correlation
+        boot['tau'].append(stats.kendalltau(x[i], y[i]).statistic)
+        boot['rho'].append(stats.spearmanr(x[i], y[i]).statistic)
+    for k, values in boot.items():
+        out[f'{k}_lo'], out[f'{k}_hi'] = (float(v) for v in np.nanpercentile(values, [2.5, 97.5]))
+    return out
+
+
+def markdown(summary: Dict) -> str:
+    s = summary
+    lines = ["# Ranking: does the supernet order subnets as standalone training does?", "",
+             "Generated by `benchmarks/ranking.py` (do not edit by hand). Command:", "",
+             f"    {s['command']}", "",
+             f"- recipe: `{s['recipe']}` with {s['overrides'] or 'no overrides'}; data: {s['dataset']}; space: {s['space']}",
+             f"- {len(s['archs'])} architectures drawn by the untrained controller's masked policy (seed "
+             f"{s['seed']}) in [{s['band'][0] / 1e6:.3f}M, {s['band'][1] / 1e6:.3f}M] MACs "
+             f"(measured range {min(s['macs']) / 1e6:.3f}M - {max(s['macs']) / 1e6:.3f}M)",
+             f"- supernets: {s['search_epochs']} search epochs ({s['warmup_epochs']} warm-up) each, same steps; "
+             f"scored on the held-out split ({s['val_images']} images)",
+             f"- standalone: {s['train_epochs']} epochs each, seed {s['seed']}, test split ({s['test_images']} images); "
+             f"standalone test top-1 ranges {min(s['standalone']):.2f} - {max(s['standalone']):.2f}",
+             f"- wall time {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, shared machine; "
+             f"load average {s['load'][0]:.1f} at start, {s['load'][1]:.1f} at end)", "",
+             "| supernet | evaluation | held-out acc, end of warm-up | Kendall tau [95% CI] | Spearman rho [95% CI] |"
+             " sharing at end | supernet time |",
+             "|---|---|---:|---:|---:|---:|---:|"]
+    for method, sc in s['supernets'].items():
+        for ev in EVALUATIONS:
+            a = sc['agreement'][ev]
+            warm = 'n/a' if sc['warmup_val_acc'] is None else f"{sc['warmup_val_acc']:.3f}"
+            lines.append(f"| {LABELS[method]} | {ev} | {warm} | {a['tau']:+.3f} [{a['tau_lo']:+.2f}, {a['tau_hi']:+.2f}] | "
+                         f"{a['rho']:+.3f} [{a['rho_lo']:+.2f}, {a['rho_hi']:+.2f}] | {sc['sharing_end']:.3f} | "
+                         f"{sc['search_s']:.0f} s |")
+    lines += ["", "![supernet score vs standalone accuracy](ranking.png)", "", "## Reading", ""]
+    lines += [f"- {line}" for line in s['reading']]
+    return '\n'.join(lines) + '\n'
+
+
+def reading(summary: Dict) -> List[str]:
+    """Which evaluation ranks better (the search's default follows it) and how the supernets compare."""
+    sn = summary['supernets']
+    lines = []
+    for ev in EVALUATIONS:
+        taus = ', '.join(f"{m} {sc['agreement'][ev]['tau']:+.3f}" for m, sc in sn.items())
+        lines.append(f"{ev}: Kendall tau {taus}.")
+    mean_tau = {ev: np.mean([sc['agreement'][ev]['tau'] for sc in sn.values()]) for ev in EVALUATIONS}
+    best = max(mean_tau, key=mean_tau.get)
+    lines.append(f"Mean tau over the supernets: recalibrate {mean_tau['recalibrate']:+.3f}, shuffle "
+                 f"{mean_tau['shuffle']:+.3f}: {best} ranks better here.")
+    for m, sc in sn.items():
+        a = sc['agreement'][best]
+        sig = 'above 0' if a['tau_lo'] > 0 else 'not distinguishable from 0'
+        lines.append(f"{LABELS[m]} ({best}): tau {a['tau']:+.3f}, 95% CI [{a['tau_lo']:+.2f}, {a['tau_hi']:+.2f}], "
+                     f"{sig}.")
+    lines.append(f"The standalone accuracies span {max(summary['standalone']) - min(summary['standalone']):.2f} points "
+                 f"over {summary['test_images']} test images (one image = {100 / summary['test_images']:.2f} points), "
+                 f"one seed each: their own noise bounds how well any supernet can agree with them.")
+    return lines
+
+
+def plot(summary: Dict, path: Path) -> None:
+    sn = summary['supernets']
+    fig, axes = plt.subplots(1, len(sn), figsize=(4.2 * len(sn), 3.8), sharey=True)
+    for ax, (method, sc) in zip(np.atleast_1d(axes), sn.items()):
+        for ev, marker in zip(EVALUATIONS, ('o', 'x')):
+            a = sc['agreement'][ev]
+            ax.scatter([100 * v for v in sc[ev]], summary['standalone'], marker=marker, s=22,
+                       label=f"{ev} (tau {a['tau']:+.2f})")
+        ax.set_title(LABELS[method], fontsize=10)
+        ax.set_xlabel('supernet held-out accuracy (%)')
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8, loc='lower right')
+    np.atleast_1d(axes)[0].set_ylabel(f"standalone test top-1 (%), {summary['train_epochs']} epochs")
+    fig.suptitle(f"{len(summary['archs'])} architectures near {summary['band'][1] / 1e6:.2f}M MACs", fontsize=11)
+    fig.savefig(path, dpi=130, bbox_inches='tight')
+    plt.close(fig)
+
+
+def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: int, train_epochs: Optional[int],
+        cpu: bool, command: str) -> Dict:
+    """Every step of the benchmark; writes ranking.{md,json,png} into ``out``."""
+    t0, load0 = time.time(), os.getloadavg()[0]
+    recipe = load_recipe(recipe_path, overrides)
+    if train_epochs is not None:
+        recipe = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=train_epochs))
+    s = recipe.search
+    data = build_loaders(recipe.data, recipe.seed, holdout=True)
+    space = space_from_recipe(recipe, data.num_classes, data.input_size)
+    archs = sample_archs(space, s.budget_macs, s.min_budget_fraction, count, recipe.seed)
+    standalone = []
+    for i, arch in enumerate(tqdm(archs, desc='standalone training')):
+        res = train_run(recipe, space.config(arch, {'source': 'ranking', 'draw': i}), runs / 'standalone' / f'arch{i}',
+                        cpu)
+        standalone.append(res['top1'])
+    supernets = {}
+    for method in SUPERNETS:
+        sc = supernet_scores(recipe, method, archs, runs, cpu)
+        sc['agreement'] = {ev: rank_agreement(sc[ev], standalone) for ev in EVALUATIONS}
+        supernets[method] = sc
+    summary = {'command': command, 'recipe': str(recipe_path), 'overrides': overrides, 'dataset': data.dataset_name,
+               'space': f"{recipe.space.family}{recipe.space.depth}, candidates {recipe.space.candidates}",
+               'seed': recipe.seed, 'band': [s.min_budget_fraction * s.budget_macs, s.budget_macs],
+               'archs': archs, 'macs': [space.macs(a) for a in archs], 'standalone': standalone,
+               'search_epochs': s.epochs, 'warmup_epochs': s.warmup_epochs, 'train_epochs': recipe.train.epochs,
+               'val_images': data.sizes['val'], 'test_images': data.sizes['test'], 'supernets': supernets,
+               'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
+               'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]]}
+    summary['reading'] = reading(summary)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / 'ranking.json').write_text(json.dumps(summary, indent=2) + '\n')
+    (out / 'ranking.md').write_text(markdown(summary))
+    plot(summary, out / 'ranking.png')
+    return summary
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('recipe', type=Path, nargs='?', default=Path('recipes/search_resnet20_digits.yaml'))
+    parser.add_argument('--set', nargs='*', default=[], metavar='KEY=VALUE',
+                        help='recipe overrides, e.g. search.epochs=20 search.warmup_epochs=10')
+    parser.add_argument('--out', type=Path, default=Path('docs'), help='folder for ranking.{md,json,png}')
+    parser.add_argument('--runs', type=Path, default=Path('runs/ranking'), help='folder for the cached runs')
+    parser.add_argument('--archs', type=int, default=20, help='architectures to rank (default 20)')
+    parser.add_argument('--train-epochs', type=int, default=None, help='standalone epochs (default: the recipe)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
+    args = parser.parse_args(argv)
+    if args.archs < 3:
+        parser.error('--archs must be at least 3')
+    torch.set_num_threads(args.threads)
+    command = ' '.join(['python benchmarks/ranking.py'] + [shlex.quote(a) for a in sys.argv[1:]])
+    try:
+        summary = run(args.recipe, args.set, args.out, args.runs, args.archs, args.train_epochs,
+                      not torch.cuda.is_available(), command)
+    except (ValueError, RecipeError) as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print('\n'.join(summary['reading']))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
