@@ -2,20 +2,25 @@
 
 For one recipe (space, data, budget) it runs, in one process and one after another:
 
-    aps          the APS search as the recipe sets it (learned projections)
+    aps          APS-T: the APS search as the recipe sets it (projections learned from the penalty)
     ordinal      the same search with projections frozen at overlap 1 (slimmable/AutoSlim sharing)
     independent  the same search with projections frozen at overlap 0 (no sharing)
+    task_and_penalty  APS with projections learning from the task loss and the penalty
     uniform      the family's standard network with every width scaled to fit the budget
-    random       N random configs, each shrunk to the budget like a decoded search result, the best
-                 one by a short proxy training scored on the held-out split (never the test split)
+    random       N random configs drawn in the controller's band [min_budget_fraction x budget, budget]
+                 (uniform among the feasible options of each decision), the best one by a short proxy
+                 training scored on the held-out split (never the test split)
 
 then retrains every resulting config from scratch once per seed and reports test top-1 (mean ± std),
 MACs, params and search wall time as Markdown and a bar chart, plus the sharing level through the
-searches. The recipe is a normal aps-zoo recipe with one extra section, ``quality``:
+searches. Methods are compared with APS by a paired bootstrap over the same test images and the
+retraining seeds (per-image correctness of every trained network). The recipe is a normal aps-zoo
+recipe with one extra section, ``quality``:
 
     quality:
       seeds: [0, 1, 2]          # retraining seeds (at least 2)
-      budget_fraction: 0.5      # budget = fraction x MACs of the uniform network; omit to use search.budget_macs
+      budget_fraction: 0.25     # budget = fraction x MACs of the widest uniform member of the space (every
+                                # width at its largest candidate); omit to use search.budget_macs
       random_samples: 8         # configs drawn for random search
       random_proxy_epochs: 4    # proxy training epochs per random config
       methods: [aps, ordinal, independent, uniform, random]   # optional subset
@@ -33,7 +38,6 @@ import dataclasses
 import json
 import math
 import os
-import random
 import shlex
 import statistics
 import sys
@@ -41,26 +45,33 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
+import numpy as np
 import torch
 import yaml
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from aps_zoo.channels import ChannelConfig, uniform_widths
 from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs, count_params, uniform_at_budget
+from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
 from aps_zoo.recipe import Recipe, RecipeError, recipe_from_dict
 from aps_zoo.runs import list_checkpoints
+from aps_zoo.search.controller import Controller
 from aps_zoo.search.loop import search
 from aps_zoo.spaces import space_from_recipe
 from aps_zoo.train import train
 
-METHODS = ('aps', 'ordinal', 'independent', 'uniform', 'random')
+METHODS = ('aps', 'ordinal', 'independent', 'task_and_penalty', 'uniform', 'random')
 SEARCHES = {'aps': {}, 'ordinal': {'overlap': 1.0, 'learn_projections': False},
-            'independent': {'overlap': 0.0, 'learn_projections': False}}
-LABELS = {'aps': 'APS (learned sharing)', 'ordinal': 'ordinal sharing (overlap 1, frozen)',
-          'independent': 'independent (overlap 0, frozen)', 'uniform': 'uniform width',
+            'independent': {'overlap': 0.0, 'learn_projections': False},
+            'task_and_penalty': {'projection_grad': 'task_and_penalty'}}
+LABELS = {'aps': 'APS-T (learned sharing, penalty gradients)', 'ordinal': 'ordinal sharing (overlap 1, frozen)',
+          'independent': 'independent (overlap 0, frozen)',
+          'task_and_penalty': 'APS, projections from task loss + penalty', 'uniform': 'uniform width',
           'random': 'random search (best of N)'}
+BOOTSTRAP = 4000
 SHARING_TOL = 0.01
 
 
@@ -124,19 +135,22 @@ def mean_std(values: Sequence[float]) -> tuple:
     return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else 0.0)
 
 
-def compare(a: Sequence[float], b: Sequence[float], test_images: int) -> Dict[str, float]:
-    """Difference of mean top-1 (%) a - b and its standard error from the retraining seeds and from the finite
-    test set (binomial); the verdict needs the difference to exceed 2 combined standard errors."""
-    (ma, sa), (mb, sb) = mean_std(a), mean_std(b)
-    se_seed = math.sqrt(sa ** 2 / len(a) + sb ** 2 / len(b))
-    se_test = 100 * math.sqrt(sum(p / 100 * (1 - p / 100) for p in (ma, mb)) / test_images)
-    se = math.hypot(se_seed, se_test)
-    diff = ma - mb
-    if abs(diff) <= 2 * se or diff == 0:
-        verdict = 'tie (within 2 standard errors)'
-    else:
-        verdict = 'better' if diff > 0 else 'worse'
-    return {'diff': diff, 'se': se, 'se_seed': se_seed, 'se_test': se_test, 'verdict': verdict}
+def paired_bootstrap(a, b, reps: int = BOOTSTRAP, seed: int = 0) -> Dict[str, float]:
+    """Difference of mean top-1 (points) of ``a`` - ``b`` with a 95% CI, where ``a`` and ``b`` are per-image
+    correctness (retraining seeds x test images, the same images in the same order). Each replicate
+    resamples the test images (the same draw for both: the comparison is paired) and each method's seeds;
+    the verdict is 'better'/'worse' when the CI excludes 0, else a tie."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+    diffs = np.empty(reps)
+    for r in range(reps):
+        per_image = a[rng.integers(0, len(a), len(a))].mean(0) - b[rng.integers(0, len(b), len(b))].mean(0)
+        diffs[r] = per_image[rng.integers(0, n, n)].mean()
+    diff = 100 * (a.mean() - b.mean())
+    lo, hi = (100 * v for v in np.percentile(diffs, [2.5, 97.5]))
+    verdict = 'better' if lo > 0 else 'worse' if hi < 0 else 'tie (95% CI includes 0)'
+    return {'diff': diff, 'lo': lo, 'hi': hi, 'half_width': (hi - lo) / 2, 'verdict': verdict}
 
 
 def sharing_trend(records: List[Dict]) -> Dict:
@@ -178,7 +192,8 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
-           'metrics': str(result.out_dir / 'metrics.jsonl')}
+           'metrics': str(result.out_dir / 'metrics.jsonl'),
+           'repaired': [sum(r['repaired'] for r in result.decoded), len(result.decoded)]}
     _write_json(done, out)
     return {**out, 'reused': False}
 
@@ -195,18 +210,33 @@ def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -
             if records[0]['eval_split'] == 'val' else None}
 
 
-def run_random(recipe: Recipe, q: Quality, space, limit: float, runs: Path, cpu: bool) -> Dict:
-    """Best of N random configs (each fitted to ``limit``) by held-out top-1 after a short proxy training."""
+@torch.no_grad()
+def test_correctness(out_dir: Path, test_loader) -> List[int]:
+    """1/0 per test image (in the loader's fixed order) for the weights ``train`` wrote to ``out_dir``; cached."""
+    cache = out_dir / 'test_correct.json'
+    if cache.is_file():
+        return json.loads(cache.read_text())
+    model = create_model_from_config(ChannelConfig.load(out_dir / 'channel_config.json'))
+    model.load_state_dict(load_file(str(out_dir / 'model.safetensors')))
+    model.eval()
+    correct = [int(v) for x, y in test_loader for v in (model(x).argmax(-1) == y).tolist()]
+    cache.write_text(json.dumps(correct) + '\n')
+    return correct
+
+
+def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
+    """Best of N random configs of the controller's band by held-out top-1 after a short proxy training."""
     done = runs / 'random' / 'search_result.json'
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    rng = random.Random(recipe.seed)
+    sampler = Controller(space, recipe.search.budget_macs, min_fraction=recipe.search.min_budget_fraction)
+    generator = torch.Generator().manual_seed(recipe.seed)
     proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
                                                                   select_best=True))
     t0 = time.time()
     tried = []
     for i in tqdm(range(q.random_samples), desc='random search (proxy training)', leave=False):
-        choices = space.fit_to_budget(space.random_choices(rng), limit)
+        choices = sampler.uniform(generator)
         out_dir = runs / 'random' / f'proxy{i}'
         res = train_run(proxy, space.config(choices, {'source': 'random', 'draw': i}), out_dir, cpu)
         tried.append({'choices': choices, 'val_top1': res['best_val_top1']})
@@ -228,17 +258,17 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     sp = recipe.space
     reference = ChannelConfig(sp.family, uniform_widths(sp.family, sp.depth), sp.depth, data.num_classes,
                               data.input_size, {})
-    budget = recipe.search.budget_macs if q.budget_fraction is None else \
-        float(round(q.budget_fraction * count_macs(reference)))
-    recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, budget_macs=budget))
     space = space_from_recipe(recipe, data.num_classes, data.input_size)
+    widest = space.macs(space.largest())
+    budget = recipe.search.budget_macs if q.budget_fraction is None else float(round(q.budget_fraction * widest))
+    recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, budget_macs=budget))
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
     previous = _read_json(out / f'{stem}.json') or {}
     summary = {'setting': stem, 'recipe': str(recipe_path), 'dataset': data.dataset_name,
                'test_images': data.sizes['test'],
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
-               'reference_macs': count_macs(reference), 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
+               'reference_macs': count_macs(reference), 'widest_macs': widest, 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
                'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
                'aps_overlap': recipe.search.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
@@ -262,18 +292,21 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
             found = {'config': uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
                                                  input_size=data.input_size).to_dict(), 'search_s': 0.0}
         else:
-            found = run_random(recipe, q, space, limit, runs, cpu)
+            found = run_random(recipe, q, space, runs, cpu)
         if 'reused' in found:
             now['reused' if found['reused'] else 'ran'] += 1
         config = ChannelConfig.from_dict(found['config'])
         seeds = {}
         for seed in tqdm(q.seeds, desc=f'{method}: retrain', leave=False):
-            res = train_run(dataclasses.replace(recipe, seed=seed), config, runs / method / f'train_seed{seed}', cpu)
-            seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s']}
+            out_dir = runs / method / f'train_seed{seed}'
+            res = train_run(dataclasses.replace(recipe, seed=seed), config, out_dir, cpu)
+            seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s'],
+                           'correct': test_correctness(out_dir, data.test)}
             now['reused' if res['reused'] else 'ran'] += 1
         summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
                                       'params': count_params(config), 'search_s': found['search_s'],
-                                      'search_val_acc': found.get('val_acc'), 'seeds': seeds}
+                                      'search_val_acc': found.get('val_acc'), 'repaired': found.get('repaired'),
+                                      'seeds': seeds}
         now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
         summary['complete'] = list(summary['methods']) == q.methods
         write_outputs(summary, out)
@@ -311,16 +344,20 @@ def reading(summary: Dict) -> List[str]:
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
     if 'aps' not in rows:
         return lines + ['APS has not finished in this run, so it is not compared.']
-    aps = rows['aps']
-    for method, r in rows.items():
-        if method == 'aps':
-            continue
-        c = compare(aps['top1'], r['top1'], summary['test_images'])
-        lines.append(f"APS vs {LABELS[method]}: {c['diff']:+.2f} points (standard error {c['se']:.2f}: "
-                     f"{c['se_seed']:.2f} from the seeds, whose std is {aps['std']:.2f} vs {r['std']:.2f}, and "
-                     f"{c['se_test']:.2f} from the finite test set): {c['verdict']}.")
+    for method, c in comparisons(summary).items():
+        lines.append(f"APS-T vs {LABELS[method]}: {c['diff']:+.2f} points, 95% CI [{c['lo']:+.2f}, {c['hi']:+.2f}] "
+                     f"(paired bootstrap over the {summary['test_images']} test images and the seeds): {c['verdict']}.")
     return lines + [f"One test image is {100 / summary['test_images']:.2f} points of top-1 "
                     f"({summary['test_images']} test images)."]
+
+
+def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
+    """APS-T against every other finished method: paired bootstrap over test images and retraining seeds."""
+    rows = {r['method']: r for r in method_rows(summary)}
+    if 'aps' not in rows:
+        return {}
+    correct = {m: [v['correct'] for v in r['seeds'].values()] for m, r in rows.items()}
+    return {m: paired_bootstrap(correct['aps'], c) for m, c in correct.items() if m != 'aps'}
 
 
 def plot_bars(summary: Dict, path: Path) -> None:
@@ -381,7 +418,8 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
         f"INCOMPLETE: {len(done)} of {len(planned)} methods finished; missing: {missing}"
     budget = f"{s['budget_macs'] / 1e6:.4g}M MACs"
     if s['budget_fraction'] is not None:
-        budget += f" ({s['budget_fraction']:.0%} of the uniform network's {s['reference_macs'] / 1e6:.4g}M)"
+        budget += (f" ({s['budget_fraction']:.0%} of the widest uniform member of the space, "
+                   f"{s['widest_macs'] / 1e6:.4g}M; the standard uniform network is {s['reference_macs'] / 1e6:.4g}M)")
     out = [f"## {stem}", "",
            f"- status: {status}",
            f"- recipe: `{s['recipe']}`",
@@ -402,7 +440,9 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
             for i in s['invocations']]
     out += ["", table_markdown(s), "", f"![test top-1 per method]({link_prefix}{stem}.png)", "",
             "Widths of each config (forward order):", ""]
-    out += [f"- {m}: {','.join(map(str, v['widths']))}" for m, v in s['methods'].items()]
+    out += [f"- {m}: {','.join(map(str, v['widths']))}"
+            + (f" (decoded candidates repaired to fit: {v['repaired'][0]} of {v['repaired'][1]})" if v.get('repaired')
+               else '') for m, v in s['methods'].items()]
     out += ["", "### Sharing level through the search", ""]
     if s['sharing']:
         out.append(f"![sharing level]({link_prefix}{stem}_sharing.png)")
@@ -428,14 +468,17 @@ def overview(settings: List[Dict]) -> List[str]:
         if 'aps' not in rows:
             lines.append(f"- {s['setting']}: APS has not finished.")
             continue
-        verdicts = [compare(rows['aps']['top1'], r['top1'], s['test_images'])['verdict'].split()[0]
-                    for m, r in rows.items() if m != 'aps']
+        comps = comparisons(s)
+        verdicts = [c['verdict'].split()[0] for c in comps.values()]
         best = max(rows.values(), key=lambda r: r['mean'])
-        lines.append(f"- {s['setting']}: APS is better than {verdicts.count('better')}, tied with "
+        widths = [c['half_width'] for c in comps.values()]
+        resolved = 'resolves' if max(widths, default=0) < 0.5 else 'does not resolve'
+        lines.append(f"- {s['setting']}: APS-T is better than {verdicts.count('better')}, tied with "
                      f"{verdicts.count('tie')} and worse than {verdicts.count('worse')} of {len(verdicts)} other "
                      f"methods; best mean {best['mean']:.2f} ({best['method']}), spread of the means "
-                     f"{best['mean'] - min(r['mean'] for r in rows.values()):.2f} points, one test image "
-                     f"{100 / s['test_images']:.2f} points; sharing: "
+                     f"{best['mean'] - min(r['mean'] for r in rows.values()):.2f} points; 95% CI half-widths "
+                     f"{min(widths, default=0):.2f}-{max(widths, default=0):.2f} points, so this setting {resolved} a "
+                     f"0.5-point difference; sharing: "
                      f"{s['sharing'].get('aps', {}).get('trend', {}).get('verdict', 'no APS search log')}.")
     total = sum(compute_s(s) for s in settings)
     return lines + [f"- time in the runs of all settings above: {total / 60:.1f} min (searches' wall time + "
@@ -458,8 +501,9 @@ def write_outputs(summary: Dict, out: Path) -> None:
             "Each method yields one config under the budget; every config is retrained from scratch with "
             "several seeds and tested on the same test split. The ± is the sample standard deviation over "
             "retraining seeds; each search ran once, so search-to-search variation is not included. "
-            "'tie' means the difference of means is within 2 standard errors of that difference, combining the "
-            "spread over retraining seeds with the binomial noise of a finite test set.", ""]
+            "APS-T is compared with every other method by a paired bootstrap over the same test images "
+            "(resampled jointly for both methods) and each method's retraining seeds; 'tie' means the 95% CI of "
+            "the difference includes 0.", ""]
     text += ["## Overview", ""] + overview(settings) + [""]
     text += [setting_markdown(s, f'{out.name}/') for s in settings]
     out.with_name(out.name + '.md').write_text('\n'.join(text))

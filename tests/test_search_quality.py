@@ -3,6 +3,7 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,15 +52,24 @@ def test_methods_keep_canonical_order(sq):
     assert sq.parse_quality({'seeds': [1, 2], 'methods': ['random', 'aps']}).methods == ['aps', 'random']
 
 
-def test_compare_verdicts(sq):
-    assert sq.compare([90.0, 91.0, 92.0], [80.0, 81.0, 82.0], 10000)['verdict'] == 'better'
-    assert sq.compare([80.0, 81.0, 82.0], [90.0, 91.0, 92.0], 10000)['verdict'] == 'worse'
-    c = sq.compare([90.0, 95.0, 85.0], [89.0, 94.0, 86.0], 10000)
-    assert c['verdict'].startswith('tie') and c['diff'] == pytest.approx(1 / 3)
-    # no seed spread, but 2 points on 100 test images is within the test set's own noise
-    c = sq.compare([99.0, 99.0], [97.0, 97.0], 100)
-    assert c['se_seed'] == 0 and c['verdict'].startswith('tie')
-    assert sq.compare([99.0, 99.0], [97.0, 97.0], 100000)['verdict'] == 'better'
+def test_paired_bootstrap_verdicts(sq):
+    """Paired over images: a method that gets 10 more of 400 images right on every seed (2.5 points) is
+    better, though an unpaired test would not separate it (2 binomial standard errors of the difference
+    of two 95% accuracies on 400 images are 3 points); shuffling which images it gets right (the same
+    totals, no pairing left) makes it a tie."""
+    rng = np.random.default_rng(0)
+    easy = rng.random(400) < 0.95  # retraining seeds mostly agree on which images are hard
+    base = np.array([easy ^ (rng.random(400) < 0.01) for _ in range(4)], dtype=int)
+    better = base.copy()
+    for s in range(4):
+        better[s, np.flatnonzero(better[s] == 0)[:10]] = 1
+    c = sq.paired_bootstrap(better, base)
+    assert c['verdict'] == 'better' and c['diff'] == pytest.approx(2.5) and c['lo'] > 0
+    assert sq.paired_bootstrap(base, better)['verdict'] == 'worse'
+    unpaired = np.array([rng.permutation(row) for row in better])
+    assert sq.paired_bootstrap(unpaired, base)['verdict'].startswith('tie')
+    same = sq.paired_bootstrap(base, base)
+    assert same['diff'] == 0 and same['lo'] < 0 < same['hi'] and same['verdict'].startswith('tie')
 
 
 def test_sharing_trend(sq):
@@ -73,10 +83,12 @@ def test_sharing_trend(sq):
 
 
 def test_outputs_from_a_partial_summary(sq, tmp_path):
-    seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0}, 1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0}}
+    seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0, 'correct': [1] * 9 + [0]},
+             1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0, 'correct': [1] * 9 + [0]}}
     summary = {
         'setting': 'toy', 'recipe': 'recipes/toy.yaml', 'command': 'python benchmarks/search_quality.py toy',
-        'dataset': 'digits', 'test_images': 360, 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'budget_macs': 1e6,
+        'dataset': 'digits', 'test_images': 10, 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'widest_macs': 4e6,
+        'budget_macs': 1e6,
         'budget_fraction': 0.5, 'limit_macs': 1.02e6, 'search_epochs': 2, 'warmup_epochs': 1, 'aps_overlap': 1.0,
         'train_epochs': 1, 'seeds': [0, 1], 'random_samples': 2, 'random_proxy_epochs': 1,
         'methods_planned': ['aps', 'uniform', 'random'], 'complete': False,
@@ -84,7 +96,7 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
                          'device': 'cpu', 'cpu_count': 2, 'torch_threads': 1, 'omp_num_threads': '1',
                          'load_start': 1.0, 'load_end': 2.0, 'wall_s': 60.0, 'cpu_s': 55.0, 'ran': 4, 'reused': 0}],
         'methods': {'aps': {'widths': [8, 16], 'macs': 1e6, 'params': 5e4, 'search_s': 10.0, 'search_val_acc': 0.9,
-                            'seeds': seeds},
+                            'repaired': [0, 8], 'seeds': seeds},
                     'uniform': {'widths': [8, 8], 'macs': 9e5, 'params': 4e4, 'search_s': 0.0, 'search_val_acc': None,
                                 'seeds': seeds}},
         'sharing': {'aps': {'records': [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0, 'sharing': {'a': 1.0}},
@@ -98,6 +110,8 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     text = (tmp_path / 'results.md').read_text()
     assert 'INCOMPLETE: 2 of 3 methods finished; missing: random' in text
     assert '91.00 ± 1.41 (n=2)' in text and '](results/toy.png)' in text
-    assert 'APS vs uniform width: +0.00 points' in text and "for APS: held" in text
+    assert 'APS-T vs uniform width: +0.00 points, 95% CI [+0.00, +0.00]' in text and "for APS: held" in text
+    assert 'repaired to fit: 0 of 8' in text and '(50% of the widest uniform member of the space, 4M;' in text
     assert '1.0 min wall, 0.9 min process CPU time' in text and 'time in the runs: 0.2 min' in text
-    assert '- toy: APS is better than 0, tied with 1 and worse than 0 of 1 other methods' in text
+    assert '- toy: APS-T is better than 0, tied with 1 and worse than 0 of 1 other methods' in text
+    assert 'so this setting resolves a 0.5-point difference' in text

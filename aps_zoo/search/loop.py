@@ -14,7 +14,7 @@ import logging
 import math
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -48,6 +48,7 @@ class SearchResult:
     out_dir: Path
     val_accuracy: float
     test_accuracy: float
+    decoded: List[Dict] = field(default_factory=list)  # the decoded candidates (choices, repaired, MACs, val_acc), best first
 
 
 def make_accelerator(cpu: Optional[bool] = None, mixed_precision: Optional[str] = None) -> Accelerator:
@@ -333,4 +334,4 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
         atomic_write_text(out_dir / 'recipe.yaml', recipe.to_yaml())
         _plots(searcher, records, config, uniform)
     accelerator.wait_for_everyone()
-    return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc)
+    return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc, rows)
