@@ -175,12 +175,13 @@ def test_bad_projection_keys(tmp_path, key, value, match):
 
 def test_search_moves_sharing_after_warm_up(tmp_path):
     """A tiny search under the defaults (projection_grad: penalty, derived lr): sharing stays ordinal
-    through warm-up, then falls; metrics.jsonl records the projection lr of every epoch."""
+    through warm-up, then falls every epoch; metrics.jsonl records the projection lr of every epoch."""
     search(recipe_from_dict(tiny(tmp_path)), cpu=True)
     records = [json.loads(line) for line in (tmp_path / 'tiny' / 'search' / 'metrics.jsonl').read_text().splitlines()]
     assert records[0]['phase'] == 'warmup' and records[0]['projection_lr'] == 0.0
     assert records[0]['sharing_mean'] > 0.99
     assert all(r['projection_lr'] == pytest.approx(transition_projection_lr(0.5, 12, 5e-3)) for r in records[1:])
     sharing = [r['sharing_mean'] for r in records]
-    assert all(a > b for a, b in zip(sharing[1:], sharing[2:])) and sharing[-1] < sharing[0] - 0.05
+    # 12 updates at the capped lr move it only a little (the transition itself: the simulation test above)
+    assert all(a > b for a, b in zip(sharing, sharing[1:]))
     assert records[-1]['orthogonality'] < records[0]['orthogonality']
