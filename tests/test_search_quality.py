@@ -18,7 +18,7 @@ def sq():
     return module
 
 
-@pytest.mark.parametrize('name', ['quality_resnet20_digits_50', 'quality_resnet20_digits_25',
+@pytest.mark.parametrize('name', ['quality_resnet20_digits_10', 'quality_resnet20_digits_25',
                                   'quality_resnet20_cifar10'])
 def test_recipes_load(sq, name):
     recipe, q = sq.load_quality_recipe(ROOT / 'recipes' / f'{name}.yaml')
