@@ -33,6 +33,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from aps_zoo.channels import ChannelConfig
 from aps_zoo.data import build_loaders
 from aps_zoo.plots import plt
 from aps_zoo.recipe import Recipe, RecipeError, load_recipe
@@ -168,7 +169,7 @@ def plot(summary: Dict, path: Path) -> None:
         ax.set_title(LABELS[method], fontsize=10)
         ax.set_xlabel('supernet held-out accuracy (%)')
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8, loc='lower right')
+        ax.legend(fontsize=8, loc='best')
     np.atleast_1d(axes)[0].set_ylabel(f"standalone test top-1 (%), {summary['train_epochs']} epochs")
     fig.suptitle(f"{len(summary['archs'])} architectures near {summary['band'][1] / 1e6:.2f}M MACs", fontsize=11)
     fig.savefig(path, dpi=130, bbox_inches='tight')
@@ -188,9 +189,11 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
     archs = sample_archs(space, s.budget_macs, s.min_budget_fraction, count, recipe.seed)
     standalone = []
     for i, arch in enumerate(tqdm(archs, desc='standalone training')):
-        res = train_run(recipe, space.config(arch, {'source': 'ranking', 'draw': i}), runs / 'standalone' / f'arch{i}',
-                        cpu)
-        standalone.append(res['top1'])
+        config, out_dir = space.config(arch, {'source': 'ranking', 'draw': i}), runs / 'standalone' / f'arch{i}'
+        cached = out_dir / 'channel_config.json'
+        if cached.is_file() and ChannelConfig.load(cached).widths != config.widths:
+            raise ValueError(f"{out_dir} holds another architecture (other recipe or seed): use another --runs")
+        standalone.append(train_run(recipe, config, out_dir, cpu)['top1'])
     supernets = {}
     for method in SUPERNETS:
         sc = supernet_scores(recipe, method, archs, runs, cpu)
