@@ -152,6 +152,10 @@ def reading(summary: Dict) -> List[str]:
         sig = 'above 0' if a['tau_lo'] > 0 else 'not distinguishable from 0'
         lines.append(f"{LABELS[m]} ({best}): tau {a['tau']:+.3f}, 95% CI [{a['tau_lo']:+.2f}, {a['tau_hi']:+.2f}], "
                      f"{sig}.")
+    warm = ', '.join(f"{m} {sc['warmup_val_acc']:.3f}" for m, sc in sn.items() if sc['warmup_val_acc'] is not None)
+    lines.append(f"Held-out accuracy of the controller's greedy subnet at the end of warm-up: {warm} (chance "
+                 f"{1 / summary['num_classes']:.2f}); at the end: "
+                 + ', '.join(f"{m} {sc['final_val_acc']:.3f}" for m, sc in sn.items()) + '.')
     lines.append(f"The standalone accuracies span {max(summary['standalone']) - min(summary['standalone']):.2f} points "
                  f"over {summary['test_images']} test images (one image = {100 / summary['test_images']:.2f} points), "
                  f"one seed each: their own noise bounds how well any supernet can agree with them.")
@@ -204,7 +208,7 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
                'seed': recipe.seed, 'band': [s.min_budget_fraction * s.budget_macs, s.budget_macs],
                'archs': archs, 'macs': [space.macs(a) for a in archs], 'standalone': standalone,
                'search_epochs': s.epochs, 'warmup_epochs': s.warmup_epochs, 'train_epochs': recipe.train.epochs,
-               'val_images': data.sizes['val'], 'test_images': data.sizes['test'], 'supernets': supernets,
+               'val_images': data.sizes['val'], 'num_classes': data.num_classes, 'test_images': data.sizes['test'], 'supernets': supernets,
                'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
                'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]]}
     summary['reading'] = reading(summary)
