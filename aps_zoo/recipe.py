@@ -331,6 +331,11 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections (name, data, space, search, train, "
+                          f"...), got a {type(data).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition('=')
         if not sep:
