@@ -525,10 +525,7 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
         save_for_hf(model, staging, model_config={'channel_config': config.to_dict()},
                     safe_serialization=True, data_config={'input_size': tuple(config.input_size)})
         if plots:
-            matched = _uniform_like(config)
-            plot_widths(config.widths, staging / PLOT_NAME, reference=matched.widths,
-                        reference_label=f"uniform, same MACs (x{matched.provenance['multiplier']:.2f})",
-                        title=f'{repo_id.split("/")[-1]}: output channels per layer')
+            plot_widths(config, staging / PLOT_NAME, title=f'{repo_id.split("/")[-1]}: output channels per width entry')
         if recipe_text:
             atomic_write_text(staging / RECIPE_NAME, recipe_text)
         atomic_write_text(staging / CARD_NAME, str(card))
