@@ -103,9 +103,9 @@ def _load_kwargs(data: DataSection) -> Dict[str, Any]:
 
 
 def _refuse_load_kwargs(data: DataSection, what: str) -> None:
-    given = [f'data.{k}' for k in _load_kwargs(data)]
+    given = [f'data.{key}' for key in ('config_name', 'revision', 'data_files') if getattr(data, key) is not None]
     if given:
-        raise DataError(f"{', '.join(given).replace('data.name', 'data.config_name')} cannot be used with {what} "
+        raise DataError(f"{', '.join(given)} cannot be used with {what} "
                         f"({data.dataset}); drop it or point data.dataset at a folder or Hub id")
 
 
