@@ -119,8 +119,11 @@ def markdown(summary: Dict) -> str:
              f"scored on the held-out split ({s['val_images']} images)",
              f"- standalone: {s['train_epochs']} epochs each, seed {s['seed']}, test split ({s['test_images']} images); "
              f"standalone test top-1 ranges {min(s['standalone']):.2f} - {max(s['standalone']):.2f}",
-             f"- wall time {s['wall_s'] / 60:.1f} min on {s['device']} ({s['cpu_count']} CPUs, shared machine; "
-             f"load average {s['load'][0]:.1f} at start, {s['load'][1]:.1f} at end)", "",
+             f"- on {s['device']} ({s['cpu_count']} CPUs, shared with other jobs); invocations (later ones reuse the "
+             f"cached runs):"]
+    lines += [f"  - `{i['command']}`: {i['wall_s'] / 60:.1f} min wall, load average {i['load'][0]:.1f} at start, "
+              f"{i['load'][1]:.1f} at end" for i in s['invocations']]
+    lines += ["",
              "| supernet | evaluation | held-out acc, end of warm-up | Kendall tau [95% CI] | Spearman rho [95% CI] |"
              " sharing at end | supernet time |",
              "|---|---|---:|---:|---:|---:|---:|"]
@@ -180,6 +183,16 @@ def plot(summary: Dict, path: Path) -> None:
     plt.close(fig)
 
 
+def _previous_invocations(path: Path, archs) -> List[Dict]:
+    """The invocations recorded by an earlier run over the same architectures (their runs are reused)."""
+    if not path.is_file():
+        return []
+    previous = json.loads(path.read_text())
+    if previous.get('archs') != archs:
+        return []
+    return previous.get('invocations') or [{k: previous[k] for k in ('command', 'wall_s', 'load')}]
+
+
 def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: int, train_epochs: Optional[int],
         cpu: bool, command: str) -> Dict:
     """Every step of the benchmark; writes ranking.{md,json,png} into ``out``."""
@@ -210,7 +223,8 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
                'search_epochs': s.epochs, 'warmup_epochs': s.warmup_epochs, 'train_epochs': recipe.train.epochs,
                'val_images': data.sizes['val'], 'num_classes': data.num_classes, 'test_images': data.sizes['test'], 'supernets': supernets,
                'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
-               'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]]}
+               'invocations': _previous_invocations(out / 'ranking.json', archs)
+               + [{'command': command, 'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]]}]}
     summary['reading'] = reading(summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'ranking.json').write_text(json.dumps(summary, indent=2) + '\n')
