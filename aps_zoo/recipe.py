@@ -91,11 +91,17 @@ class SearchSection:
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
-    projection_lr: float = 1e-3
     overlap: float = 1.0
-    learn_projections: bool = True
+    learn_projections: bool = True   # false: projections stay at their init (frozen ordinal/independent sharing)
+    # Where projections learn from after warm-up: 'penalty' (the reference code: P, Q enter the forward
+    # detached and learn from the grouped orthogonality penalty alone) or 'task_and_penalty'.
+    projection_grad: str = 'penalty'
+    # Fraction of the post-warm-up search by which sharing should be near its end value; the projection
+    # lr is derived from it (aps_zoo.aps.sharing.transition_projection_lr) unless projection_lr is set.
+    sharing_transition: float = 0.5
+    projection_lr: Optional[float] = None   # set: this lr, whatever sharing_transition says
     orthogonal_weight: float = 5e-3
-    orthogonal_every: int = 1       # lazy regularisation: the penalty on every k-th step, weighted k x
+    orthogonal_every: int = 1       # the penalty and the projections' update on every k-th step only
     renormalize_projections: bool = True
     under_budget_exponent: float = 0.0
     over_budget_exponent: float = -0.1
@@ -170,6 +176,7 @@ class Recipe:
 CHOICES = {
     'space.family': FAMILIES,
     'search.decode': ('beam', 'sample'),
+    'search.projection_grad': ('penalty', 'task_and_penalty'),
     'search.on_nonfinite_loss': ('stop', 'skip'),
     'train.on_nonfinite_loss': ('stop', 'skip'),
     'train.mixed_precision': ('no', 'fp16', 'bf16'),
@@ -220,6 +227,13 @@ def _check_ranges(r: Recipe) -> None:
          r.search.warmup_epochs)
     need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
     need(r.search.orthogonal_every > 0, 'search.orthogonal_every', 'positive', r.search.orthogonal_every)
+    need(0 < r.search.sharing_transition <= 1, 'search.sharing_transition', 'in (0, 1]', r.search.sharing_transition)
+    need(r.search.projection_lr is None or r.search.projection_lr >= 0, 'search.projection_lr', '>= 0 or null',
+         r.search.projection_lr)
+    need(r.search.orthogonal_weight >= 0, 'search.orthogonal_weight', '>= 0', r.search.orthogonal_weight)
+    need(r.search.projection_lr is not None or r.search.orthogonal_weight > 0 or r.search.projection_grad == 'penalty',
+         'search.projection_lr', 'set when search.orthogonal_weight is 0 under task_and_penalty (nothing to derive '
+         'it from)', r.search.projection_lr)
     need(r.gpus is None or r.gpus > 0, 'gpus', 'a positive integer or null', r.gpus)
     need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
     need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)

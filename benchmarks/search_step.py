@@ -2,9 +2,11 @@
 
 For each sampled architecture of a space (default: the ResNet-20 CIFAR space, candidates
 4,8,16,32,64, meta width 124) it times a full SGD step (forward, backward, optimizer) of the APS
-supernet with learning projections, of the same supernet with every projection forced onto the
-kernel (``P^T W Q``, the reference formulation), of the supernet without the orthogonality penalty
-(what ``search.orthogonal_every`` skips on most steps), and of the timm model built from the same
+supernet as the search runs it after warm-up under ``search.projection_grad: penalty`` (projections
+detached from the forward, the grouped orthogonality penalty of every projection on every step, as
+``orthogonal_every: 1``), of the same supernet with every projection forced onto the kernel
+(``P^T W Q``, the reference formulation), of the supernet without the penalty (warm-up, and the
+steps ``search.orthogonal_every`` skips), and of the timm model built from the same
 ChannelConfig trained the same way. The steps run interleaved, round after round, and each is
 reported as the median over rounds, so load on the machine hits them alike. The supernet runs
 channels_last; so does the standalone model by default (``--no-channels-last``: contiguous), the
@@ -41,7 +43,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from aps_zoo.aps import APSConv2d, set_projections_trainable
+from aps_zoo.aps import APSConv2d
+from aps_zoo.aps.sharing import PROJECTION_MOMENTUM
 from aps_zoo.models import create_model_from_config
 from aps_zoo.spaces import APSSupernet, build_space
 
@@ -70,8 +73,13 @@ def interleaved_ms(steps: dict, rounds: int, device: torch.device, warmup: int =
     return {name: statistics.median(ts) for name, ts in times.items()}
 
 
-def sgd(params):
-    return torch.optim.SGD(params, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
+def sgd(params, projections=()):
+    """The search's SGD: meta weights nesterov with weight decay, projections their own group."""
+    groups = [{'params': list(params)}]
+    if projections:
+        groups.append({'params': list(projections), 'lr': 1e-3, 'weight_decay': 0.0,
+                       'momentum': PROJECTION_MOMENTUM, 'nesterov': False})
+    return torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
 def train_step(forward, opt, y, autocast=nullcontext):
@@ -116,7 +124,8 @@ def saved_activation_bytes(forward) -> int:
     seen = {}
 
     def pack(t):
-        seen[(t.untyped_storage().data_ptr(), t.dtype)] = t.untyped_storage().nbytes()
+        storage = t.untyped_storage()  # views share it; _cdata identifies it on the meta device too
+        seen[storage._cdata] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -156,14 +165,12 @@ def main() -> None:
     torch.manual_seed(0)
     rng = random.Random(0)
     supernet = APSSupernet(space).to(device)
-    set_projections_trainable(supernet, True)
-    opt = sgd(supernet.parameters())
+    opt = sgd(supernet.meta_parameters(), supernet.projection_parameters())
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(space.num_classes, (args.batch,), device=device)
     zero = torch.zeros((), device=device)
     with torch.device('meta'):
         counting = APSSupernet(space)  # the same supernet on the meta device, for MAC counts
-    set_projections_trainable(counting, True)
     rows, floors = [], []
     for _ in range(args.archs):
         choices = space.random_choices(rng)
@@ -201,8 +208,9 @@ def main() -> None:
           f"torch {torch.__version__}, malloc {os.environ.get('GLIBC_TUNABLES', 'glibc defaults')}")
     print(f"device {torch.cuda.get_device_name(device) if device.type == 'cuda' else 'cpu'}"
           f"{', bf16 autocast' if args.bf16 else ''}")
-    print("supernet: projections where cheapest; kernel: all on the kernel (P^T W Q); no penalty: supernet "
-          "step without the orthogonality penalty (search.orthogonal_every skips it); ms = median per step")
+    print("supernet: projection_grad penalty, grouped penalty every step, projections where cheapest; kernel: all "
+          "on the kernel (P^T W Q); no penalty: supernet step without the penalty (warm-up, and the steps "
+          "search.orthogonal_every skips); ms = median per step")
     print(f"{'MACs':>14} | {'supernet ms':>11} | {'kernel ms':>9} | {'no penalty ms':>13} | {'standalone ms':>13} | "
           f"{'ratio':>5} | {'kernel ratio':>12} | {'MAC ratio':>9} | {'kernel MAC ratio':>16} | saved for backward MiB")
     for macs, ms, mac_ratio, kernel_mac_ratio, sa, sb in rows:
@@ -220,7 +228,7 @@ def main() -> None:
     meta, proj = nbytes(supernet.meta_parameters()), nbytes(supernet.projection_parameters())
     print(f"supernet state: meta weights {meta / MIB:.1f} MiB, projections {proj / MIB:.1f} MiB, "
           f"BN buffers {nbytes(supernet.buffers()) / MIB:.1f} MiB; training state (params, buffers, grads and "
-          f"momentum of the meta weights) {(meta + proj + nbytes(supernet.buffers()) + 2 * meta) / MIB:.1f} MiB")
+          f"momentum of every parameter) {(3 * (meta + proj) + nbytes(supernet.buffers())) / MIB:.1f} MiB")
 
 
 if __name__ == '__main__':

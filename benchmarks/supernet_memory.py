@@ -1,16 +1,25 @@
-"""Peak memory and step time of the ImageNet APS supernets at 224x224 on CPU.
+"""Peak memory and step time of the ImageNet APS supernets at 224x224 on CPU, and their per-device memory.
 
 Each space is the one of a search recipe (``recipes/search_*_imagenet*.yaml``) with ``space.meta_width``
 set to each ``--meta-widths`` value. A fresh child process per setting builds the supernet with
-trainable projections, gives every parameter an SGD momentum buffer (the steady state of a search
-that has sampled every candidate pair), and runs training steps the way the search loop does
-(forward with the orthogonality penalty, backward, SGD step with the recipe's groups, column
-renormalisation): first on the space's largest architecture (the memory worst case), then on
-``--steps`` random ones. Peak RSS is the child's ``ru_maxrss``. A setting whose parameters and
-momentum alone exceed ``--limit-gib`` or the memory available is reported, not run.
+projections detached from the forward (``search.projection_grad: penalty``), gives every parameter
+an SGD momentum buffer (the steady state of a search that has sampled every candidate pair), and
+runs training steps the way the search loop does on a penalised step (forward with the grouped
+orthogonality penalty, backward, SGD step with the search's groups, column renormalisation): first
+on the space's largest architecture (the memory worst case), then on ``--steps`` random ones. Peak
+RSS is the child's ``ru_maxrss``. A setting whose parameters and momentum alone exceed
+``--limit-gib`` or the memory available is reported, not run.
+
+``--per-device`` instead counts, on the meta device (nothing is computed), what one process of each
+recipe holds at the recipe's own ``data.batch_size`` and meta width, in float32: parameters, their
+gradients, SGD momentum, DistributedDataParallel's gradient buckets (one more copy of the
+gradients), and the tensors autograd saves for backward in a penalised step on the largest
+architecture (activations and the penalty's concatenated groups and Gram matrices). Not counted:
+the allocator's cache and the backward's transient gradients of activations.
 
     python benchmarks/supernet_memory.py [--spaces resnet50 resnet18 mobilenetv2] [--meta-widths sum max]
                                          [--batch 8] [--steps 2] [--threads 1] [--limit-gib 24]
+    python benchmarks/supernet_memory.py --per-device
 """
 from __future__ import annotations
 
@@ -26,9 +35,11 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import renormalize_projections, set_projections_trainable
+from aps_zoo.aps import renormalize_projections
+from aps_zoo.aps.sharing import PROJECTION_MOMENTUM
 from aps_zoo.recipe import load_recipe
 from aps_zoo.spaces import APSSupernet, space_from_recipe
+from search_step import nbytes, saved_activation_bytes
 
 RECIPES = Path(__file__).resolve().parent.parent / 'recipes'
 SPACES = {'resnet50': 'search_resnet50_imagenet_2g.yaml', 'resnet18': 'search_resnet18_imagenet.yaml',
@@ -36,9 +47,26 @@ SPACES = {'resnet50': 'search_resnet50_imagenet_2g.yaml', 'resnet18': 'search_re
 GIB = 2 ** 30
 
 
-def recipe_and_space(name: str, meta_width: str):
-    recipe = load_recipe(RECIPES / SPACES[name], overrides=[f'space.meta_width={meta_width}'])
+def recipe_and_space(name: str, meta_width: str = None):
+    recipe = load_recipe(RECIPES / SPACES[name], overrides=[f'space.meta_width={meta_width}'] if meta_width else [])
     return recipe, space_from_recipe(recipe, 1000, (3, 224, 224))
+
+
+def per_device_gib(name: str) -> dict:
+    """GiB one process of the recipe holds (see the module docstring), at its own batch and meta width."""
+    recipe, space = recipe_and_space(name)
+    with torch.device('meta'):
+        net = APSSupernet(space)
+        x = torch.empty(recipe.data.batch_size, 3, 224, 224)
+    params = nbytes(net.parameters())
+    widths = space.widths(space.largest())
+    saved = saved_activation_bytes(lambda: net(x, widths, return_penalty=True))
+    parts = {'parameters': params, 'grads + momentum + DDP buckets': 3 * params, 'BN buffers': nbytes(net.buffers()),
+             'saved for backward': saved}
+    penalty = saved - saved_activation_bytes(lambda: net(x, widths))
+    return {'batch': recipe.data.batch_size, 'meta_width': recipe.space.meta_width,
+            **{k: v / GIB for k, v in parts.items()}, 'of which the penalty': penalty / GIB,
+            'total': sum(parts.values()) / GIB}
 
 
 def counts(supernet) -> dict:
@@ -60,9 +88,9 @@ def run_child(args) -> None:
     s = recipe.search
     torch.manual_seed(0)
     net = APSSupernet(space)
-    set_projections_trainable(net, True)
     opt = torch.optim.SGD([{'params': net.meta_parameters(), 'weight_decay': s.weight_decay},
-                           {'params': net.projection_parameters(), 'lr': s.projection_lr, 'weight_decay': 0.0}],
+                           {'params': net.projection_parameters(), 'lr': s.projection_lr or 1e-3, 'weight_decay': 0.0,
+                            'momentum': PROJECTION_MOMENTUM, 'nesterov': False}],
                           lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
     for group in opt.param_groups:
         for p in group['params']:
@@ -90,6 +118,15 @@ def run_child(args) -> None:
                       'macs_random': sum(space.macs(c) for c in archs) / len(archs)}))
 
 
+def print_per_device(spaces) -> None:
+    print("per-process memory of each search recipe at its own batch, float32, counted on the meta device (GiB)")
+    rows = {name: per_device_gib(name) for name in spaces}
+    keys = list(next(iter(rows.values())))
+    print(' | '.join(['recipe'.ljust(36)] + [k for k in keys]))
+    for name, r in rows.items():
+        print(' | '.join([SPACES[name].ljust(36)] + [f'{v:.2f}' if isinstance(v, float) else str(v) for v in r.values()]))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--spaces', nargs='+', choices=list(SPACES), default=list(SPACES))
@@ -98,12 +135,15 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=2, help='timed steps on random architectures')
     parser.add_argument('--threads', type=int, default=1)
     parser.add_argument('--limit-gib', type=float, default=24.0)
+    parser.add_argument('--per-device', action='store_true', help="each recipe's per-process memory (meta device)")
     parser.add_argument('--only', choices=list(SPACES), help=argparse.SUPPRESS)
     parser.add_argument('--meta-width', help=argparse.SUPPRESS)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.only:
         return run_child(args)
+    if args.per_device:
+        return print_per_device(args.spaces)
 
     print(f"APS supernets at 224x224, batch {args.batch}, CPU, {args.threads} thread(s), torch {torch.__version__}; "
           f"projections trainable, momentum for every parameter")

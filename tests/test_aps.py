@@ -6,9 +6,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, layer_sharing_level, orthogonality_loss,
-                         renormalize_projections, set_projections_trainable, sharing_levels)
-from aps_zoo.aps.projection import orthogonality_penalty, overlap_offsets, required_meta_width
+from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, attach_projections, layer_sharing_level,
+                         orthogonality_loss, orthogonality_terms, renormalize_projections, sharing_levels)
+from aps_zoo.aps.projection import off_diagonal_l1, overlap_offsets, required_meta_width
 from aps_zoo.spaces import APSSupernet, SearchSpaceError, build_space
 
 CANDS = [4, 8, 16]
@@ -48,10 +48,10 @@ def test_meta_width_must_hold_candidates():
 
 def test_orthogonality_penalty_and_renormalisation():
     q, _ = torch.linalg.qr(torch.randn(12, 5))
-    assert orthogonality_penalty(q).item() < 1e-5
+    assert off_diagonal_l1(q).item() < 1e-5
     skew = q.clone()
     skew[:, 1] += q[:, 0]
-    assert orthogonality_penalty(skew).item() > 0.5
+    assert off_diagonal_l1(skew).item() > 0.5
     space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
     net = APSSupernet(space)
     with torch.no_grad():
@@ -61,11 +61,11 @@ def test_orthogonality_penalty_and_renormalisation():
     renormalize_projections(net)
     norms = torch.cat([p.norm(dim=0) for m in aps_modules(net).values() for _, _, p in m.projections()])
     assert torch.allclose(norms, torch.ones_like(norms), atol=1e-5)
-    # the regulariser covers every searchable layer: each one contributes
+    # the regulariser covers every searchable layer once: each one contributes
     with torch.no_grad():
-        per_layer = {n: sum(orthogonality_penalty(p).item() for _, _, p in m.projections())
-                     for n, m in aps_modules(net).items()}
+        per_layer = {n: v.item() for n, v in orthogonality_terms(net).items()}
         total = orthogonality_loss(net).item()
+    assert list(per_layer) == list(aps_modules(net))
     assert all(v > 0 for v in per_layer.values())
     assert total == pytest.approx(sum(per_layer.values()), rel=1e-5)
 
@@ -75,16 +75,12 @@ def test_gradients_reach_meta_weights_then_projections():
     net = APSSupernet(space)
     widths = space.widths([1] * space.num_decisions)
     x, y = torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
-    logits, penalty = net(x, widths, return_penalty=True)
-    F.cross_entropy(logits, y).backward()
-    assert penalty.item() == 0.0
+    F.cross_entropy(net(x, widths), y).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in [net.stem.conv.weight, net.fc.weight])
-    assert all(p.grad is None for p in net.projection_parameters())  # warm-up: projections detached
-    set_projections_trainable(net, True)
+    assert all(p.grad is None for p in net.projection_parameters())  # detached: the task loss does not reach them
+    attach_projections(net, True)
     net.zero_grad()
-    logits, penalty = net(x, widths, return_penalty=True)
-    (F.cross_entropy(logits, y) + 5e-3 * penalty).backward()
-    assert penalty.item() > 0
+    F.cross_entropy(net(x, widths), y).backward()
     used = net.stem.conv.out_proj[f'3_{widths[0]}']
     assert used.grad is not None and used.grad.abs().sum() > 0
     unused = net.stem.conv.out_proj[f'3_{CANDS[0] if widths[0] != CANDS[0] else CANDS[1]}']
@@ -133,7 +129,7 @@ def test_stride_one_shortcut_keeps_no_equal_width_pairs():
 def test_renormalize_only_updated_projections():
     space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
     net = APSSupernet(space)
-    set_projections_trainable(net, True)
+    attach_projections(net, True)
     with torch.no_grad():
         for p in net.projection_parameters():
             p.mul_(2.0)
@@ -169,30 +165,27 @@ PLAN_LAYERS = {
 
 @pytest.mark.parametrize('kind', PLAN_LAYERS)
 def test_every_plan_computes_the_design_convolution(kind):
-    """Projections on the kernel or on the activations: same output, same gradients, same penalty."""
+    """Projections on the kernel or on the activations: same output, same gradients."""
     kwargs, c_in = PLAN_LAYERS[kind]
     torch.manual_seed(0)
     layer = APSConv2d(**kwargs, noise=0.1)
-    layer.projections_trainable = True
+    layer.projections_attached = True
     x = torch.randn(2, c_in, 9, 9)
     target = torch.randn_like(_reference_conv(layer, x, 12, layer.stride))
     _reference_conv(layer, x, 12, layer.stride).mul(target).sum().backward()
     expected = {n: p.grad.clone() for n, p in layer.named_parameters() if p.grad is not None}
     expected_out = _reference_conv(layer, x, 12, layer.stride).detach()
     assert len(layer.plans()) == {'conv': 4, 'stem': 2, 'depthwise': 1}[kind]
-    penalties = []
     for plan in layer.plans():
         layer.zero_grad()
-        layer.penalty, layer.plan = None, plan
+        layer.plan = plan
         out = layer(x, 12)
         out.mul(target).sum().backward()
-        penalties.append(layer.penalty.item())
         assert torch.allclose(out, expected_out, atol=1e-5), plan
         got = {n: p.grad for n, p in layer.named_parameters() if p.grad is not None}
         assert got.keys() == expected.keys(), plan
         for n, g in got.items():
             assert torch.allclose(g, expected[n], rtol=1e-4, atol=1e-4), (plan, n)
-    assert penalties == pytest.approx([penalties[0]] * len(penalties))
 
 
 @pytest.mark.parametrize('kind', PLAN_LAYERS)
@@ -225,40 +218,42 @@ def test_cheapest_plan_moves_projections_to_the_side_that_costs_less():
 
 
 def test_orthogonality_penalty_gradient_matches_autograd():
-    """The one-matmul backward equals autograd through the plain formula (float64)."""
+    """The one-matmul backward equals autograd through the plain formula (float64), batched too."""
     torch.manual_seed(0)
-    p = torch.randn(9, 5, dtype=torch.float64, requires_grad=True)
-    gram = p.t() @ p
-    plain = (gram - torch.diag_embed(torch.diagonal(gram))).abs().sum()
-    expected, = torch.autograd.grad(3.0 * plain, p)
-    value = orthogonality_penalty(p)
-    got, = torch.autograd.grad(3.0 * value, p)
-    assert value.item() == pytest.approx(plain.item())
+    p = torch.randn(3, 9, 5, dtype=torch.float64, requires_grad=True)
+    gram = p.transpose(1, 2) @ p
+    plain = (gram - torch.diag_embed(torch.diagonal(gram, dim1=1, dim2=2))).abs().sum((1, 2))
+    weights = torch.tensor([3.0, -1.0, 0.5], dtype=torch.float64)
+    expected, = torch.autograd.grad((weights * plain).sum(), p)
+    value = off_diagonal_l1(p)
+    got, = torch.autograd.grad((weights * value).sum(), p)
+    assert torch.allclose(value, plain)
     assert torch.allclose(got, expected)
-    assert torch.autograd.gradcheck(orthogonality_penalty, (p.detach().requires_grad_(),))
+    assert torch.autograd.gradcheck(off_diagonal_l1, (p.detach().requires_grad_(),))
+    assert off_diagonal_l1(p[1]).item() == pytest.approx(plain[1].item())
 
 
 def learning_supernet():
-    """A small supernet with learning projections, one architecture and a batch: (net, widths, x, y)."""
+    """A small supernet with attached projections, one architecture and a batch: (net, widths, x, y)."""
     space = build_space('resnet_cifar', 8, CANDS, num_classes=3, input_size=(3, 8, 8), overlap=0.5)
     torch.manual_seed(0)
     net = APSSupernet(space)
-    set_projections_trainable(net, True)
+    attach_projections(net, True)
     return net, space.widths([1] * space.num_decisions), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
 
 
 def test_penalty_only_when_asked():
-    """Without ``return_penalty`` learning projections get the loss gradient and no penalty is computed;
-    with it the gradient adds exactly the penalty's."""
+    """``return_penalty`` returns the grouped penalty of the whole model, and the gradient of the loss
+    plus it is exactly the task's plus the penalty's."""
     net, widths, x, y = learning_supernet()
     used = net.stem.conv.out_proj[f'3_{widths[0]}']
     F.cross_entropy(net(x, widths), y).backward()
-    assert all(m.penalty is None for m in aps_modules(net).values())
     plain = used.grad.clone()
     net.zero_grad()
     logits, penalty = net(x, widths, return_penalty=True)
     (F.cross_entropy(logits, y) + 0.5 * penalty).backward()
-    penalty_grad, = torch.autograd.grad(0.5 * orthogonality_penalty(used), used)
+    assert penalty.item() == pytest.approx(orthogonality_loss(net).item())
+    penalty_grad, = torch.autograd.grad(0.5 * orthogonality_loss(net), used)
     assert torch.allclose(used.grad, plain + penalty_grad, atol=1e-6)
 
 

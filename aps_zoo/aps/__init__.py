@@ -1,9 +1,10 @@
 """Affine Parameter Sharing: projections, APS layers, sharing level and regulariser (torch only)."""
-from .layers import (APSBatchNorm2d, APSConv2d, APSLinear, aps_modules, pair_key,
-                     set_projections_trainable)
+from .layers import APSBatchNorm2d, APSConv2d, APSLinear, aps_modules, attach_projections, pair_key
 from .projection import init_projection, overlap_offsets, required_meta_width, subspace_overlap
-from .sharing import layer_sharing_level, orthogonality_loss, renormalize_projections, sharing_levels
+from .sharing import (grouped_orthogonality, layer_sharing_level, orthogonality_loss, orthogonality_terms,
+                      renormalize_projections, sharing_levels)
 
-__all__ = ['APSBatchNorm2d', 'APSConv2d', 'APSLinear', 'aps_modules', 'pair_key', 'set_projections_trainable',
+__all__ = ['APSBatchNorm2d', 'APSConv2d', 'APSLinear', 'aps_modules', 'attach_projections', 'pair_key',
            'init_projection', 'overlap_offsets', 'required_meta_width', 'subspace_overlap',
-           'layer_sharing_level', 'orthogonality_loss', 'renormalize_projections', 'sharing_levels']
+           'grouped_orthogonality', 'layer_sharing_level', 'orthogonality_loss', 'orthogonality_terms',
+           'renormalize_projections', 'sharing_levels']

@@ -8,25 +8,30 @@ over channels lifting the input to the meta width, or projecting a meta-width ou
 four ways give the same output, and each call takes the one with the fewest multiply-adds for its
 batch and image size.
 Small images and large batches favour the kernel; deep stages at a small batch favour the activations.
-While projections are frozen (warm-up) they enter detached, so only the meta weight gets gradients.
+Projections enter the forward detached unless ``projections_attached`` is set (``search.projection_grad:
+task_and_penalty`` after warm-up): by default they learn from the grouped orthogonality penalty alone
+(:meth:`APSConv2d.projection_groups`, ``aps_zoo.aps.sharing.orthogonality_loss``), as the reference code does.
 """
 from __future__ import annotations
 
 import math
+from collections import defaultdict
 from itertools import product
-from typing import Dict, Iterator, Optional, Sequence, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import conv_out_size
-from .projection import init_projection, orthogonality_penalty, overlap_offsets
+from .projection import init_projection, overlap_offsets
 
 Pair = Tuple[int, int]
 # Where each projection is applied: (P side, Q side), each 'weight' or 'activation'; Q side None
 # for a fixed input axis or a depthwise conv (no Q).
 Plan = Tuple[str, Optional[str]]
+# A group of the orthogonality penalty: (axis, the width shared by its candidates; 0: all of them)
+GroupKey = Tuple[str, int]
 SIDES = ('weight', 'activation')
 
 
@@ -72,9 +77,7 @@ class APSConv2d(nn.Module):
         self.out_proj = _projection_dict(meta_out, list(out_candidates), pairs, 1, overlap, noise)
         self.in_proj = None if (self.fixed_in or depthwise) else \
             _projection_dict(meta_in, list(in_candidates), pairs, 0, overlap, noise)
-        self.projections_trainable = False
-        self.collect_penalty = True  # off: learning projections skip their orthogonality penalty
-        self.penalty: Optional[torch.Tensor] = None
+        self.projections_attached = False
         self.plan: Optional[Plan] = None  # where the projections go; None: the cheapest for each call
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
@@ -85,14 +88,16 @@ class APSConv2d(nn.Module):
             for key, q in self.in_proj.items():
                 yield 'in', key, q
 
+    def projection_groups(self) -> Dict[GroupKey, List[torch.Tensor]]:
+        """The candidates the orthogonality penalty sets against each other (DESIGN §3): on the out
+        axis, for each input width the P of every output candidate; on the in axis, for each output
+        width the Q of every input candidate; a depthwise conv (one projection per width) and the
+        stem (one input width) form one group of all their candidates."""
+        return _groups(self.pairs, self.out_proj, self.in_proj, one_out_group=self.depthwise)
+
     def _proj(self, table: nn.ParameterDict, key: str) -> torch.Tensor:
         p = table[key]
-        if not self.projections_trainable:
-            return p.detach()
-        if self.collect_penalty:  # the regulariser on the projections this step uses
-            penalty = orthogonality_penalty(p)
-            self.penalty = penalty if self.penalty is None else self.penalty + penalty
-        return p
+        return p if self.projections_attached else p.detach()
 
     def _check_pair(self, c_in: int, c_out: int) -> str:
         key = pair_key(self.meta_in if self.fixed_in else c_in, c_out)
@@ -176,6 +181,18 @@ class APSConv2d(nn.Module):
         return y if p is None else mix_channels(y, p)  # project down: P^T y
 
 
+def _groups(pairs: Sequence[Pair], out_proj: Optional[nn.ParameterDict], in_proj: Optional[nn.ParameterDict],
+            one_out_group: bool) -> Dict[GroupKey, List[torch.Tensor]]:
+    groups = defaultdict(list)
+    for pair in pairs:
+        key = pair_key(*pair)
+        if out_proj is not None:
+            groups[('out', 0 if one_out_group else pair[0])].append(out_proj[key])
+        if in_proj is not None:
+            groups[('in', pair[1])].append(in_proj[key])
+    return dict(groups)
+
+
 def mix_channels(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
     """``(B, C, H, W)`` activations times ``m: (C, D)`` along channels, as one matmul over the
     channels-last view (no copy when ``x`` is channels_last; the result is channels_last)."""
@@ -196,19 +213,19 @@ class APSLinear(nn.Module):
         nn.init.uniform_(self.weight, -bound, bound)
         self.pairs = [(c, out_features) for c in in_candidates]
         self.in_proj = _projection_dict(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
-        self.projections_trainable = False
-        self.collect_penalty = True  # off: learning projections skip their orthogonality penalty
-        self.penalty: Optional[torch.Tensor] = None
+        self.projections_attached = False
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
         for key, q in self.in_proj.items():
             yield 'in', key, q
 
+    def projection_groups(self) -> Dict[GroupKey, List[torch.Tensor]]:
+        """One group: the Q of every input candidate (one output width)."""
+        return _groups(self.pairs, None, self.in_proj, one_out_group=False)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         q = self.in_proj[pair_key(x.shape[1], self.weight.shape[0])]
-        learn = self.projections_trainable
-        self.penalty = orthogonality_penalty(q) if learn and self.collect_penalty else None
-        q = q if learn else q.detach()
+        q = q if self.projections_attached else q.detach()
         (batch, c_in), (classes, meta_in) = x.shape, self.weight.shape
         if batch * meta_in * (c_in + classes) < classes * c_in * (meta_in + batch):  # fewer MACs as W (Q x)
             return F.linear(x @ q.t(), self.weight, self.bias)
@@ -242,7 +259,8 @@ def aps_modules(model: nn.Module) -> Dict[str, nn.Module]:
     return {n: m for n, m in model.named_modules() if isinstance(m, (APSConv2d, APSLinear))}
 
 
-def set_projections_trainable(model: nn.Module, trainable: bool) -> None:
-    """Let gradients reach the projections (after warm-up) or detach them (warm-up, frozen sharing)."""
+def attach_projections(model: nn.Module, attached: bool) -> None:
+    """Let the task loss's gradient reach the projections (``projection_grad: task_and_penalty`` after
+    warm-up) or detach them from the forward (the default: they learn from the penalty alone)."""
     for m in aps_modules(model).values():
-        m.projections_trainable = trainable
+        m.projections_attached = attached

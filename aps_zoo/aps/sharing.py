@@ -1,29 +1,43 @@
-"""Sharing level between candidates and the orthogonality regulariser on projections."""
+"""Sharing level between candidates and the grouped orthogonality penalty that moves it (APS-T)."""
 from __future__ import annotations
 
 from collections import defaultdict
 from itertools import combinations
-from typing import Dict
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn as nn
 
 from .layers import aps_modules
-from .projection import basis_overlap, orthogonality_penalty, orthonormal_basis, renormalize_columns_
+from .projection import basis_overlap, off_diagonal_l1, orthonormal_basis, renormalize_columns_
+
+# The projections' own SGD group (the reference code's momentum; no Nesterov, no weight decay).
+PROJECTION_MOMENTUM = 0.9
+# lr x weight x updates after which penalty-only projection updates (PROJECTION_MOMENTUM, column
+# renormalisation) take a ResNet-20 CIFAR layer (candidates 4..64, meta 124) from ordinal sharing
+# (overlap 1) to mean sharing 0.05, measured with benchmarks/sharing_transition.py at weight 5e-3:
+# 0.1007 at lr 1e-2 (2,014 updates), 0.1032 at 4e-2, 0.108 at 0.1; sharing 0.54 comes at ~0.05
+# (DESIGN §3 / the issue: 19,600 updates at lr 1e-3, i.e. 0.098).
+TRANSITION_LR_WEIGHT_UPDATES = 0.10
+# Above lr x weight = 5e-4 per update the steps overshoot: at 1e-3 the transition ends late (0.127),
+# at 2e-3 sharing stalls near 0.2 (same measurement). Derived learning rates stop there.
+MAX_LR_WEIGHT = 5e-4
+
+
+def transition_projection_lr(fraction: float, updates: int, weight: float) -> float:
+    """Projection lr that brings sharing near its end value (0.05) after ``fraction`` of the
+    ``updates`` penalised projection updates of a search at penalty ``weight``: the speed of the
+    transition scales with lr x weight x updates (``TRANSITION_LR_WEIGHT_UPDATES``). Capped at
+    ``MAX_LR_WEIGHT / weight``: a search with fewer than ``TRANSITION_LR_WEIGHT_UPDATES / MAX_LR_WEIGHT``
+    (200) updates in that fraction cannot complete the transition."""
+    return min(TRANSITION_LR_WEIGHT_UPDATES / (fraction * max(1, updates)), MAX_LR_WEIGHT) / weight
 
 
 def layer_sharing_level(layer: nn.Module) -> float:
-    """Mean subspace overlap between candidates of one layer that differ in width along an axis.
-
-    Out-axis projections are compared among pairs with the same input width and different
-    output widths (and in-axis ones the other way round). 1 = ordinal sharing, 0 = disjoint.
-    """
-    groups = defaultdict(list)
-    for axis, key, p in layer.projections():
-        c_in, c_out = (int(v) for v in key.split('_'))
-        groups[(axis, c_in if axis == 'out' else c_out)].append(p)
+    """Mean subspace overlap between the candidates of each penalty group of one layer that differ
+    in width (:meth:`~aps_zoo.aps.APSConv2d.projection_groups`). 1 = ordinal sharing, 0 = disjoint."""
     scores = []
-    for ps in groups.values():
+    for ps in layer.projection_groups().values():
         bases = [orthonormal_basis(p) for p in ps]  # one QR per projection, not one per pair
         scores += [basis_overlap(a, b) for a, b in combinations(bases, 2) if a.shape[1] != b.shape[1]]
     return float(torch.stack(scores).mean()) if scores else float('nan')
@@ -35,15 +49,53 @@ def sharing_levels(model: nn.Module) -> Dict[str, float]:
     return {k: v for k, v in levels.items() if v == v}
 
 
+def grouped_off_diagonal_l1(groups: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
+    """For each group, the L1 norm of the off-diagonal of the Gram matrix of its projections
+    concatenated side by side: one Gram per group, groups of one shape in one batched matmul."""
+    by_shape: Dict[Tuple[int, int], List[int]] = defaultdict(list)
+    for i, ps in enumerate(groups):
+        by_shape[(ps[0].shape[0], sum(p.shape[1] for p in ps))].append(i)
+    terms: List[torch.Tensor] = [None] * len(groups)
+    for (rows, cols), index in by_shape.items():
+        # one copy: (rows, G*cols) -> (G, rows, cols) view, every group's columns side by side
+        flat = torch.cat([p for i in index for p in groups[i]], dim=1)
+        values = off_diagonal_l1(flat.view(rows, len(index), cols).transpose(0, 1))
+        for i, v in zip(index, values.unbind()):
+            terms[i] = v
+    return torch.stack(terms)
+
+
+def orthogonality_terms(model: nn.Module) -> Dict[str, torch.Tensor]:
+    """The grouped orthogonality penalty of every APS layer by module name (a function of the
+    projections alone; DESIGN §3): each layer's sum over its groups."""
+    layers = aps_modules(model)
+    groups = {name: list(m.projection_groups().values()) for name, m in layers.items()}
+    flat = [g for gs in groups.values() for g in gs]
+    if not flat:
+        return {}
+    values, start, out = grouped_off_diagonal_l1(flat), 0, {}
+    for name, gs in groups.items():
+        out[name] = values[start:start + len(gs)].sum()
+        start += len(gs)
+    return out
+
+
+def grouped_orthogonality(layer: nn.Module) -> torch.Tensor:
+    """The grouped orthogonality penalty of one APS layer, one value per group (in the order of
+    ``layer.projection_groups()``)."""
+    return grouped_off_diagonal_l1(list(layer.projection_groups().values()))
+
+
 def orthogonality_loss(model: nn.Module) -> torch.Tensor:
-    """Sum of L1 off-diagonal penalties of P^T P and Q^T Q over every projection of every APS layer."""
-    terms = [orthogonality_penalty(p) for m in aps_modules(model).values() for _, _, p in m.projections()]
-    return torch.stack(terms).sum() if terms else torch.zeros(())
+    """The grouped orthogonality penalty summed over every APS layer of ``model`` (stem, every block
+    conv and shortcut, depthwise convs, classifier: each once)."""
+    groups = [g for m in aps_modules(model).values() for g in m.projection_groups().values()]
+    return grouped_off_diagonal_l1(groups).sum() if groups else torch.zeros(())
 
 
 @torch.no_grad()
 def renormalize_projections(model: nn.Module, only_updated: bool = False) -> None:
-    """Scale projection columns to unit norm (the optional hard constraint, after each step).
+    """Scale projection columns to unit norm (the hard constraint, after each projection step).
 
     ``only_updated``: just the projections that hold a gradient, i.e. the ones this step changed
     (the optimizer leaves projections without a gradient untouched).

@@ -25,7 +25,8 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._io import atomic_write_text
-from ..aps import orthogonality_loss, renormalize_projections, set_projections_trainable, sharing_levels
+from ..aps import attach_projections, orthogonality_loss, renormalize_projections, sharing_levels
+from ..aps.sharing import PROJECTION_MOMENTUM, transition_projection_lr
 from ..channels import ChannelConfig
 from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_like
@@ -67,7 +68,8 @@ class _Searcher:
         self.supernet = APSSupernet(self.space)
         self.optimizer = torch.optim.SGD(
             [{'params': self.supernet.meta_parameters(), 'lr': s.lr, 'weight_decay': s.weight_decay},
-             {'params': self.supernet.projection_parameters(), 'lr': 0.0, 'weight_decay': 0.0}],
+             {'params': self.supernet.projection_parameters(), 'lr': 0.0, 'weight_decay': 0.0,
+              'momentum': PROJECTION_MOMENTUM, 'nesterov': False}],
             lr=s.lr, momentum=s.momentum, nesterov=s.nesterov)
         self.controller = Controller(self.space, s.budget_macs, s.controller.hidden_size).to(accelerator.device)
         self.reinforce = Reinforce(self.controller, s.controller.lr, s.controller.entropy_weight,
@@ -76,6 +78,7 @@ class _Searcher:
         self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
             self.supernet, self.optimizer, self.data.train, self.data.val)
         self.test_loader = accelerator.prepare(self.data.test)
+        self.projection_lr = self._projection_lr()
         self.log = MetricsLog(out_dir / 'metrics.jsonl', enabled=accelerator.is_main_process)
         self.step = 0
 
@@ -98,13 +101,26 @@ class _Searcher:
         return self._shared(sample[0]), sample[1], sample[2]
 
     # -- supernet ------------------------------------------------------------------------------
+    def _projection_lr(self) -> float:
+        """``search.projection_lr`` when set; else the lr that completes the sharing transition after
+        ``search.sharing_transition`` of the post-warm-up projection updates (0 without a penalty
+        under ``projection_grad: penalty``: nothing moves the projections then)."""
+        s = self.recipe.search
+        if s.projection_lr is not None:
+            return s.projection_lr
+        if s.orthogonal_weight == 0:
+            return 0.0
+        steps = len(self.train_loader) if s.steps_per_epoch is None else min(len(self.train_loader), s.steps_per_epoch)
+        updates = (s.epochs - s.warmup_epochs) * steps // s.orthogonal_every
+        return transition_projection_lr(s.sharing_transition, updates, s.orthogonal_weight)
+
     def set_schedule(self, epoch: int, warm: bool) -> float:
         s = self.recipe.search
         lr = 0.5 * s.lr * (1 + math.cos(math.pi * epoch / s.epochs))
         learn = s.learn_projections and not warm
         self.optimizer.param_groups[0]['lr'] = lr
-        self.optimizer.param_groups[1]['lr'] = s.projection_lr if learn else 0.0
-        set_projections_trainable(self.supernet, learn)
+        self.optimizer.param_groups[1]['lr'] = self.projection_lr if learn else 0.0
+        attach_projections(self.supernet, learn and s.projection_grad == 'task_and_penalty')
         return lr
 
     def train_epoch(self, epoch: int, warm: bool) -> Dict[str, float]:
@@ -123,15 +139,16 @@ class _Searcher:
             choices = self.uniform_arch() if warm else self.controller_arch()[0]
             digest = zlib.crc32(json.dumps(choices).encode(), digest)
             self.step += 1
-            # lazy regularisation (as StyleGAN2's): the penalty every k-th step, weighted k times
-            penalised = learn and self.step % s.orthogonal_every == 0
+            # the grouped penalty (and so the projections' update under projection_grad: penalty) every k-th step
+            penalised = learn and s.orthogonal_weight > 0 and self.step % s.orthogonal_every == 0
             widths = self.space.widths(choices)
             if penalised:
                 logits, penalty = self.model(x, widths, return_penalty=True)
-                loss = F.cross_entropy(logits, y) + s.orthogonal_every * s.orthogonal_weight * penalty
+                task = F.cross_entropy(logits, y)
+                loss = task + s.orthogonal_weight * penalty
             else:
                 logits = self.model(x, widths)
-                loss = F.cross_entropy(logits, y)
+                loss = task = F.cross_entropy(logits, y)
             if not check_finite(loss, self.step, s.on_nonfinite_loss):
                 self.optimizer.zero_grad()
                 continue
@@ -140,7 +157,7 @@ class _Searcher:
             if learn and s.renormalize_projections:
                 renormalize_projections(self.supernet, only_updated=True)
             self.optimizer.zero_grad()
-            losses.append(loss.item())
+            losses.append(task.item())  # the task loss: the penalty is logged per epoch ('orthogonality')
             correct += (logits.argmax(-1) == y).sum().item()
             seen += y.numel()
             bar.set_postfix(loss=f'{losses[-1]:.3f}')
@@ -289,7 +306,8 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
         greedy = searcher.controller.sample(greedy=True)[0]
         levels = sharing_levels(searcher.supernet)
         with torch.no_grad():
-            record['orthogonality'] = orthogonality_loss(searcher.supernet).item()  # over every projection
+            record['orthogonality'] = orthogonality_loss(searcher.supernet).item()  # the grouped penalty
+        record['projection_lr'] = searcher.optimizer.param_groups[1]['lr']
         record.update(val_acc=searcher.accuracy(greedy, searcher.val_loader), greedy_macs=searcher.space.macs(greedy),
                       greedy_widths=searcher.space.widths(greedy),
                       sharing_mean=sum(levels.values()) / max(1, len(levels)), sharing=levels)

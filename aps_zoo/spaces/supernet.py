@@ -13,7 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear, aps_modules
+from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
+from ..aps.sharing import orthogonality_loss
 from ..channels import BlockSpec, shortcut_kind
 from .space import SearchSpace
 
@@ -103,16 +104,15 @@ class APSSupernet(nn.Module):
             self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=RELU6)
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
-        self._aps_layers = tuple(aps_modules(self).values())  # plain tuple: not registered twice
 
     def forward(self, x: torch.Tensor, widths: Sequence[int], return_penalty: bool = False):
-        """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the
-        orthogonality penalty of the projections this forward used (zero while they are frozen).
+        """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the grouped
+        orthogonality penalty of every projection (``aps_zoo.aps.orthogonality_loss``). The penalty
+        depends on the projections alone; it is computed here so that under DistributedDataParallel
+        the projections count as used on the steps that penalise them.
 
         Runs channels_last: candidate kernels come out of their matmuls in that layout, and
         projections applied to activations are plain matmuls over the channels-last view."""
-        for m in self._aps_layers:
-            m.penalty, m.collect_penalty = None, return_penalty
         x = self.stem(x.contiguous(memory_format=torch.channels_last), widths[0])
         if self.stem_pool:
             x = F.max_pool2d(x, 3, 2, 1)
@@ -121,15 +121,12 @@ class APSSupernet(nn.Module):
         if self.head is not None:
             x = self.head(x, widths[self.space.layout.head_entry])
         logits = self.fc(x.mean((2, 3)))
-        if not return_penalty:
-            return logits
-        terms = [m.penalty for m in self._aps_layers if m.penalty is not None]
-        return logits, (torch.stack(terms).sum() if terms else logits.new_zeros(()))
+        return (logits, orthogonality_loss(self)) if return_penalty else logits
 
     def meta_parameters(self) -> List[nn.Parameter]:
         """Meta weights and classifier bias (the SGD group)."""
         return [p for n, p in self.named_parameters() if '_proj.' not in n]
 
     def projection_parameters(self) -> List[nn.Parameter]:
-        """Projection matrices P and Q (their own group: lr 0 in warm-up, then ~1e-3)."""
+        """Projection matrices P and Q (their own SGD group: lr 0 in warm-up, then the projection lr)."""
         return [p for n, p in self.named_parameters() if '_proj.' in n]

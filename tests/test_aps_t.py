@@ -1,0 +1,188 @@
+"""APS-T: the grouped orthogonality penalty, where projections learn from, and the sharing transition."""
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, attach_projections, grouped_orthogonality,
+                         layer_sharing_level, orthogonality_loss, orthogonality_terms)
+from aps_zoo.aps.sharing import MAX_LR_WEIGHT, TRANSITION_LR_WEIGHT_UPDATES, transition_projection_lr
+from aps_zoo.recipe import RecipeError, recipe_from_dict
+from aps_zoo.search.loop import _Searcher, make_accelerator, search
+from aps_zoo.spaces import APSSupernet, build_space
+
+ROOT = Path(__file__).resolve().parents[1]
+RESNET20 = [4, 8, 16, 32, 64]
+
+
+def numpy_groups(layer):
+    """The penalty's groups from their definition, as numpy matrices (not through the library)."""
+    def mat(table, pair):
+        return table[f'{pair[0]}_{pair[1]}'].detach().double().numpy()
+
+    if isinstance(layer, APSLinear):
+        return [np.concatenate([mat(layer.in_proj, p) for p in layer.pairs], axis=1)]
+    if layer.depthwise or layer.fixed_in:  # one group of every candidate
+        return [np.concatenate([mat(layer.out_proj, p) for p in layer.pairs], axis=1)]
+    groups = []
+    for c_in in sorted({i for i, _ in layer.pairs}):  # out axis: one input width, every output candidate
+        groups.append(np.concatenate([mat(layer.out_proj, p) for p in layer.pairs if p[0] == c_in], axis=1))
+    for c_out in sorted({o for _, o in layer.pairs}):  # in axis: one output width, every input candidate
+        groups.append(np.concatenate([mat(layer.in_proj, p) for p in layer.pairs if p[1] == c_out], axis=1))
+    return groups
+
+
+def numpy_term(a):
+    total = 0.0
+    gram = a.T @ a
+    for i in range(gram.shape[0]):
+        for j in range(gram.shape[1]):
+            if i != j:
+                total += abs(gram[i, j])
+    return total
+
+
+@pytest.mark.parametrize('family, depth', [('resnet_cifar', 8), ('mobilenetv2', 0)])
+def test_grouped_penalty_matches_its_definition(family, depth):
+    """Every layer's term equals the definition computed with plain loops on random projections; every
+    searchable layer (stem, block convs, shortcuts, depthwise, classifier) is there once."""
+    space = build_space(family, depth, [4, 8, 12], num_classes=5, input_size=(3, 16, 16),
+                        blockwise=family != 'resnet_cifar')
+    torch.manual_seed(0)
+    net = APSSupernet(space)
+    with torch.no_grad():
+        for p in net.projection_parameters():
+            p.copy_(torch.randn_like(p))
+    terms = orthogonality_terms(net)
+    layers = aps_modules(net)
+    assert list(terms) == list(layers)
+    kinds = {'stem': 0, 'shortcut': 0, 'depthwise': 0, 'fc': 0}
+    for name, layer in layers.items():
+        expected = sum(numpy_term(a) for a in numpy_groups(layer))
+        assert terms[name].item() == pytest.approx(expected, rel=1e-5), name
+        kinds['stem'] += name.startswith('stem')
+        kinds['shortcut'] += 'shortcut' in name
+        kinds['depthwise'] += bool(getattr(layer, 'depthwise', False))
+        kinds['fc'] += name == 'fc'
+    assert kinds['stem'] == kinds['fc'] == 1
+    assert kinds['shortcut' if family == 'resnet_cifar' else 'depthwise'] > 0
+    assert orthogonality_loss(net).item() == pytest.approx(sum(t.item() for t in terms.values()), rel=1e-5)
+
+
+def test_grouped_penalty_sees_sharing():
+    """A ResNet-20 layer (candidates 4..64, meta 124): each group's term is ~225 at overlap 1, ~77 at 0.5,
+    ~17 at 0 (DESIGN §3); 208 of the 225 are the exactly shared columns, 2 x sum over candidate pairs of
+    the smaller width."""
+    per_group = {}
+    for overlap in (1.0, 0.5, 0.0):
+        torch.manual_seed(0)
+        layer = APSConv2d(RESNET20, RESNET20, 124, 124, 3, overlap=overlap)
+        terms = grouped_orthogonality(layer)
+        assert terms.shape == (10,)  # 5 input widths (out axis) + 5 output widths (in axis)
+        per_group[overlap] = terms.mean().item()
+    assert per_group[1.0] == pytest.approx(225, abs=3)
+    assert per_group[0.5] == pytest.approx(77, abs=3)
+    assert per_group[0.0] == pytest.approx(17, abs=2)
+    shared = 2 * sum(min(a, b) for i, a in enumerate(RESNET20) for b in RESNET20[i + 1:])
+    assert shared == 208 and per_group[1.0] - per_group[0.0] == pytest.approx(shared, abs=2)
+
+
+def small_net():
+    space = build_space('resnet_cifar', 8, [4, 8, 16], num_classes=3, input_size=(3, 8, 8), overlap=1.0)
+    torch.manual_seed(0)
+    net = APSSupernet(space)
+    return net, space.widths([1] * space.num_decisions), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
+
+
+def test_projection_grad_penalty_gives_projections_only_the_penalty_gradient():
+    """Detached projections (``projection_grad: penalty``): the task loss gives them no gradient; with the
+    penalty every projection of every group gets exactly the penalty's gradient."""
+    net, widths, x, y = small_net()
+    F.cross_entropy(net(x, widths), y).backward()
+    assert all(p.grad is None for p in net.projection_parameters())
+    assert net.stem.conv.weight.grad.abs().sum() > 0
+    net.zero_grad()
+    logits, penalty = net(x, widths, return_penalty=True)
+    (F.cross_entropy(logits, y) + 5e-3 * penalty).backward()
+    got = [p.grad.clone() for p in net.projection_parameters()]
+    expected = torch.autograd.grad(5e-3 * orthogonality_loss(net), net.projection_parameters())
+    assert all(g.abs().sum() > 0 for g in got)  # the gradient reaches every projection of every group
+    assert all(torch.allclose(g, e, atol=1e-7) for g, e in zip(got, expected))
+
+
+def test_projection_grad_task_and_penalty_lets_the_task_loss_through():
+    net, widths, x, y = small_net()
+    attach_projections(net, True)
+    F.cross_entropy(net(x, widths), y).backward()
+    used = net.stem.conv.out_proj[f'3_{widths[0]}']
+    assert used.grad is not None and used.grad.abs().sum() > 0
+
+
+@pytest.fixture(scope='module')
+def transition():
+    spec = importlib.util.spec_from_file_location('sharing_transition', ROOT / 'benchmarks' / 'sharing_transition.py')
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_transition_lr_completes_the_transition_on_time(transition):
+    """The lr derived for N updates takes a ResNet-20 layer from ordinal sharing to near independence
+    (<= 0.1) in N penalty-only updates, and not in the first N / 2."""
+    updates = 400
+    lr = transition_projection_lr(1.0, updates, 5e-3)
+    assert lr == pytest.approx(TRANSITION_LR_WEIGHT_UPDATES / (updates * 5e-3))
+    assert transition_projection_lr(0.5, 20, 5e-3) == pytest.approx(MAX_LR_WEIGHT / 5e-3)  # capped
+    layer = transition.make_model('layer')
+    before = orthogonality_loss(layer).item()
+    curve = dict(transition.simulate(layer, lr, 5e-3, updates, updates // 2))
+    assert curve[0] > 0.99 and curve[updates // 2] > 0.4 and curve[updates] <= 0.1
+    assert orthogonality_loss(layer).item() < 0.5 * before  # the shared columns' share of the penalty is gone
+    assert layer_sharing_level(layer) == pytest.approx(curve[updates])
+
+
+def tiny(tmp_path, **search):
+    return {'name': 'tiny', 'seed': 3, 'output_dir': str(tmp_path),
+            'data': {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
+            'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
+            'search': {'budget_macs': 2e5, 'epochs': 4, 'warmup_epochs': 1, 'steps_per_epoch': 4,
+                       'decode_top_k': 2, 'controller': {'steps_per_epoch': 2}, **search}}
+
+
+def test_projection_lr_precedence(tmp_path):
+    """An explicit ``projection_lr`` wins; otherwise it is derived from ``sharing_transition`` over the
+    search's post-warm-up projection updates (3 epochs x 4 steps / orthogonal_every)."""
+    acc = make_accelerator(cpu=True)
+    derived = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, orthogonal_every=2)), acc, tmp_path)
+    assert derived.projection_lr == pytest.approx(transition_projection_lr(0.25, 3 * 4 // 2, 5e-3))
+    explicit = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, projection_lr=0.01)), acc, tmp_path)
+    assert explicit.projection_lr == 0.01
+
+
+@pytest.mark.parametrize('key, value, match', [
+    ('projection_grad', 'task', "'search.projection_grad' must be one of penalty, task_and_penalty, got 'task'"),
+    ('sharing_transition', 0.0, r"'search.sharing_transition' must be in \(0, 1\]"),
+    ('projection_lr', -1.0, "'search.projection_lr' must be >= 0 or null"),
+])
+def test_bad_projection_keys(tmp_path, key, value, match):
+    with pytest.raises(RecipeError, match=match):
+        recipe_from_dict(tiny(tmp_path, **{key: value}))
+
+
+def test_search_moves_sharing_after_warm_up(tmp_path):
+    """A tiny search under the defaults (projection_grad: penalty, derived lr): sharing stays ordinal
+    through warm-up, then falls every epoch; metrics.jsonl records the projection lr of every epoch."""
+    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+    records = [json.loads(line) for line in (tmp_path / 'tiny' / 'search' / 'metrics.jsonl').read_text().splitlines()]
+    assert records[0]['phase'] == 'warmup' and records[0]['projection_lr'] == 0.0
+    assert records[0]['sharing_mean'] > 0.99
+    assert all(r['projection_lr'] == pytest.approx(transition_projection_lr(0.5, 12, 5e-3)) for r in records[1:])
+    sharing = [r['sharing_mean'] for r in records]
+    # 12 updates at the capped lr move it only a little (the transition itself: the simulation test above)
+    assert all(a > b for a, b in zip(sharing, sharing[1:]))
