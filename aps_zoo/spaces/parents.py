@@ -111,8 +111,9 @@ def _timm_resnet_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str]:
     return f'{prefix}.{conv}', f'{prefix}.bn{conv[-1]}'
 
 
-_TIMM_MBV2_CONVS = {3: {'conv_pw': ('conv_pw', 'bn1'), 'conv_dw': ('conv_dw', 'bn2'), 'conv_pwl': ('conv_pwl', 'bn3')},
-                    2: {'conv_dw': ('conv_dw', 'bn1'), 'conv_pwl': ('conv_pw', 'bn2')}}
+_TIMM_MBV2_CONVS = {  # timm has no shortcut convs (identity only): a zoo conv shortcut is never found there
+    3: {'conv_pw': ('conv_pw', 'bn1'), 'conv_dw': ('conv_dw', 'bn2'), 'conv_pwl': ('conv_pwl', 'bn3')},
+    2: {'conv_dw': ('conv_dw', 'bn1'), 'conv_pwl': ('conv_pw', 'bn2')}}
 
 
 def _timm_mobilenetv2_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str]:
@@ -120,8 +121,14 @@ def _timm_mobilenetv2_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str
         return ('conv_stem', 'bn1') if slot.name == 'stem' else ('conv_head', 'bn2')
     block, conv = slot.name.split('.')[1:]
     stage, index = _stage_index(layout, int(block))
-    conv_name, bn_name = _TIMM_MBV2_CONVS[len(layout.blocks[int(block)].entries)][conv]
+    conv_name, bn_name = _TIMM_MBV2_CONVS[len(layout.blocks[int(block)].entries)].get(conv, (conv, conv))
     return f'blocks.{stage}.{index}.{conv_name}', f'blocks.{stage}.{index}.{bn_name}'
+
+
+def _zoo_family(state: Tensors) -> str:
+    if 'blocks.0.conv_dw.conv.weight' in state:
+        return 'mobilenetv2'
+    return 'resnet' if state['stem.conv.weight'].shape[-1] == 7 else 'resnet_cifar'
 
 
 @dataclass(frozen=True)
@@ -130,29 +137,41 @@ class Naming:
     (conv, BN) prefixes of a slot, the classifier prefix, and how it downsamples."""
     label: str
     marker: str
-    families: Tuple[str, ...]
+    family: Callable[[Tensors], str]
     names: Callable[[NetworkLayout, Slot], Tuple[str, str]]
     classifier: str
+    block_prefix: str  # how block tensors start, and how many dot-separated parts name a block
+    block_parts: int   # ('blocks.3', 'layer2.1', 'blocks.2.0')
     strided_downsample: bool = False  # stage-start shortcut is a strided 1x1 conv + BN (timm's plain ResNet)
+
+    def num_blocks(self, state: Tensors) -> int:
+        """Blocks in ``state`` (distinct block prefixes of its tensors)."""
+        return len({'.'.join(k.split('.')[:self.block_parts]) for k in state if k.startswith(self.block_prefix)})
 
 
 NAMINGS = (
-    Naming('aps-zoo', 'stem.conv.weight', ('resnet_cifar', 'resnet', 'mobilenetv2'), _zoo_names, 'fc'),
-    Naming('timm ResNet', 'layer1.0.conv1.weight', ('resnet',), _timm_resnet_names, 'fc', True),
-    Naming('timm MobileNetV2', 'conv_stem.weight', ('mobilenetv2',), _timm_mobilenetv2_names, 'classifier'),
+    Naming('aps-zoo', 'stem.conv.weight', _zoo_family, _zoo_names, 'fc', 'blocks.', 2),
+    Naming('timm ResNet', 'layer1.0.conv1.weight', lambda state: 'resnet', _timm_resnet_names, 'fc', 'layer', 2,
+           True),
+    Naming('timm MobileNetV2', 'conv_stem.weight', lambda state: 'mobilenetv2', _timm_mobilenetv2_names,
+           'classifier', 'blocks.', 3),
 )
 
 
-def naming_of(state: Tensors, family: str, source: str) -> Naming:
-    """The naming of ``state``; raises naming the mismatch if it is unknown or holds another family."""
+def naming_of(state: Tensors, layout: NetworkLayout, source: str) -> Naming:
+    """The naming of ``state``; raises naming the mismatch if it is unknown, of another family or depth."""
+    family = layout.family
     naming = next((n for n in NAMINGS if n.marker in state), None)
     if naming is None:
         raise InheritError(f"space.init_from {source}: not a checkpoint of a ResNet or MobileNetV2 this project "
                            f"reads (none of {', '.join(repr(n.marker) for n in NAMINGS)} in its "
                            f"{len(state)} tensors)")
-    if family not in naming.families:
-        raise InheritError(f"space.init_from {source}: a {naming.label} checkpoint cannot initialise a "
-                           f"space of family {family!r} (it holds {' or '.join(naming.families)})")
+    if naming.family(state) != family:
+        raise InheritError(f"space.init_from {source}: a {naming.label} {naming.family(state)} checkpoint cannot "
+                           f"initialise a space of family {family!r}")
+    if naming.num_blocks(state) != len(layout.blocks):
+        raise InheritError(f"space.init_from {source}: the parent has {naming.num_blocks(state)} blocks, a "
+                           f"{family}{layout.depth or ''} {len(layout.blocks)}: set space.depth to the parent's")
     return naming
 
 
@@ -178,7 +197,7 @@ def to_zoo_state(state: Tensors, layout: NetworkLayout, source: str) -> Tuple[Te
     Widths are read from the conv that first writes each entry; every other tensor is checked against them.
     """
     state = {k: v for k, v in state.items() if not k.endswith('num_batches_tracked')}
-    naming = naming_of(state, layout.family, source)
+    naming = naming_of(state, layout, source)
     widths: List[Optional[int]] = [None] * layout.num_entries
     in_chans, folded, zoo = 0, 0, {}
     for slot in conv_slots(layout):
@@ -308,11 +327,11 @@ def _hub_revision(model) -> str:
 
 
 def read_source(source: str) -> Tuple[Tensors, str, str]:
-    """(state dict, architecture, revision) of a parent source (see the module doc)."""
+    """(state dict, architecture or None for a bare file, revision) of a parent source (see the module doc)."""
     path = Path(source)
     if source.endswith('.safetensors') or path.is_file():
         try:
-            return load_file(str(path)), path.name, _sha256(path)
+            return load_file(str(path)), None, _sha256(path)
         except FileNotFoundError:
             raise InheritError(f"space.init_from: file not found: {source}") from None
         except (SafetensorError, OSError) as e:
@@ -374,6 +393,7 @@ def load_parent(source: str, family: str, depth: int = 0, importance: str = 'non
         raise InheritError(f"space.init_importance must be one of {', '.join(IMPORTANCE)}, got {importance!r}")
     state, architecture, revision = read_source(source)
     layout = network_layout(family, depth)
+    architecture = architecture or f"{naming_of(state, layout, source).label} {family}{depth or ''}"
     zoo, widths, in_chans, folded = to_zoo_state(state, layout, source)
     num_classes = int(zoo['fc.weight'].shape[0])
     try:
