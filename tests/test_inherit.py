@@ -263,7 +263,7 @@ def test_search_fine_tune_and_export_from_a_trained_parent(tmp_path):
     tuned = train(recipe, result.config_path, cpu=True)
     assert tuned.config.provenance['init'].startswith('inherited') and tuned.top1 > 30
     card = (export_run(tuned.out_dir, tmp_path / 'export') / 'README.md').read_text()
-    assert f'local-dir:{folder}' in card and prov['parent_revision'] in card
+    assert f"- **Initialised from:** `local-dir:{folder}` (revision `{prov['parent_revision']}`)" in card
 
 
 def test_cli_one_line_errors(parent, tmp_path, capsys):
