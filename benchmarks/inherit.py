@@ -1,6 +1,6 @@
 """Slimming a trained parent: APS search from its weights + inherited child, against scratch and uniform slimming.
 
-One parent, a full-width CIFAR ResNet-20 (16/32/64), is trained here on scikit-learn digits (8x8, embedded).
+One parent, a full-width CIFAR ResNet-8 (16/32/64), is trained here on scikit-learn digits (8x8, embedded).
 For each budget (a fraction of the parent's MACs) and seed:
 
     aps_inherited      APS search with ``space.init_from: <parent>`` (meta widths = parent widths, overlap 1,
@@ -13,7 +13,9 @@ For each budget (a fraction of the parent's MACs) and seed:
 Test top-1 is recorded before fine-tuning (epoch 0) and after every fine-tune epoch; the report is a Markdown
 table (mean ± std over seeds), a plot and the raw numbers:
 
-    OMP_NUM_THREADS=2 python benchmarks/inherit.py --out docs/inherit      # docs/inherit.{md,png,json}
+    OMP_NUM_THREADS=1 python benchmarks/inherit.py --out docs/inherit      # docs/inherit.{md,png,json}
+
+(one thread: on a CPU shared with other jobs, two threads per process measured ~20x slower per step).
 """
 from __future__ import annotations
 
@@ -41,9 +43,35 @@ from aps_zoo.spaces import SearchSpace
 from aps_zoo.spaces.inherit import supernet_for
 from aps_zoo.train import train
 
+FINETUNE_STEPS = 10  # batches of 64 per fine-tune epoch
 METHODS = {'aps_inherited': 'APS search + inherited weights', 'aps_scratch': 'same config from scratch',
            'uniform_inherited': 'uniform slimming of the parent'}
-DEPTH = 20
+DEPTH = 8  # resnet_cifar8: stem + 3 basic blocks (the shared 2-core CPU cannot afford ResNet-20 here)
+USAGE = """## Using it
+
+A search recipe names the parent in `space.init_from` and, optionally, an importance order:
+
+```yaml
+space:
+  family: resnet            # the parent's family and depth
+  depth: 50
+  candidates: [32, 48, 64]  # x stage multipliers; each must fit the parent's width at the overlap
+  stage_multipliers: [1, 2, 4, 8, 8]
+  meta_width: max           # replaced by the parent's widths
+  init_from: resnet50.a1_in1k           # or hf-hub:org/name[@rev], local-dir:<folder>, a .safetensors file
+  init_importance: bn_scale             # none | bn_scale | l1
+```
+
+`aps-zoo search` then writes `<run>/search/inherited/` (the child's `P^T W Q` weights, BN statistics
+re-estimated); `aps-zoo train <recipe> --config <run>/search/channel_config.json --init inherited` fine-tunes
+from it, and `aps-zoo export` of either folder writes a card whose "Initialised from" line names the parent
+and its revision (Hub commit, or the sha256 of a local weights file).
+
+Limits: the zoo's own ResNets and MobileNetV2s and timm's MobileNetV2 are carried exactly (tested: logits
+equal). timm's plain ResNets downsample with a strided 1x1 conv + BN where the zoo (DESIGN §3) uses a 2x2
+average pool + 1x1 conv: those shortcuts are carried with the BN folded, an approximation (tested: features
+equal up to the first stage-start block, the card notes it). No ImageNet parent was measured here (no network).
+"""
 DATA = {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False}
 
 
@@ -53,9 +81,10 @@ def _recipe(root: Path, name: str, seed: int, budget: float, init_from: str, epo
         'space': {'family': 'resnet_cifar', 'depth': DEPTH, 'candidates': [4, 8, 12, 16],
                   'stage_multipliers': [1, 2, 4], 'meta_width': 'max', 'init_from': init_from,
                   'init_importance': 'bn_scale'},
-        'search': {'budget_macs': budget, 'epochs': 6, 'warmup_epochs': 3, 'steps_per_epoch': 12,
-                   'decode_top_k': 4, 'controller': {'steps_per_epoch': 10, 'lr': 3e-3}},
-        'train': {'epochs': epochs, 'lr': 0.05, 'sched': 'cosine', 'select_best': False},
+        'search': {'budget_macs': budget, 'epochs': 4, 'warmup_epochs': 2, 'steps_per_epoch': 8,
+                   'decode_top_k': 2, 'controller': {'steps_per_epoch': 5, 'lr': 3e-3}},
+        'train': {'epochs': epochs, 'lr': 0.05, 'sched': 'cosine', 'select_best': False,
+                  'steps_per_epoch': FINETUNE_STEPS},
     })
 
 
@@ -117,7 +146,7 @@ def run_setting(root: Path, parent: Path, fraction: float, seed: int, epochs: in
 
 
 def train_parent(root: Path, epochs: int) -> Dict:
-    """The full-width ResNet-20 parent on digits; its weights file and test top-1."""
+    """The full-width ResNet-8 parent on digits; its weights file and test top-1."""
     recipe = recipe_from_dict({'name': 'parent', 'seed': 0, 'output_dir': str(root), 'data': DATA,
                                'train': {'epochs': epochs, 'lr': 0.1, 'sched': 'cosine', 'select_best': False}})
     config = ChannelConfig('resnet_cifar', uniform_widths('resnet_cifar', DEPTH), DEPTH, 10, (3, 8, 8))
@@ -137,14 +166,14 @@ def report(parent: Dict, rows: List[Dict], command: str, seconds: float) -> str:
     seeds = sorted({r['seed'] for r in rows})
     lines = ["# Slimming a trained parent: inherited APS children vs scratch vs uniform slimming", "",
              f"Command: `{command}` ({seconds / 60:.1f} min on a shared 2-core CPU; timings are indicative).", "",
-             f"Parent: full-width CIFAR ResNet-20 (16/32/64, {parent['macs'] / 1e6:.2f}M MACs at 8x8) trained "
+             f"Parent: full-width CIFAR ResNet-8 (16/32/64, {parent['macs'] / 1e6:.2f}M MACs at 8x8) trained "
              f"{parent['epochs']} epochs on scikit-learn digits: test top-1 {parent['top1']:.1f}%.",
              f"Children at 50% and 25% of its MACs; seeds {seeds}; every fine-tune is the same recipe "
-             f"({epochs} epochs, SGD lr 0.05 cosine, batch 64); the test split (360 images) is only reported, "
+             f"({epochs} epochs of {FINETUNE_STEPS} steps, SGD lr 0.05 cosine, batch 64); the test split (360 images) is only reported, "
              "never selected on. Epoch 0 is the child before any fine-tune step (inherited children: BN "
              f"statistics re-estimated on {BN_BATCHES} training batches).", "",
              "- **aps_inherited**: APS search started from the parent (`space.init_from`, meta widths = parent "
-             "widths, overlap 1, `init_importance: bn_scale`; 3 warm-up + 3 search epochs of 12 steps), then "
+             "widths, overlap 1, `init_importance: bn_scale`; 2 warm-up + 2 search epochs of 8 steps), then "
              "`train --init inherited`.",
              "- **aps_scratch**: the same searched config from random weights, same steps.",
              "- **uniform_inherited**: the parent's leading channels at the uniform width multiplier that fits "
@@ -161,7 +190,7 @@ def report(parent: Dict, rows: List[Dict], command: str, seconds: float) -> str:
         lines += ['', 'Searched widths: ' + '; '.join(f"seed {r['seed']}: {','.join(map(str, r['aps_widths']))}"
                                                       for r in sel),
                   f"Uniform widths: {','.join(map(str, sel[0]['uniform_widths']))}", '']
-    lines += ["![test top-1 per fine-tune epoch](inherit.png)", ""]
+    lines += ["![test top-1 per fine-tune epoch](inherit.png)", "", USAGE]
     return '\n'.join(lines)
 
 
@@ -192,10 +221,16 @@ def main(argv=None) -> int:
     parser.add_argument('--runs', default='runs/inherit_bench')
     parser.add_argument('--seeds', type=int, nargs='+', default=[0, 1])
     parser.add_argument('--fractions', type=float, nargs='+', default=[0.5, 0.25])
-    parser.add_argument('--parent-epochs', type=int, default=15)
-    parser.add_argument('--epochs', type=int, default=5, help='fine-tune epochs')
+    parser.add_argument('--parent-epochs', type=int, default=8)
+    parser.add_argument('--epochs', type=int, default=3, help='fine-tune epochs')
+    parser.add_argument('--from-json', action='store_true', help='rewrite <out>.md and <out>.png from <out>.json')
     args = parser.parse_args(argv)
     root, out = Path(args.runs), Path(args.out)
+    if args.from_json:
+        saved = json.loads(out.with_suffix('.json').read_text())
+        plot(saved['rows'], out.with_suffix('.png'))
+        out.with_suffix('.md').write_text(report(saved['parent'], saved['rows'], saved['command'], saved['seconds']))
+        return 0
     if root.exists() and any(root.iterdir()):
         print(f"benchmarks/inherit.py: error: {root} is not empty; pass a new --runs folder", file=sys.stderr)
         return 2
@@ -203,10 +238,12 @@ def main(argv=None) -> int:
     parent = train_parent(root, args.parent_epochs)
     rows = [run_setting(root, Path(parent['weights']), f, s, args.epochs) for f in args.fractions for s in args.seeds]
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix('.json').write_text(json.dumps({'parent': parent, 'rows': rows}, indent=1) + '\n')
+    command = ('python benchmarks/inherit.py ' + ' '.join(argv if argv is not None else sys.argv[1:])).strip()
+    seconds = time.time() - t0
+    out.with_suffix('.json').write_text(json.dumps({'parent': parent, 'rows': rows, 'command': command,
+                                                    'seconds': round(seconds)}, indent=1) + '\n')
     plot(rows, out.with_suffix('.png'))
-    command = 'python benchmarks/inherit.py ' + ' '.join(argv if argv is not None else sys.argv[1:])
-    out.with_suffix('.md').write_text(report(parent, rows, command.strip(), time.time() - t0))
+    out.with_suffix('.md').write_text(report(parent, rows, command, seconds))
     print(f"wrote {out.with_suffix('.md')} ({(time.time() - t0) / 60:.1f} min)")
     return 0
 

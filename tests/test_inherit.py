@@ -1,6 +1,9 @@
 """Slimming a trained parent (issue 17): the inherited supernet and child, timm checkpoints, bad parents."""
 import json
+import os
 import random
+import subprocess
+import sys
 
 import pytest
 import timm
@@ -284,3 +287,24 @@ def test_cli_one_line_errors(parent, tmp_path, capsys):
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
     assert main(['search', str(tmp_path / 'r.yaml')]) == 2
     assert 'space.init_importance' in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
+    """`accelerate launch` with two gloo ranks (DESIGN §6): both ranks load the parent and train the same
+    architectures; the main process writes the inherited child."""
+    _, path = parent
+    recipe = _recipe(tmp_path, str(path))
+    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
+           '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'},
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = tmp_path / 'slim' / 'search'
+    for record in (json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()):
+        assert len(record['arch_digests']) == 2 and len(set(record['arch_digests'])) == 1
+    config = ChannelConfig.load(out / 'inherited' / 'channel_config.json')
+    assert config.widths == ChannelConfig.load(out / 'channel_config.json').widths
+    assert config.provenance['parent'] == str(path)
