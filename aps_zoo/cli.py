@@ -1,21 +1,91 @@
 """`aps-zoo` command line: search, train, export, push, flops, list, run.
 
 Runs the same under ``python -m aps_zoo.cli`` and ``accelerate launch -m aps_zoo.cli``.
-Errors in user input end with one clear line (exit code 2), never a traceback.
+Errors in user input end with one clear line (exit code 2), never a traceback; Ctrl-C ends with
+exit code 130 and the command that resumes the run.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 from typing import List, Optional
 
+import yaml
+
 from .channels import ChannelConfig, ChannelConfigError
+
+INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+
+
+class UsageError(ValueError):
+    """Arguments that do not fit together (reported in one line, exit code 2)."""
+
+
+def _launch_rank() -> int:
+    """This process's rank under ``accelerate launch``/``torchrun`` (0 when launched alone), read before any
+    Accelerator exists so that notes and recipe errors print once."""
+    return int(os.environ.get('RANK', '0'))
+
+
+def check_text_file(path, what: str) -> None:
+    """Refuse a folder or a file that is not UTF-8 text, naming it, before any work starts."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError(f"{what} {path} is a folder; give a file")
+    if path.is_file():
+        try:
+            path.read_bytes().decode('utf-8')
+        except UnicodeDecodeError as e:
+            raise UsageError(f"{what} {path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+
+
+def check_output_dir(recipe) -> None:
+    """Refuse an ``output_dir`` (or run folder) that exists as a file, before any work starts."""
+    for folder in (recipe.run_dir, *recipe.run_dir.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"recipe key 'output_dir': {folder} is a file, not a folder")
+            return
+
+
+def _scaled_warmup(path, overrides: List[str]) -> List[str]:
+    """``overrides``, plus a scaled ``search.warmup_epochs`` when ``--set search.epochs=N`` leaves no search
+    epoch after the recipe's warm-up: it keeps the recipe's warm-up fraction (printed once as a note)."""
+    from .recipe import load_recipe
+    keys = [item.partition('=')[0].strip() for item in overrides]
+    if 'search.epochs' not in keys or 'search.warmup_epochs' in keys:
+        return overrides
+    epochs = yaml.safe_load(overrides[len(keys) - 1 - keys[::-1].index('search.epochs')].partition('=')[2])
+    base = load_recipe(path, [item for item, key in zip(overrides, keys) if key != 'search.epochs']).search
+    if not isinstance(epochs, int) or isinstance(epochs, bool) or not 0 < epochs <= base.warmup_epochs:
+        return overrides  # a bad value is named by the recipe check; a longer search keeps its warm-up
+    warmup = base.warmup_epochs * epochs // base.epochs
+    if _launch_rank() == 0:
+        print(f"note: search.epochs={epochs} leaves no search epoch after the recipe's {base.warmup_epochs} "
+              f"warm-up epochs; warm-up scaled to {warmup} (the recipe's {base.warmup_epochs}/{base.epochs}); "
+              f"set search.warmup_epochs to choose", file=sys.stderr)
+    return [*overrides, f'search.warmup_epochs={warmup}']
+
+
+def load_cli_recipe(path, overrides: List[str]):
+    """The recipe at ``path`` with ``--set`` overrides, its file and output folder checked before any work.
+    Under a launcher only rank 0 reports a bad recipe (every rank reads the same file)."""
+    from .recipe import load_recipe
+    try:
+        check_text_file(path, 'recipe')
+        recipe = load_recipe(path, _scaled_warmup(path, overrides))
+        check_output_dir(recipe)
+    except ValueError:
+        if _launch_rank() != 0:
+            raise SystemExit(2)
+        raise
+    return recipe
 
 
 def _recipe(args):
-    from .recipe import load_recipe
-    return load_recipe(args.recipe, args.set)
+    return load_cli_recipe(args.recipe, args.set)
 
 
 def _cpu(args) -> Optional[bool]:
@@ -32,6 +102,8 @@ def cmd_search(args) -> None:
 
 def cmd_train(args) -> None:
     from .train import train
+    if args.config:
+        check_text_file(args.config, '--config')
     result = train(_recipe(args), args.config, resume=args.resume, cpu=_cpu(args), init=args.init)
     if _is_main():
         print(f"trained weights and curves: {result.out_dir}")
@@ -51,7 +123,7 @@ def cmd_push(args) -> None:
             print(f"{row['name']}: {row['status']} ({row['detail']})")
         return
     if not args.folder or not args.repo_id:
-        raise SystemExit('aps-zoo push: give FOLDER and REPO_ID, or --all')
+        raise UsageError('give FOLDER and a non-empty REPO_ID (org/name), or --all')
     print(push(args.folder, args.repo_id, private=args.private, revision=args.revision,
                commit_message=args.message))
 
@@ -59,6 +131,7 @@ def cmd_push(args) -> None:
 def cmd_flops(args) -> None:
     from .flops import count_macs, count_params
     target = args.config
+    check_text_file(target, 'channel config')
     if Path(target).is_file():
         config = ChannelConfig.load(target)
     else:
@@ -138,17 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser('push', help='push an exported folder to the Hugging Face Hub')
-    p.add_argument('folder', nargs='?')
-    p.add_argument('repo_id', nargs='?')
+    p.add_argument('folder', nargs='?', help='exported folder (from `aps-zoo export` or `run`)')
+    p.add_argument('repo_id', nargs='?', help='Hub repo to create or update, as org/name')
     p.add_argument('--all', action='store_true', help='publish every model in --hub-configs')
-    p.add_argument('--hub-configs', default='hub_configs')
-    p.add_argument('--private', action='store_true')
-    p.add_argument('--revision')
-    p.add_argument('-m', '--message', default='Upload aps-zoo model')
+    p.add_argument('--hub-configs', default='hub_configs',
+                   help='folder of hub configs that --all publishes (default: %(default)s)')
+    p.add_argument('--private', action='store_true', help='create the repo as private')
+    p.add_argument('--revision', help='branch to push to (default: main)')
+    p.add_argument('-m', '--message', default='Upload aps-zoo model', help='commit message (default: %(default)s)')
     p.set_defaults(func=cmd_push)
 
     p = sub.add_parser('flops', help='MACs and params of a ChannelConfig JSON or aps_* model')
-    p.add_argument('config')
+    p.add_argument('config', help='ChannelConfig JSON file or aps_* model name (see `aps-zoo list`)')
     p.set_defaults(func=cmd_flops)
 
     p = sub.add_parser('list', help='table of the zoo')
@@ -163,11 +237,24 @@ def main(argv: Optional[List[str]] = None) -> int:
     from .runs import CheckpointError, NonFiniteLossError
     try:
         args.func(args)
-    except (ValueError, HubError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
-        # RecipeError, ChannelConfigError, SearchSpaceError, HubConfigError and DataError are ValueErrors
+    except (ValueError, HubError, CheckpointError, NonFiniteLossError, OSError) as e:
+        # RecipeError, ChannelConfigError, SearchSpaceError, HubConfigError and DataError are ValueErrors;
+        # OSError: files that cannot be read or written (the message names the file)
         print(f"aps-zoo {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        if _launch_rank() == 0:
+            print(f"aps-zoo {args.command}: {_interrupted_hint(args)}", file=sys.stderr)
+        return INTERRUPTED
     return 0
+
+
+def _interrupted_hint(args) -> str:
+    if not hasattr(args, 'resume'):
+        return 'interrupted'
+    command = ['aps-zoo', args.command, args.recipe, *(f'--set {s}' for s in args.set),
+               *(['--config', args.config] if getattr(args, 'config', None) else []), *(['--cpu'] if args.cpu else [])]
+    return f"interrupted; resume with --resume: {' '.join(command)} --resume"
 
 
 if __name__ == '__main__':

@@ -1,16 +1,21 @@
 """Images as torch DataLoaders through `datasets` and timm transforms.
 
-``data.dataset`` is ``digits`` (scikit-learn's 8x8 digits, embedded: no download), a local directory
-(``imagefolder`` layout, or parquet files), or a Hugging Face Hub dataset id (``cifar10``,
-``ILSVRC/imagenet-1k``; needs network or a local cache). Every source becomes a ``datasets`` dataset;
-images are decoded and transformed in the DataLoader workers. The training loader shuffles with a
+``data.dataset`` is ``digits`` (scikit-learn's 8x8 digits, embedded: no download), a local folder
+(``imagefolder`` layout, parquet files, or a ``save_to_disk`` folder), a single parquet/arrow file, or what
+``datasets.load_dataset`` takes as its path (a Hugging Face Hub dataset id such as ``cifar10`` or
+``ILSVRC/imagenet-1k``, which needs network or a local cache, or a builder name such as ``parquet`` with
+``data.data_files``), with ``config_name``, ``revision`` and ``data_files`` passed through. Splits are names or
+``datasets`` split expressions (``train[:90%]``). Every source becomes a ``datasets`` dataset, opened once per
+process; images are decoded and transformed in the DataLoader workers. The training loader shuffles with a
 seeded sampler whose order depends only on (seed, epoch): call ``loader.set_epoch(epoch)`` (an
 Accelerate-prepared loader forwards it) so that a resumed run sees the same batches as an
 uninterrupted one.
 """
 from __future__ import annotations
 
+import dataclasses
 import io
+import json
 import logging
 from dataclasses import dataclass
 from functools import partial
@@ -35,6 +40,10 @@ LABEL_COLUMNS = ('label', 'labels', 'fine_label', 'target', 'class')
 INTERPOLATION = 'bilinear'
 _UNREADABLE = (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError)
 _DECODER = datasets.Image()
+FILE_BUILDERS = {'.parquet': 'parquet', '.arrow': 'arrow'}  # single files, read by these datasets builders
+SOURCE_KEYS = ('dataset', 'config_name', 'revision', 'data_files', 'streaming', 'image_column', 'label_column',
+               'num_classes')  # the DataSection keys that decide which examples a dataset holds
+_SOURCES: Dict[str, '_Source'] = {}  # datasets this process has opened, by their SOURCE_KEYS
 
 
 class DataError(ValueError):
@@ -76,27 +85,136 @@ def digits_dataset() -> datasets.DatasetDict:
         {'train': datasets.Dataset.from_dict({'image': images, 'label': digits.target.tolist()}, features=features)})
 
 
-def _load_dataset(name: str, *args, **kwargs):
+def _load_dataset(what: str, /, *args, **kwargs):
     try:
         return datasets.load_dataset(*args, **kwargs)
     except (OSError, ValueError) as e:  # missing files, unknown id, offline Hub (ConnectionError is an OSError)
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise DataError(f"cannot load dataset {name!r}: {reason}") from None
+        raise DataError(f"cannot load dataset {what!r}: {reason}") from None
+
+
+def _load_kwargs(data: DataSection) -> Dict[str, Any]:
+    """The ``load_dataset`` arguments the recipe sets (config name, revision, data files)."""
+    files = data.data_files
+    if dataclasses.is_dataclass(files):
+        files = {split: f for split, f in dataclasses.asdict(files).items() if f is not None}
+    kwargs = dict(name=data.config_name, revision=data.revision, data_files=files)
+    return {k: v for k, v in kwargs.items() if v is not None}
+
+
+def _refuse_load_kwargs(data: DataSection, what: str) -> None:
+    given = [f'data.{key}' for key in ('config_name', 'revision', 'data_files') if getattr(data, key) is not None]
+    if given:
+        raise DataError(f"{', '.join(given)} cannot be used with {what} "
+                        f"({data.dataset}); drop it or point data.dataset at a folder or Hub id")
+
+
+def _from_disk(path: Path, streaming: bool):
+    """A folder written by ``save_to_disk`` (a Dataset becomes the train split)."""
+    try:
+        loaded = datasets.load_from_disk(str(path))
+    except (OSError, ValueError) as e:
+        raise DataError(f"cannot load the save_to_disk folder {path}: {e}") from None
+    dd = loaded if isinstance(loaded, datasets.DatasetDict) else datasets.DatasetDict({'train': loaded})
+    if streaming:
+        return datasets.IterableDatasetDict({k: v.to_iterable_dataset() for k, v in dd.items()})
+    return dd
+
+
+def _saved_to_disk(path: Path) -> bool:
+    return any((path / name).is_file() for name in (datasets.config.DATASETDICT_JSON_FILENAME,
+                                                    datasets.config.DATASET_STATE_JSON_FILENAME))
 
 
 def _open_source(data: DataSection):
-    """(dataset dict, kind, description of where it came from)."""
+    """(dataset dict, kind, description of where it came from). ``kind`` is 'digits', 'disk', 'hub', or the
+    ``datasets`` builder that read local files ('imagefolder', 'parquet', 'arrow', ...)."""
     if data.dataset == DIGITS:
         return digits_dataset(), DIGITS, 'scikit-learn digits'
     path = Path(data.dataset).expanduser()
-    if path.is_dir():
-        kind = 'parquet' if any(path.glob('*.parquet')) or any(path.glob('*/*.parquet')) else 'imagefolder'
-        return _load_dataset(data.dataset, kind, data_dir=str(path), streaming=data.streaming), kind, f'{kind} {path}'
-    if path.exists() or data.dataset.startswith(('.', '/', '~')):
-        raise DataError(f"data.dataset {data.dataset!r} is not a directory; give 'digits', an imagefolder or "
-                        f"parquet directory, or a Hugging Face Hub dataset id")
-    return (_load_dataset(data.dataset, data.dataset, streaming=data.streaming), 'hub',
-            f'{data.dataset} (Hugging Face Hub)')
+    if path.is_dir() and _saved_to_disk(path):
+        _refuse_load_kwargs(data, 'a save_to_disk folder')
+        return _from_disk(path, data.streaming), 'disk', f'save_to_disk folder {path}'
+    if path.is_file():
+        if path.suffix not in FILE_BUILDERS:
+            raise DataError(f"data.dataset {data.dataset!r} is a file but not {' or '.join(FILE_BUILDERS)}; give "
+                            f"a folder (imagefolder, parquet files, save_to_disk) or use data.data_files")
+        _refuse_load_kwargs(data, 'a single file')
+        builder = FILE_BUILDERS[path.suffix]
+        dd = _load_dataset(data.dataset, builder, data_files=str(path), streaming=data.streaming)
+        return dd, builder, f'{builder} file {path}'
+    if not path.is_dir() and (path.exists() or data.dataset.startswith(('.', '/', '~'))):
+        raise DataError(f"data.dataset {data.dataset!r} does not exist; give 'digits', a folder (imagefolder, "
+                        f"parquet files, save_to_disk), a parquet/arrow file, or a Hugging Face Hub dataset id")
+    kwargs = _load_kwargs(data)
+    dd = _load_dataset(data.dataset, data.dataset, streaming=data.streaming, **kwargs)
+    builder = next(iter(dd.values())).info.builder_name
+    if path.is_dir() or builder == data.dataset:  # local files read by a builder datasets picked or was named
+        return dd, builder, f"{builder} {path if path.is_dir() else kwargs.get('data_files')}"
+    details = ''.join(f', {k} {v}' for k, v in kwargs.items() if k != 'data_files')
+    return dd, 'hub', f'{data.dataset} (Hugging Face Hub{details})'
+
+
+@dataclass
+class _Source:
+    """A dataset opened, its columns found, labels made a ClassLabel and unreadable images dropped."""
+    splits: Any  # DatasetDict or IterableDatasetDict
+    kind: str
+    description: str
+    image: str
+    label: str
+    skipped: int
+
+    @property
+    def streaming(self) -> bool:
+        return isinstance(self.splits, datasets.IterableDatasetDict)
+
+
+def _resolve(data: DataSection) -> _Source:
+    """The dataset of ``data``, prepared once per process (a search and the training after it share it, so an
+    imagefolder is listed and checked once per run)."""
+    key = json.dumps({k: getattr(data, k) for k in SOURCE_KEYS}, default=dataclasses.asdict, sort_keys=True)
+    if key not in _SOURCES:
+        _SOURCES[key] = _prepare(data)
+    return _SOURCES[key]
+
+
+def _prepare(data: DataSection) -> _Source:
+    dd, kind, description = _open_source(data)
+    streaming = isinstance(dd, datasets.IterableDatasetDict)
+    features = next(iter(dd.values())).features
+    if kind == 'imagefolder' and features is not None and not data.label_column and 'label' not in features:
+        raise DataError(f"{description} has no labels: an imagefolder needs one sub-folder per class and at least "
+                        f"two classes (datasets drops the label of a single class folder)")
+    image, label = _columns(features, data)
+    dd = _class_labels(dd, label, data, description, streaming)
+    if streaming or not isinstance(features[image], datasets.Image):
+        dd = dd.cast_column(image, datasets.Image(decode=not streaming))  # streams decode in the loader
+    skipped = 0
+    if kind == 'imagefolder' and not streaming:
+        num_proc = data.num_workers if data.num_workers > 1 else None
+        checked = {k: _drop_unreadable(ds, image, f'{description} ({k} split)', num_proc) for k, ds in dd.items()}
+        dd = datasets.DatasetDict({k: ds for k, (ds, _) in checked.items()})
+        skipped = sum(n for _, n in checked.values())
+    return _Source(dd, kind, description, image, label, skipped)
+
+
+def _class_labels(dd, label: str, data: DataSection, description: str, streaming: bool):
+    """``dd`` with ``label`` a ClassLabel of at least two classes (``data.num_classes`` when given)."""
+    if not isinstance(next(iter(dd.values())).features[label], datasets.ClassLabel):
+        if streaming and data.num_classes is None:
+            raise DataError(f"label column {label!r} of {description} is not a ClassLabel; set data.num_classes "
+                            f"(labels 0..num_classes-1) to stream it")
+        dd = (dd.cast_column(label, datasets.ClassLabel(num_classes=data.num_classes)) if streaming
+              else _encode_labels(dd, label, data.num_classes))
+    feature = next(iter(dd.values())).features[label]
+    if data.num_classes is not None and feature.num_classes != data.num_classes:
+        raise DataError(f"data.num_classes is {data.num_classes} but {description} has {feature.num_classes} "
+                        f"classes in column {label!r}")
+    if feature.num_classes < 2:
+        raise DataError(f"{description} has {feature.num_classes} class ({', '.join(feature.names)}); a classifier "
+                        f"needs at least two (an imagefolder needs one sub-folder per class)")
+    return dd
 
 
 def _columns(features, data: DataSection) -> Tuple[str, str]:
@@ -114,11 +232,13 @@ def _columns(features, data: DataSection) -> Tuple[str, str]:
     return image, label
 
 
-def _encode_labels(dd: datasets.DatasetDict, label: str) -> datasets.DatasetDict:
-    """Make ``label`` a ClassLabel: integers keep their value (classes 0..max), other values are sorted."""
+def _encode_labels(dd: datasets.DatasetDict, label: str, num_classes: Optional[int]) -> datasets.DatasetDict:
+    """Make ``label`` a ClassLabel: integers keep their value (classes 0..max, or 0..num_classes-1 when that is
+    more), other values are sorted."""
     if dd[next(iter(dd))].features[label].dtype.startswith(('int', 'uint')):
         top = max(max(ds[label]) for ds in dd.values())
-        return dd.cast_column(label, datasets.ClassLabel(names=[str(i) for i in range(top + 1)]))
+        count = num_classes if num_classes and num_classes > top else top + 1
+        return dd.cast_column(label, datasets.ClassLabel(names=[str(i) for i in range(count)]))
     return dd.class_encode_column(label)
 
 
@@ -160,8 +280,17 @@ def _split(ds: datasets.Dataset, fraction: float, seed: int, label: str, what: s
     return parts['train'], parts['test']
 
 
+def _rgb(img: PILImage.Image) -> PILImage.Image:
+    """``img`` as 8-bit RGB. Integer greyscale (16-bit PNGs open as 'I;16' or 'I') is scaled from 0..65535 to
+    0..255; PIL's own ``convert`` would clip it (an all-white image)."""
+    if img.mode.startswith('I'):
+        values = np.asarray(img, dtype=np.float64) * (255 / 65535)
+        img = PILImage.fromarray(np.clip(np.round(values), 0, 255).astype(np.uint8))
+    return img.convert('RGB')
+
+
 def _apply(batch: Dict[str, list], transform, image: str, label: str) -> Dict[str, list]:
-    return {'pixel_values': [transform(img.convert('RGB')) for img in batch[image]], 'label': batch[label]}
+    return {'pixel_values': [transform(_rgb(img)) for img in batch[image]], 'label': batch[label]}
 
 
 def _apply_stream(batch: Dict[str, list], transform, image: str, label: str) -> Dict[str, list]:
@@ -169,7 +298,7 @@ def _apply_stream(batch: Dict[str, list], transform, image: str, label: str) -> 
     out = {'pixel_values': [], 'label': []}
     for img, lab in zip(batch[image], batch[label]):
         try:
-            pixels = transform(_DECODER.decode_example(img).convert('RGB'))
+            pixels = transform(_rgb(_DECODER.decode_example(img)))
         except _UNREADABLE as e:
             logger.warning("skipped unreadable image %s: %s", img['path'] or '<bytes>', e)
             continue
@@ -202,99 +331,115 @@ def _with_transform(ds, transform, image: str, label: str, batch_size: int):
     return ds.with_transform(partial(_apply, transform=transform, image=image, label=label))
 
 
+def _select(src: _Source, expr: str):
+    """The split ``expr`` names or describes ('train', 'train[:90%]', 'train[:50]+test'; datasets' split
+    syntax), or None when it names a split the dataset lacks."""
+    if expr in src.splits:
+        return src.splits[expr]
+    try:
+        instruction = datasets.ReadInstruction.from_spec(expr)
+    except ValueError as e:
+        raise DataError(f"split {expr!r}: {e}") from None
+    lengths = {k: 0 if src.streaming else len(ds) for k, ds in src.splits.items()}
+    try:
+        parts = instruction.to_absolute(lengths)
+    except ValueError:  # an unknown split name
+        return None
+    if src.streaming:
+        raise DataError(f"split {expr!r}: split expressions need streaming: false (a stream has no length)")
+    pieces = [src.splits[p.splitname].select(range(p.from_, p.to)) for p in parts]
+    return pieces[0] if len(pieces) == 1 else datasets.concatenate_datasets(pieces)
+
+
+def _train_and_test(src: _Source, data: DataSection):
+    """(train, test, note): the recipe's splits, or a test split carved from a dataset's only split."""
+    train = _select(src, data.train_split)
+    if train is None:
+        raise DataError(f"split {data.train_split!r} not found in {src.description}; splits: {list(src.splits)} "
+                        f"(set data.train_split)")
+    test = _select(src, data.test_split)
+    if test is not None:
+        return train, test, ''
+    if len(src.splits) > 1 or src.streaming:
+        raise DataError(f"split {data.test_split!r} not found in {src.description}; splits: {list(src.splits)} "
+                        f"(set data.test_split)")
+    train, test = _split(train, data.test_fraction, TEST_SPLIT_SEED, src.label, 'test')
+    return train, test, (f"test: {len(test)} images carved from the {data.train_split} split "
+                         f"({data.test_fraction:.0%}, seed {TEST_SPLIT_SEED})")
+
+
+def _holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: bool):
+    """(train, val, sizes) of a map-style dataset: val carved (seeded, stratified), train capped."""
+    val = None
+    if holdout:
+        train, val = _split(train, data.val_fraction, seed, src.label, 'validation')
+    if data.max_train_samples and data.max_train_samples < len(train):
+        train = train.shuffle(seed=seed).select(range(data.max_train_samples))
+    if len(train) < data.batch_size:
+        raise DataError(f"the training split has {len(train)} images, fewer than one batch "
+                        f"(batch_size {data.batch_size})")
+    return train, val, {'train': len(train), 'val': len(val) if val is not None else None, 'test': len(test)}
+
+
+def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: bool):
+    """(train, val, sizes) of a stream: val is its first examples (needs the split's size), train shuffled."""
+    total = _num_examples(train, data.train_split)
+    n_val = round(data.val_fraction * total) if holdout and total else 0
+    if holdout and not n_val:
+        raise DataError(f"streaming {src.description}: the size of the {data.train_split} split is unknown, so "
+                        f"data.val_fraction cannot be carved; use a non-streaming dataset")
+    val = None
+    if n_val:
+        val, train = train.take(n_val), train.skip(n_val)
+    train_size = total - n_val if total else None
+    if data.max_train_samples:
+        train = train.take(data.max_train_samples)
+        train_size = min(train_size or data.max_train_samples, data.max_train_samples)
+    sizes = {'train': train_size, 'val': n_val or None, 'test': _num_examples(test, data.test_split)}
+    return train.shuffle(seed=seed, buffer_size=10_000), val, sizes
+
+
+def _loaders(src: _Source, data: DataSection, seed: int, train, val, test):
+    """(train, val or None, test) DataLoaders; the training order depends only on (seed, epoch)."""
+    train_tf, eval_tf = _transforms(data)
+    loader = partial(DataLoader, num_workers=data.num_workers, collate_fn=_collate,
+                     pin_memory=torch.cuda.is_available())
+    train_ds = _with_transform(train, train_tf, src.image, src.label, data.batch_size)
+    sampler = None if src.streaming else SeedableRandomSampler(train_ds, data_seed=seed)
+
+    def eval_loader(ds):
+        return loader(_with_transform(ds, eval_tf, src.image, src.label, data.eval_batch_size),
+                      batch_size=data.eval_batch_size, shuffle=False)
+
+    return (loader(train_ds, batch_size=data.batch_size, sampler=sampler, drop_last=True),
+            eval_loader(val) if val is not None else None, eval_loader(test))
+
+
 def build_loaders(data: DataSection, seed: int, holdout: bool) -> DataBundle:
     """Train / val / test DataLoaders of ``data.dataset`` with timm transforms.
 
     ``holdout``: carve ``data.val_fraction`` of the training split (seeded, stratified) as ``val``;
     otherwise ``val`` is None and ``train`` is the whole training split. A dataset without
     ``data.test_split`` (and no other split than the training one) gets a test split of
-    ``data.test_fraction`` carved with a fixed seed, noted in ``dataset_name``.
+    ``data.test_fraction`` carved with a fixed seed, noted in ``dataset_name``. Splits are names or
+    ``datasets`` split expressions (``train[:90%]``); the dataset is opened once per process.
     """
-    dd, kind, source = _open_source(data)
-    if data.train_split not in dd:
-        raise DataError(f"split {data.train_split!r} not found in {source}; splits: {list(dd)} (set data.train_split)")
-    train = dd[data.train_split]
-    image, label = _columns(train.features, data)
-    streaming = isinstance(train, datasets.IterableDataset)
-    if not isinstance(train.features[label], datasets.ClassLabel):
-        if streaming:
-            raise DataError(f"label column {label!r} is not a ClassLabel; streaming needs the number of classes "
-                            f"declared in the dataset features")
-        dd = _encode_labels(dd, label)
-        train = dd[data.train_split]
-    if not isinstance(train.features[image], datasets.Image):
-        dd = dd.cast_column(image, datasets.Image())
-        train = dd[data.train_split]
-    if streaming:
-        dd = dd.cast_column(image, datasets.Image(decode=False))
-        train = dd[data.train_split]
-
-    skipped = 0
-    num_proc = data.num_workers if data.num_workers > 1 else None
-    if kind == 'imagefolder' and not streaming:
-        train, skipped = _drop_unreadable(train, image, f'{source} ({data.train_split} split)', num_proc)
-
-    note = ''
-    if data.test_split in dd:
-        test = dd[data.test_split]
-        if kind == 'imagefolder' and not streaming:
-            test, n = _drop_unreadable(test, image, f'{source} ({data.test_split} split)', num_proc)
-            skipped += n
-    elif list(dd) == [data.train_split] and not streaming:
-        train, test = _split(train, data.test_fraction, TEST_SPLIT_SEED, label, 'test')
-        note = (f"test: {len(test)} images carved from the {data.train_split} split "
-                f"({data.test_fraction:.0%}, seed {TEST_SPLIT_SEED})")
-    else:
-        raise DataError(f"split {data.test_split!r} not found in {source}; splits: {list(dd)} (set data.test_split)")
-
-    val = None
-    if streaming:
-        total = _num_examples(train, data.train_split)
-        n_val = round(data.val_fraction * total) if holdout and total else 0
-        if holdout and not n_val:
-            raise DataError(f"streaming {source}: the size of the {data.train_split} split is unknown, so "
-                            f"data.val_fraction cannot be carved; use a non-streaming dataset")
-        if n_val:
-            val, train = train.take(n_val), train.skip(n_val)
-        train_size = total - n_val if total else None
-        if data.max_train_samples:
-            train = train.take(data.max_train_samples)
-            train_size = min(train_size or data.max_train_samples, data.max_train_samples)
-        train = train.shuffle(seed=seed, buffer_size=10_000)
-        sizes = {'train': train_size, 'val': n_val or None, 'test': _num_examples(test, data.test_split)}
-    else:
-        if holdout:
-            train, val = _split(train, data.val_fraction, seed, label, 'validation')
-        if data.max_train_samples and data.max_train_samples < len(train):
-            train = train.shuffle(seed=seed).select(range(data.max_train_samples))
-        sizes = {'train': len(train), 'val': len(val) if val is not None else None, 'test': len(test)}
-        if len(train) < data.batch_size:
-            raise DataError(f"the training split has {len(train)} images, fewer than one batch "
-                            f"(batch_size {data.batch_size})")
-
-    label_feature = train.features[label]
-    train_tf, eval_tf = _transforms(data)
-    loader = partial(DataLoader, num_workers=data.num_workers, collate_fn=_collate,
-                     pin_memory=torch.cuda.is_available())
-    train_ds = _with_transform(train, train_tf, image, label, data.batch_size)
-    sampler = None if streaming else SeedableRandomSampler(train_ds, data_seed=seed)
-    train_loader = loader(train_ds, batch_size=data.batch_size, sampler=sampler, drop_last=True)
-
-    def eval_loader(ds):
-        return loader(_with_transform(ds, eval_tf, image, label, data.eval_batch_size),
-                      batch_size=data.eval_batch_size, shuffle=False)
-
-    if kind == DIGITS:
+    src = _resolve(data)
+    train, test, note = _train_and_test(src, data)
+    train, val, sizes = (_stream_holdout if src.streaming else _holdout)(src, data, train, test, seed, holdout)
+    label_feature = train.features[src.label]
+    train_loader, val_loader, test_loader = _loaders(src, data, seed, train, val, test)
+    if src.kind == DIGITS:
         name = f"scikit-learn digits (1797 8x8 images{_resized(8, data.image_size)}"
     else:
         counts = ', '.join(f'{k} {v}' for k, v in sizes.items() if v is not None)
-        name = f"{source} ({label_feature.num_classes} classes; {counts} images"
+        name = f"{src.description} ({label_feature.num_classes} classes; {counts} images"
     name += f"; {note})" if note else ')'
     return DataBundle(
-        train=train_loader, val=eval_loader(val) if val is not None else None, test=eval_loader(test),
-        num_classes=label_feature.num_classes, input_size=(3, data.image_size, data.image_size),
-        mean=tuple(data.mean), std=tuple(data.std), crop_pct=data.crop_pct, dataset_name=name, sizes=sizes,
-        class_names=list(label_feature.names), skipped=skipped)
+        train=train_loader, val=val_loader, test=test_loader, num_classes=label_feature.num_classes,
+        input_size=(3, data.image_size, data.image_size), mean=tuple(data.mean), std=tuple(data.std),
+        crop_pct=data.crop_pct, dataset_name=name, sizes=sizes, class_names=list(label_feature.names),
+        skipped=src.skipped)
 
 
 def _resized(native: int, size: int) -> str:

@@ -100,3 +100,10 @@ def uniform_at_budget(family: str, depth: int, budget_macs: float, *, num_classe
         mid = (lo + hi) / 2
         lo, hi = (mid, hi) if count_macs(build(mid)) <= budget_macs else (lo, mid)
     return build(lo)
+
+
+def uniform_like(config: ChannelConfig) -> ChannelConfig:
+    """The family's standard network, every width scaled by one multiplier (rounded to an integer), as wide
+    as fits within the MACs of ``config``: the reference every widths plot and card compares against."""
+    return uniform_at_budget(config.family, config.depth, count_macs(config), num_classes=config.num_classes,
+                             input_size=config.input_size)

@@ -22,15 +22,28 @@ class RecipeError(ValueError):
 
 
 @dataclass
+class DataFiles:
+    """``data_files`` per split, as ``datasets.load_dataset`` takes them (a path, glob or list of either)."""
+    train: Optional[Union[str, List[str]]] = None
+    validation: Optional[Union[str, List[str]]] = None
+    test: Optional[Union[str, List[str]]] = None
+
+
+@dataclass
 class DataSection:
-    """Where images come from: ``digits`` (embedded), a Hub dataset id, or a local imagefolder/parquet dir."""
+    """Where images come from: ``digits`` (embedded), a Hub dataset id or ``datasets`` builder name, a local
+    folder (imagefolder, parquet files, or a ``save_to_disk`` folder) or a single parquet/arrow file."""
     dataset: str = 'digits'
+    config_name: Optional[str] = None       # load_dataset(name=...)
+    revision: Optional[str] = None          # load_dataset(revision=...): a Hub branch, tag or commit
+    data_files: Optional[Union[str, List[str], DataFiles]] = None  # load_dataset(data_files=...)
+    num_classes: Optional[int] = None       # needed when streaming labels that are not a ClassLabel
     image_size: int = 32
     val_fraction: float = 0.1
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
-    train_split: str = 'train'
+    train_split: str = 'train'              # a split name or expression: 'train[:90%]', 'train+validation'
     test_split: str = 'test'
     image_column: Optional[str] = None
     label_column: Optional[str] = None
@@ -191,6 +204,8 @@ def _check_ranges(r: Recipe) -> None:
     need(len(r.data.mean) == 3, 'data.mean', 'three numbers (RGB)', r.data.mean)
     need(len(r.data.std) == 3 and all(v > 0 for v in r.data.std), 'data.std', 'three positive numbers (RGB)',
          r.data.std)
+    need(r.data.num_classes is None or r.data.num_classes >= 2, 'data.num_classes', 'at least 2',
+         r.data.num_classes)
     need(r.data.max_train_samples is None or r.data.max_train_samples > 0, 'data.max_train_samples', 'positive',
          r.data.max_train_samples)
     need(len(r.space.candidates) > 0 and all(c > 0 for c in r.space.candidates), 'space.candidates',
@@ -254,6 +269,11 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise RecipeError(f"{path} is not UTF-8 text (byte {e.start}: {e.reason})") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"{path}: a recipe must be a mapping of sections (name, data, space, search, train, "
+                          f"...), got a {type(data).__name__}")
     for item in overrides or []:
         key, sep, value = item.partition('=')
         if not sep:

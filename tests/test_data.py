@@ -145,7 +145,7 @@ def test_streaming_imagefolder_skips_unreadable_images(tmp_path, caplog):
 
 
 def test_clear_errors(tmp_path):
-    with pytest.raises(DataError, match='not a directory'):
+    with pytest.raises(DataError, match='does not exist'):
         build_loaders(DataSection(dataset=str(tmp_path / 'missing')), seed=0, holdout=False)
     with pytest.raises(DataError, match="cannot load dataset 'no-such-org/no-such-dataset'"):
         build_loaders(DataSection(dataset='no-such-org/no-such-dataset'), seed=0, holdout=False)
@@ -156,3 +156,139 @@ def test_clear_errors(tmp_path):
         build_loaders(DataSection(dataset=str(root), test_split='validation'), seed=0, holdout=False)
     with pytest.raises(DataError, match='fewer than one batch'):
         build_loaders(DataSection(dataset=str(root), batch_size=64), seed=0, holdout=False)
+
+
+def _labelled_images(n=40, classes=4, size=12, seed=1):
+    rng = np.random.default_rng(seed)
+    return datasets.Dataset.from_dict(
+        {'image': [Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)) for _ in range(n)],
+         'label': [i % classes for i in range(n)]},
+        features=datasets.Features({'image': datasets.Image(),
+                                    'label': datasets.ClassLabel(names=[f'c{i}' for i in range(classes)])}))
+
+
+def _labels(loader):
+    return torch.cat([y for _, y in loader]).tolist()
+
+
+def test_split_expressions_select_what_load_dataset_selects(tmp_path):
+    root = _write_imagefolder(tmp_path / 'pets', per_class=10)
+    data = DataSection(dataset=str(root), image_size=8, batch_size=4, augment=False,
+                       train_split='train[:80%]', test_split='train[80%:]+test[:5]')
+    bundle = build_loaders(data, seed=0, holdout=False)
+    expected_train = datasets.load_dataset(str(root), split='train[:80%]')
+    expected_test = datasets.load_dataset(str(root), split='train[80%:]+test[:5]')
+    assert bundle.sizes == {'train': 24, 'val': None, 'test': 11} == {
+        'train': len(expected_train), 'val': None, 'test': len(expected_test)}
+    assert _labels(bundle.test) == list(expected_test['label'])
+    assert sorted(_labels(bundle.train)) == sorted(expected_train['label'])[:len(bundle.train) * 4]
+    with pytest.raises(DataError, match=r"split 'train\[:200%\]': Percent slice boundaries"):
+        build_loaders(DataSection(dataset=str(root), train_split='train[:200%]'), seed=0, holdout=False)
+    with pytest.raises(DataError, match=r"split 'validation\[:10%\]' not found"):
+        build_loaders(DataSection(dataset=str(root), test_split='validation[:10%]'), seed=0, holdout=False)
+
+
+def test_save_to_disk_folders_and_single_parquet_and_arrow_files(tmp_path):
+    import pyarrow as pa
+    full = _labelled_images()
+    datasets.DatasetDict({'train': full.select(range(30)), 'test': full.select(range(30, 40))}).save_to_disk(
+        str(tmp_path / 'dict'))
+    full.save_to_disk(str(tmp_path / 'single'))
+    full.to_parquet(str(tmp_path / 'all.parquet'))
+    table = full.with_format('arrow')[:]
+    with pa.OSFile(str(tmp_path / 'all.arrow'), 'wb') as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    common = dict(image_size=8, batch_size=4, augment=False)
+    sizes = {}
+    for name in ('dict', 'single', 'all.parquet', 'all.arrow'):
+        bundle = build_loaders(DataSection(dataset=str(tmp_path / name), **common), seed=0, holdout=False)
+        assert bundle.num_classes == 4 and bundle.class_names == ['c0', 'c1', 'c2', 'c3'], name
+        sizes[name] = (bundle.sizes['train'], bundle.sizes['test'])
+    assert sizes == {'dict': (30, 10), 'single': (32, 8), 'all.parquet': (32, 8), 'all.arrow': (32, 8)}
+    assert 'save_to_disk folder' in build_loaders(DataSection(dataset=str(tmp_path / 'dict'), **common), seed=0,
+                                                  holdout=False).dataset_name
+    with pytest.raises(DataError, match='data.revision cannot be used with a save_to_disk folder'):
+        build_loaders(DataSection(dataset=str(tmp_path / 'dict'), revision='main'), seed=0, holdout=False)
+    (tmp_path / 'notes.txt').write_text('x')
+    with pytest.raises(DataError, match='is a file but not .parquet or .arrow'):
+        build_loaders(DataSection(dataset=str(tmp_path / 'notes.txt')), seed=0, holdout=False)
+
+
+def test_data_files_per_split_with_a_builder_name(tmp_path):
+    full = _labelled_images()
+    full.select(range(32)).to_parquet(str(tmp_path / 'a.parquet'))
+    full.select(range(32, 40)).to_parquet(str(tmp_path / 'b.parquet'))
+    from aps_zoo.recipe import recipe_from_dict
+    recipe = recipe_from_dict({'data': {'dataset': 'parquet', 'image_size': 8, 'batch_size': 4, 'data_files': {
+        'train': str(tmp_path / 'a.parquet'), 'test': [str(tmp_path / 'b.parquet')]}}})
+    bundle = build_loaders(recipe.data, seed=0, holdout=True)
+    assert bundle.sizes == {'train': 28, 'val': 4, 'test': 8}  # stratified: one val image per class
+    assert bundle.dataset_name.startswith('parquet {')
+
+
+def test_config_name_and_revision_reach_load_dataset(monkeypatch):
+    seen = {}
+
+    def fake_load_dataset(path, **kwargs):
+        seen.update(path=path, **kwargs)
+        return datasets.DatasetDict({'train': _labelled_images(), 'test': _labelled_images(8, seed=2)})
+
+    monkeypatch.setattr(datasets, 'load_dataset', fake_load_dataset)
+    data = DataSection(dataset='someone/pets', config_name='small', revision='v1.0', image_size=8, batch_size=4)
+    bundle = build_loaders(data, seed=0, holdout=False)
+    assert seen == {'path': 'someone/pets', 'name': 'small', 'revision': 'v1.0', 'streaming': False}
+    assert 'someone/pets (Hugging Face Hub, name small, revision v1.0)' in bundle.dataset_name
+
+
+def test_streaming_integer_labels_need_num_classes(tmp_path):
+    rng = np.random.default_rng(3)
+    ds = datasets.Dataset.from_dict(
+        {'img': [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(20)],
+         'target': [i % 5 for i in range(20)]},
+        features=datasets.Features({'img': datasets.Image(), 'target': datasets.Value('int64')}))
+    (tmp_path / 'pq').mkdir()
+    ds.to_parquet(str(tmp_path / 'pq' / 'train.parquet'))
+    ds.to_parquet(str(tmp_path / 'pq' / 'test.parquet'))
+    data = dict(dataset=str(tmp_path / 'pq'), image_size=8, batch_size=4, streaming=True)
+    with pytest.raises(DataError, match='is not a ClassLabel; set data.num_classes'):
+        build_loaders(DataSection(**data), seed=0, holdout=False)
+    bundle = build_loaders(DataSection(**data, num_classes=6), seed=0, holdout=False)
+    assert bundle.num_classes == 6 and bundle.class_names == ['0', '1', '2', '3', '4', '5']
+    assert sorted(_labels(bundle.test)) == sorted(i % 5 for i in range(20))
+    with pytest.raises(DataError, match='split expressions need streaming: false'):
+        build_loaders(DataSection(**data, num_classes=6, train_split='train[:50%]'), seed=0, holdout=False)
+
+
+def test_imagefolder_is_listed_and_checked_once_per_process(tmp_path, monkeypatch):
+    import datasets.data_files as data_files
+    root = _write_imagefolder(tmp_path / 'pets', per_class=6)
+    globs, loads = [], []
+    resolve, load = data_files.resolve_pattern, datasets.load_dataset
+    monkeypatch.setattr(data_files, 'resolve_pattern', lambda *a, **k: globs.append(a[0]) or resolve(*a, **k))
+    monkeypatch.setattr(datasets, 'load_dataset', lambda *a, **k: loads.append(a) or load(*a, **k))
+    data = DataSection(dataset=str(root), image_size=8, batch_size=4, val_fraction=0.2)
+    search = build_loaders(data, seed=0, holdout=True)
+    after_first = len(globs)
+    train = build_loaders(DataSection(dataset=str(root), image_size=16, batch_size=2), seed=1, holdout=False)
+    assert len(loads) == 1 and after_first > 0 and len(globs) == after_first  # the second build lists nothing
+    assert search.sizes['test'] == train.sizes['test'] == 18 and train.sizes['train'] == 18
+
+
+def test_16_bit_pngs_load_like_their_8_bit_equivalent(tmp_path):
+    rng = np.random.default_rng(4)
+    for bits, root in ((8, tmp_path / 'eight'), (16, tmp_path / 'sixteen')):
+        for split in ('train', 'test'):
+            for c in ('a', 'b'):
+                (root / split / c).mkdir(parents=True)
+    for split in ('train', 'test'):
+        for c in ('a', 'b'):
+            for i in range(4):
+                values = rng.integers(0, 256, (10, 10))
+                Image.fromarray(values.astype(np.uint8)).save(tmp_path / 'eight' / split / c / f'{i}.png')
+                Image.fromarray((values * 257).astype(np.uint16)).save(tmp_path / 'sixteen' / split / c / f'{i}.png')
+    assert Image.open(tmp_path / 'sixteen' / 'test' / 'a' / '0.png').mode == 'I;16'
+    common = dict(image_size=10, crop_pct=1.0, batch_size=4, augment=False)
+    eight, sixteen = [build_loaders(DataSection(dataset=str(tmp_path / name), **common), seed=0, holdout=False)
+                      for name in ('eight', 'sixteen')]
+    x8, x16 = next(iter(eight.test))[0], next(iter(sixteen.test))[0]
+    assert x16.std() > 0.5 and torch.allclose(x8, x16, atol=1e-6)  # not all white: the same pixels

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence, Tuple
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
 from ..channels import ChannelConfig, NetworkLayout, uniform_widths
-from ..flops import count_macs, count_params, uniform_at_budget
+from ..flops import count_macs, count_params, uniform_like
 from ..models.zoo import family_label, fmt_count, provenance_summary
 from .configs import DEFAULT_LICENSE, hub_dataset_ids
 from .folder import PLOT_NAME
@@ -47,12 +47,6 @@ def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
     if layout.head_entry is not None:
         rows.append(('head.conv', ''))
     return rows
-
-
-def uniform_like(config: ChannelConfig) -> ChannelConfig:
-    """The family's standard network scaled by one multiplier to the MACs of ``config``."""
-    return uniform_at_budget(config.family, config.depth, count_macs(config), num_classes=config.num_classes,
-                             input_size=config.input_size)
 
 
 def _card_data(config: ChannelConfig, architecture: str, name: str, results: Sequence[Result], license: str,

@@ -21,7 +21,7 @@ from .._io import atomic_write_text
 from ..channels import ChannelConfig, ChannelConfigError
 from ..plots import plot_widths
 from ..runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS
-from .card import build_card, uniform_like
+from .card import build_card
 from .configs import DEFAULT_LICENSE, HubConfig, check_repo_id, load_hub_config
 from .errors import HubError
 from .folder import (CARD_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, CheckedFolder, check_folder, check_weights,
@@ -96,10 +96,7 @@ def _write(model: torch.nn.Module, config: ChannelConfig, staging: Path, card, r
     save_for_hf(model, staging, model_config={'channel_config': config.to_dict()},
                 safe_serialization=True, data_config={'input_size': tuple(config.input_size)})
     if plots:
-        matched = uniform_like(config)
-        plot_widths(config.widths, staging / PLOT_NAME, reference=matched.widths,
-                    reference_label=f"uniform, same MACs (x{matched.provenance['multiplier']:.2f})",
-                    title=f'{repo_id.split("/")[-1]}: output channels per layer')
+        plot_widths(config, staging / PLOT_NAME, title=f'{repo_id.split("/")[-1]}: output channels per width entry')
     if recipe_text:
         atomic_write_text(staging / RECIPE_NAME, recipe_text)
     atomic_write_text(staging / CARD_NAME, str(card))

@@ -29,8 +29,8 @@ from .._io import atomic_write_text
 from ..aps import orthogonality_loss, renormalize_projections, set_projections_trainable, sharing_levels
 from ..channels import ChannelConfig
 from ..data import build_loaders
-from ..flops import count_macs, count_params, uniform_at_budget
-from ..plots import plot_curves, plot_widths
+from ..flops import count_macs, count_params, uniform_like
+from ..plots import plot_curves, plot_sharing, plot_widths
 from ..recipe import Recipe, check_devices
 from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
 from ..slim import inherited_model, write_inherited
@@ -243,7 +243,7 @@ def _report(searcher: _Searcher, records: List[Dict], rows: List[Dict], config: 
              f"- space: {config.name}, {searcher.space.num_decisions} decisions, overlap {searcher.space.overlap}",
              f"- budget: {searcher.recipe.search.budget_macs:.4g} MACs; searched config: {count_macs(config):,} MACs, "
              f"{count_params(config):,} params",
-             f"- uniform network at the budget: multiplier {uniform.provenance['multiplier']}, "
+             f"- uniform network at the same MACs: multiplier {uniform.provenance['multiplier']}, "
              f"{count_macs(uniform):,} MACs",
              f"- held-out accuracy (supernet weights): {rows[0]['val_acc']:.4f}; test accuracy: {test_acc:.4f}",
              f"- processes: {searcher.acc.num_processes} x {searcher.acc.device.type}, mixed precision "
@@ -258,17 +258,15 @@ def _report(searcher: _Searcher, records: List[Dict], rows: List[Dict], config: 
     return '\n'.join(lines) + '\n'
 
 
-def _plots(searcher: _Searcher, records: List[Dict], config: ChannelConfig, uniform: ChannelConfig) -> None:
-    plot_curves(records, 'epoch', {'held-out accuracy': ['val_acc', 'train_acc'], 'reward': ['reward', 'baseline'],
+def _plots(searcher: _Searcher, records: List[Dict], config: ChannelConfig) -> None:
+    name = searcher.recipe.name
+    plot_curves(records, 'epoch', {'accuracy': ['val_acc', 'train_acc'], 'reward': ['reward', 'baseline'],
                                    'sharing level': ['sharing_mean']},
-                searcher.out_dir / 'search_curves.png', title=f'APS search: {searcher.recipe.name}')
-    layers = sorted({k for r in records for k in r.get('sharing', {})})
-    if layers:
-        per_layer = [{'epoch': r['epoch'], **r.get('sharing', {})} for r in records]
-        plot_curves(per_layer, 'epoch', {'sharing level per layer': layers}, searcher.out_dir / 'sharing_layers.png')
-    plot_widths(config.widths, searcher.out_dir / 'widths.png', reference=uniform.widths,
-                reference_label=f'uniform x{uniform.provenance["multiplier"]} (same budget)',
-                title=f'{config.name}: searched widths, {count_macs(config) / 1e6:.2f}M MACs')
+                searcher.out_dir / 'search_curves.png', title=f'APS search {name}: accuracy, reward and sharing')
+    if any(r.get('sharing') for r in records):
+        plot_sharing(records, searcher.out_dir / 'sharing_layers.png', title=f'APS search {name}: sharing per layer')
+    plot_widths(config, searcher.out_dir / 'widths.png',
+                title=f'{config.name} searched on {name}: output channels per width entry')
 
 
 def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accelerator] = None,
@@ -322,10 +320,9 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
             write_inherited(inherited_model(searcher.supernet, config, islice(searcher.data.train, BN_BATCHES)),
                             out_dir)
         records = searcher.log.read()
-        uniform = uniform_at_budget(config.family, config.depth, s.budget_macs, num_classes=config.num_classes,
-                                    input_size=config.input_size)
+        uniform = uniform_like(config)  # the same reference as widths.png
         atomic_write_text(report_path, _report(searcher, records, rows, config, uniform, test_acc, time.time() - t0))
         atomic_write_text(out_dir / 'recipe.yaml', recipe.to_yaml())
-        _plots(searcher, records, config, uniform)
+        _plots(searcher, records, config)
     accelerator.wait_for_everyone()
     return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc)
