@@ -308,3 +308,41 @@ def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
     config = ChannelConfig.load(out / 'inherited' / 'channel_config.json')
     assert config.widths == ChannelConfig.load(out / 'channel_config.json').widths
     assert config.provenance['parent'] == str(path)
+
+
+def test_timm_name_and_hf_hub_parents_load_from_the_hub_cache_offline(tmp_path):
+    """A timm name and `hf-hub:` go through timm.create_model(pretrained=True): here from a Hub cache laid out
+    under HF_HUB_CACHE as after a download (HF_HUB_OFFLINE=1); the revision is the cached commit."""
+    from timm.models import save_for_hf
+    torch.manual_seed(0)
+    folder = tmp_path / 'resnet18'
+    save_for_hf(timm.create_model('resnet18'), folder, safe_serialization=True)
+    sha = 'b' * 40
+    snapshot = tmp_path / 'cache' / 'models--timm--resnet18.a1_in1k' / 'snapshots' / sha
+    snapshot.mkdir(parents=True)
+    for name in ('config.json', 'model.safetensors'):
+        (snapshot / name).write_bytes((folder / name).read_bytes())
+    (snapshot.parents[1] / 'refs').mkdir()
+    (snapshot.parents[1] / 'refs' / 'main').write_text(sha)
+    code = """
+import json
+from aps_zoo.spaces.parents import load_parent
+print(json.dumps([load_parent(s, 'resnet', 18).provenance() for s in ('resnet18', 'hf-hub:timm/resnet18.a1_in1k')]))
+"""
+    env = {**os.environ, 'HF_HUB_CACHE': str(tmp_path / 'cache'), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
+    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    by_name, by_hub = json.loads(done.stdout.strip().splitlines()[-1])
+    assert by_name['parent_revision'] == by_hub['parent_revision'] == sha
+    assert by_name['parent_architecture'] == 'resnet18' and by_name['parent_widths'] == uniform_widths('resnet', 18)
+
+
+def test_timm_name_without_the_hub_fails_in_one_line(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path))  # an empty cache; conftest sets HF_HUB_OFFLINE=1
+    with pytest.raises(InheritError) as e:
+        load_parent('resnet34', 'resnet', 34)
+    assert 'use a local-dir: folder or a .safetensors file offline' in _one_line(e)
+    with pytest.raises(InheritError) as e:
+        load_parent('no_such_model', 'resnet', 18)
+    assert 'Unknown model' in _one_line(e)
