@@ -16,6 +16,7 @@ from sklearn.datasets import load_digits
 from aps_zoo.aps import aps_modules
 from aps_zoo.channels import ChannelConfig, uniform_widths
 from aps_zoo.cli import main
+from aps_zoo.data import build_loaders
 from aps_zoo.hub import export_run
 from aps_zoo.models import create_model_from_config
 from aps_zoo.recipe import recipe_from_dict
@@ -263,6 +264,11 @@ def test_search_fine_tune_and_export_from_a_trained_parent(tmp_path):
     assert prov['parent_widths'] == list(full.widths) and prov['init_importance'] == 'bn_scale'
     inherited = tmp_path / 'slim' / 'search' / 'inherited'
     assert json.loads((inherited / 'channel_config.json').read_text())['provenance']['bn_recalibration_batches'] > 0
+    exported = timm.create_model(f"local-dir:{export_run(inherited, tmp_path / 'export_inherited')}",
+                                 pretrained=True).eval()  # the un-tuned child, as `aps-zoo export` writes it
+    x, y = next(iter(build_loaders(recipe.data, recipe.seed, holdout=False).test))
+    with torch.no_grad():
+        assert (exported(x).argmax(-1) == y).float().mean() > 0.3  # chance: 0.1
     tuned = train(recipe, result.config_path, cpu=True)
     assert tuned.config.provenance['init'].startswith('inherited') and tuned.top1 > 30
     card = (export_run(tuned.out_dir, tmp_path / 'export') / 'README.md').read_text()
