@@ -253,9 +253,10 @@ def _recipe(tmp_path, init_from, **train):
 
 
 def test_search_fine_tune_and_export_from_a_trained_parent(tmp_path):
-    parent_recipe = recipe_from_dict({**_recipe(tmp_path, None), 'name': 'parent', 'space': {}})
+    parent_recipe = recipe_from_dict({**_recipe(tmp_path, None, epochs=4), 'name': 'parent', 'space': {}})
     full = ChannelConfig('resnet_cifar', uniform_widths('resnet_cifar', DEPTH), DEPTH, 10, (3, 8, 8))
     trained_parent = train(parent_recipe, full, cpu=True)
+    assert trained_parent.top1 > 60
     folder = export_run(trained_parent.out_dir, tmp_path / 'parent_export')  # a local-dir: parent
     recipe = recipe_from_dict(_recipe(tmp_path, f'local-dir:{folder}', init='inherited'))
     result = search(recipe, cpu=True)
@@ -268,7 +269,7 @@ def test_search_fine_tune_and_export_from_a_trained_parent(tmp_path):
                                  pretrained=True).eval()  # the un-tuned child, as `aps-zoo export` writes it
     x, y = next(iter(build_loaders(recipe.data, recipe.seed, holdout=False).test))
     with torch.no_grad():
-        assert (exported(x).argmax(-1) == y).float().mean() > 0.3  # chance: 0.1
+        assert (exported(x).argmax(-1) == y).float().mean() > 0.5  # measured 0.74 (parent 0.98, chance 0.1)
     tuned = train(recipe, result.config_path, cpu=True)
     assert tuned.config.provenance['init'].startswith('inherited') and tuned.top1 > 30
     card = (export_run(tuned.out_dir, tmp_path / 'export') / 'README.md').read_text()
