@@ -2,6 +2,7 @@
 import json
 import os
 import random
+import socket
 import subprocess
 import sys
 
@@ -303,9 +304,12 @@ def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
     _, path = parent
     recipe = _recipe(tmp_path, str(path))
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
+    with socket.socket() as s:  # a free port: other two-rank runs on this machine hold accelerate's default
+        s.bind(('127.0.0.1', 0))
+        port = s.getsockname()[1]
     cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-           '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
+           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port',
+           str(port), '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
