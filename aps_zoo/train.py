@@ -317,7 +317,7 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
         num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
     if main:
         atomic_write_text(out_dir / 'results.json', json.dumps(results, indent=2) + '\n')
-        plot_curves(metrics.read(), 'epoch', {'loss': ['train_loss', 'eval_loss'],
+        plot_curves(metrics.read(), 'epoch', {'cross-entropy loss': ['train_loss', 'eval_loss'],
                                               f'{eval_split} top-1 (%)': ['eval_top1', 'ema_eval_top1']},
                     out_dir / 'curves.png', title=f"{config_ref or channel_config.name} on {data.dataset_name}")
     accelerator.print(f"test top-1 {test['top1']:.2f}, top-5 {test['top5']:.2f} ({state['best_weights']} weights "
