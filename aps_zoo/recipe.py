@@ -69,6 +69,8 @@ class SpaceSection:
     stage_multipliers: Optional[List[float]] = None
     meta_width: Union[str, int] = 'sum'
     blockwise: bool = False
+    init_from: Optional[str] = None         # trained parent: timm name, local-dir:/hf-hub: folder or .safetensors
+    init_importance: str = 'none'           # reorder the parent's channels first: none, bn_scale or l1
 
 
 @dataclass
@@ -136,6 +138,7 @@ class TrainSection:
     steps_per_epoch: Optional[int] = None
     on_nonfinite_loss: str = 'stop'
     config: Optional[str] = None
+    init: str = 'random'                    # 'inherited': start from the weights a search with space.init_from wrote
     sched_on_updates: bool = False          # step the LR schedule every optimizer update instead of every epoch
     select_best: bool = True                # keep the best epoch on a held-out val split; false: final weights
 
@@ -181,6 +184,8 @@ CHOICES = {
     'train.on_nonfinite_loss': ('stop', 'skip'),
     'train.mixed_precision': ('no', 'fp16', 'bf16'),
     'data.train_crop_mode': ('rrc', 'rkrc', 'rkrr'),
+    'space.init_importance': ('none', 'bn_scale', 'l1'),
+    'train.init': ('random', 'inherited'),
 }
 
 

@@ -41,6 +41,7 @@ from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection, check_devices
 from .runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
+from .slim import INHERITED_DIR, inherited_weights, load_inherited
 
 WEIGHTS = 'model.safetensors'
 
@@ -154,12 +155,15 @@ def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int,
 
 
 def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, *, resume: bool = False,
-          accelerator: Optional[Accelerator] = None, out_dir=None, cpu: Optional[bool] = None) -> TrainResult:
+          accelerator: Optional[Accelerator] = None, out_dir=None, cpu: Optional[bool] = None,
+          init: Optional[str] = None) -> TrainResult:
     """Train ``config`` (default ``recipe.train.config``) on ``recipe.data`` and write the run folder.
 
     ``resume`` continues from the newest usable checkpoint in ``out_dir`` (default ``<run_dir>/train``);
     a fresh run refuses a folder that already holds checkpoints. ``accelerator`` reuses one (its mixed
     precision wins; the recipe's accumulation steps are applied); otherwise one is made, on CPU if ``cpu``.
+    ``init`` (default ``recipe.train.init``): 'random', or 'inherited' to start from the weights the recipe's
+    search wrote with ``space.init_from`` (``<run_dir>/search/inherited``).
     """
     tr = recipe.train
     check_train_section(tr)
@@ -176,7 +180,13 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     data = build_loaders(dataclasses.replace(recipe.data, batch_size=batch_size), recipe.seed,
                          holdout=tr.select_best)
     channel_config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
-    model = create_model_from_config(channel_config, pretrained_cfg_overlay=data.data_config).to(accelerator.device)
+    model = create_model_from_config(channel_config, pretrained_cfg_overlay=data.data_config)
+    if (init or tr.init) == 'inherited':
+        load_inherited(model, inherited_weights(recipe.run_dir / 'search', channel_config), str(out_dir))
+        channel_config = dataclasses.replace(channel_config, provenance={
+            **channel_config.provenance, 'init': f"inherited ({recipe.run_dir / 'search' / INHERITED_DIR})"})
+        model.channel_config = channel_config
+    model = model.to(accelerator.device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = create_optimizer_v2(model, opt=tr.opt, lr=tr.lr, weight_decay=tr.weight_decay, momentum=tr.momentum,
                                     **_nesterov(tr))

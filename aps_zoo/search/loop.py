@@ -13,6 +13,7 @@ import json
 import math
 import time
 import zlib
+from itertools import islice
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -33,8 +34,12 @@ from ..flops import count_macs, count_params, uniform_like
 from ..plots import plot_curves, plot_sharing, plot_widths
 from ..recipe import Recipe, check_devices
 from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
-from ..spaces import APSSupernet, SearchSpace, space_from_recipe
+from ..slim import inherited_model, write_inherited
+from ..spaces import SearchSpace, space_from_recipe
+from ..spaces.inherit import supernet_for
 from .controller import Controller, Reinforce, budget_reward
+
+BN_BATCHES = 20  # training batches that re-estimate an inherited child's BN statistics
 
 
 @dataclass
@@ -63,9 +68,10 @@ class _Searcher:
         self.recipe, self.acc, self.out_dir = recipe, accelerator, out_dir
         s = recipe.search
         self.data = build_loaders(recipe.data, seed=recipe.seed, holdout=True)
-        self.space = space_from_recipe(recipe, self.data.num_classes, self.data.input_size)
-        self.space.check_budget(s.budget_macs)
-        self.supernet = APSSupernet(self.space)
+        space = space_from_recipe(recipe, self.data.num_classes, self.data.input_size)
+        space.check_budget(s.budget_macs)
+        self.space, self.supernet, self.parent = supernet_for(space, recipe.space.init_from,
+                                                              recipe.space.init_importance)
         self.optimizer = torch.optim.SGD(
             [{'params': self.supernet.meta_parameters(), 'lr': s.lr, 'weight_decay': s.weight_decay},
              {'params': self.supernet.projection_parameters(), 'lr': 0.0, 'weight_decay': 0.0,
@@ -322,12 +328,15 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
                   'recipe': recipe.name, 'budget_macs': s.budget_macs, 'overlap': s.overlap,
                   'learn_projections': s.learn_projections, 'seed': recipe.seed,
                   'supernet_val_acc': round(best['val_acc'], 4), 'supernet_test_acc': round(test_acc, 4),
-                  'aps_zoo_version': __version__}
+                  'aps_zoo_version': __version__, **(searcher.parent.provenance() if searcher.parent else {})}
     config = searcher.space.config(best['choices'], provenance)
     config_path = out_dir / 'channel_config.json'
     report_path = out_dir / 'search_report.md'
     if accelerator.is_main_process:
         config.save(config_path)
+        if searcher.parent is not None:  # the child's inherited weights, BN statistics re-estimated
+            write_inherited(inherited_model(searcher.supernet, config, islice(searcher.data.train, BN_BATCHES)),
+                            out_dir)
         records = searcher.log.read()
         uniform = uniform_like(config)  # the same reference as widths.png
         atomic_write_text(report_path, _report(searcher, records, rows, config, uniform, test_acc, time.time() - t0))
