@@ -42,6 +42,7 @@ class InvertedResidual(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0. and self.shortcut is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expansion, depthwise and linear projection, plus the shortcut where the block has one."""
         shortcut = x
         if self.conv_pw is not None:
             x = self.conv_pw(x)

@@ -46,6 +46,7 @@ class ResNetBlock(nn.Module):
         nn.init.zeros_(last.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch plus shortcut, then ReLU."""
         shortcut = self.shortcut(x)
         x = self.conv2(self.conv1(x))
         if self.conv3 is not None:
