@@ -166,8 +166,8 @@ class _Searcher:
             except StopIteration:
                 val_iter = iter(self.val_loader)
                 batch = next(val_iter)
-            acc = self.accuracy(choices, [batch])
-            reward = budget_reward(acc, self.space.macs(choices), s.budget_macs, s.under_budget_exponent,
+            batch_acc = self.accuracy(choices, [batch])  # (self.acc is the Accelerator)
+            reward = budget_reward(batch_acc, self.space.macs(choices), s.budget_macs, s.under_budget_exponent,
                                    s.over_budget_exponent)
             if self.acc.is_main_process:
                 t = time.perf_counter()
