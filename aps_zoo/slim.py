@@ -16,13 +16,13 @@ import torch.nn as nn
 from safetensors.torch import load_file, save_file
 
 from ._io import atomic_write
+from .runs import RUN_WEIGHTS
 from .channels import ChannelConfig
 from .models import create_model_from_config
 from .spaces.inherit import inherited_state_dict
 from .spaces.parents import InheritError
 
 INHERITED_DIR = 'inherited'
-WEIGHTS = 'model.safetensors'
 CONFIG = 'channel_config.json'
 
 
@@ -78,7 +78,7 @@ def write_inherited(model: nn.Module, search_dir) -> Path:
     folder = Path(search_dir) / INHERITED_DIR
     folder.mkdir(parents=True, exist_ok=True)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
+    atomic_write(folder / RUN_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
     model.channel_config.save(folder / CONFIG)
     return folder
 
@@ -87,11 +87,11 @@ def inherited_weights(search_dir, config: ChannelConfig) -> Dict[str, torch.Tens
     """The inherited weights a search wrote for ``config`` (``train --init inherited``); raises in one line
     when the search had no parent or wrote another network."""
     folder = Path(search_dir) / INHERITED_DIR
-    if not (folder / WEIGHTS).is_file():
-        raise InheritError(f"--init inherited: no {folder / WEIGHTS}; run the search with space.init_from "
+    if not (folder / RUN_WEIGHTS).is_file():
+        raise InheritError(f"--init inherited: no {folder / RUN_WEIGHTS}; run the search with space.init_from "
                            f"(a trained parent) first")
     searched = ChannelConfig.load(folder / CONFIG)
     if (searched.family, list(searched.widths)) != (config.family, list(config.widths)):
         raise InheritError(f"--init inherited: {folder} holds the weights of {searched.name} "
                            f"{list(searched.widths)}, not of the config being trained {list(config.widths)}")
-    return load_file(str(folder / WEIGHTS))
+    return load_file(str(folder / RUN_WEIGHTS))

@@ -38,7 +38,8 @@ from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
 from aps_zoo.recipe import recipe_from_dict
 from aps_zoo.search.loop import BN_BATCHES, search
-from aps_zoo.slim import INHERITED_DIR, WEIGHTS, inherited_model, write_inherited
+from aps_zoo.runs import RUN_WEIGHTS
+from aps_zoo.slim import INHERITED_DIR, inherited_model, write_inherited
 from aps_zoo.spaces import SearchSpace
 from aps_zoo.spaces.inherit import supernet_for
 from aps_zoo.train import train
@@ -130,7 +131,7 @@ def run_setting(root: Path, parent: Path, fraction: float, seed: int, epochs: in
     search_s = time.time() - t0
     config = searched.config
     inherited = create_model_from_config(config)
-    inherited.load_state_dict(load_file(str(recipe.run_dir / 'search' / INHERITED_DIR / WEIGHTS)))
+    inherited.load_state_dict(load_file(str(recipe.run_dir / 'search' / INHERITED_DIR / RUN_WEIGHTS)))
     torch.manual_seed(seed)
     scratch = create_model_from_config(config)
     uniform = uniform_at_budget('resnet_cifar', DEPTH, budget, num_classes=10, input_size=(3, 8, 8))
