@@ -104,7 +104,7 @@ def cmd_train(args) -> None:
     from .train import train
     if args.config:
         check_text_file(args.config, '--config')
-    result = train(_recipe(args), args.config, resume=args.resume, cpu=_cpu(args))
+    result = train(_recipe(args), args.config, resume=args.resume, cpu=_cpu(args), init=args.init)
     if _is_main():
         print(f"trained weights and curves: {result.out_dir}")
 
@@ -197,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     recipe_command('search', cmd_search, 'APS channel search')
     p = recipe_command('train', cmd_train, 'retrain a ChannelConfig or aps_* model')
     p.add_argument('--config', help='ChannelConfig JSON or aps_* model name (default: recipe train.config)')
+    p.add_argument('--init', choices=('random', 'inherited'),
+                   help='start weights (default: recipe train.init); inherited: those the search wrote from its '
+                        'parent (space.init_from)')
     recipe_command('run', cmd_run, 'search -> train -> export in one go')
 
     p = sub.add_parser('export', help='export a trained run to a Hub folder')

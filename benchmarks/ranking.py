@@ -39,11 +39,12 @@ from aps_zoo.plots import plt
 from aps_zoo.recipe import Recipe, RecipeError, load_recipe
 from aps_zoo.search import evaluation
 from aps_zoo.search.controller import Controller
-from aps_zoo.search.loop import _Searcher, make_accelerator
+from aps_zoo.runs import Run, make_accelerator
+from aps_zoo.search.loop import _Searcher
 from aps_zoo.spaces import space_from_recipe
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_quality import SEARCHES, LABELS, run_search, train_run  # noqa: E402  (sibling benchmark)
+from search_quality import LABELS, method_recipe, run_search, train_run  # noqa: E402  (sibling benchmark)
 
 SUPERNETS = ('aps', 'ordinal', 'independent')
 EVALUATIONS = ('recalibrate', 'shuffle')
@@ -71,10 +72,12 @@ def supernet_scores(recipe: Recipe, method: str, archs: Sequence[Sequence[int]],
     if done.is_file():
         return json.loads(done.read_text())
     found = run_search(recipe, method, runs, cpu)
-    r = dataclasses.replace(recipe, name=method, output_dir=str(runs),
-                            search=dataclasses.replace(recipe.search, **SEARCHES[method]))
-    searcher = _Searcher(r, make_accelerator(cpu=cpu), runs / method / 'search')
-    searcher.restore()
+    r = method_recipe(recipe, method, runs)
+    accelerator = make_accelerator(cpu=cpu, seedable_sampler=True, find_unused_parameters=True)
+    run = Run(r, runs / method / 'search', accelerator, resume=True)
+    searcher = _Searcher(r, accelerator, runs / method / 'search')
+    with run:  # the finished search's newest checkpoint: its supernet weights
+        searcher.restore(run)
     records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
     warm = [x for x in records if x['phase'] == 'warmup']
     out = {'search_s': found['search_s'], 'warmup_val_acc': warm[-1]['val_acc'] if warm else None,

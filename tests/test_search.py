@@ -223,9 +223,10 @@ def test_search_under_bf16_mixed_precision(tmp_path):
 
 
 def _trained_searcher(tmp_path, **search_overrides):
-    from aps_zoo.search.loop import _Searcher, make_accelerator
+    from aps_zoo.runs import make_accelerator
+    from aps_zoo.search.loop import _Searcher
     recipe = recipe_from_dict(tiny(tmp_path, epochs=3, warmup_epochs=3, steps_per_epoch=None, **search_overrides))
-    searcher = _Searcher(recipe, make_accelerator(cpu=True), tmp_path / 'out')
+    searcher = _Searcher(recipe, make_accelerator(cpu=True, seedable_sampler=True), tmp_path / 'out')
     for epoch in range(3):
         searcher.set_schedule(epoch, True)
         searcher.train_epoch(epoch, True)

@@ -38,15 +38,8 @@ PEER_RESULTS = {
 
 
 def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
-    """(layer name, stage) of every width entry, in forward order (names as in ``flops.layer_table``)."""
-    rows = [('stem.conv', '')]
-    for i, b in enumerate(layout.blocks):
-        convs = {'basic': ('conv1', 'conv2'), 'bottleneck': ('conv1', 'conv2', 'conv3')}.get(
-            b.kind, ('conv_pw', 'conv_dw', 'conv_pwl')[-len(b.entries):])
-        rows += [(f'blocks.{i}.{c}', str(b.stage + 1)) for c in convs]
-    if layout.head_entry is not None:
-        rows.append(('head.conv', ''))
-    return rows
+    """(layer name, stage from 1, '' outside the blocks) of every width entry, in forward order."""
+    return [(name, '' if stage < 0 else str(stage + 1)) for name, stage, _ in layout.named_convs()]
 
 
 def _card_data(config: ChannelConfig, architecture: str, name: str, results: Sequence[Result], license: str,
@@ -98,7 +91,8 @@ def build_card(config: ChannelConfig, architecture: str, repo_id: str, *, result
                                     "Parameter Sharing (APS) channel search, packaged as a timm model by aps-zoo."),
         macs=fmt_count(count_macs(config)), params=fmt_count(count_params(config)),
         input_size='x'.join(map(str, config.input_size)), num_classes=config.num_classes,
-        provenance_summary=provenance_summary(config), trained='trained ' + ', '.join(trained) if trained else '',
+        provenance_summary=provenance_summary(config), parent=config.provenance.get('parent'),
+        parent_revision=config.provenance.get('parent_revision', 'unknown'), trained='trained ' + ', '.join(trained) if trained else '',
         results=list(results), **_comparison(config, results), **_widths(config),
         plot=PLOT_NAME if with_plot else None,
         provenance=[(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.provenance.items()],
