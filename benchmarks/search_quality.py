@@ -369,12 +369,13 @@ def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
 
 def plot_bars(summary: Dict, path: Path) -> None:
     rows = method_rows(summary)
-    fig, ax = plt.subplots(figsize=(7, 3.6))
+    fig, ax = plt.subplots(figsize=(1.3 * len(rows) + 1.5, 3.6))
     x = range(len(rows))
     ax.bar(x, [r['mean'] for r in rows], yerr=[r['std'] for r in rows], capsize=5, color='tab:blue', alpha=0.8)
     for i, r in enumerate(rows):
         ax.scatter([i] * len(r['top1']), r['top1'], color='black', s=10, zorder=3)
-    ax.set_xticks(list(x), [f"{r['method']}\n{r['macs'] / 1e6:.2f}M" for r in rows])
+    names = [r['method'].replace('_and_', ' +\n') for r in rows]
+    ax.set_xticks(list(x), [f"{name}\n{r['macs'] / 1e6:.2f}M" for name, r in zip(names, rows)])
     lows = [min(r['top1']) for r in rows]
     ax.set_ylim(max(0.0, min(lows) - 3), min(100.0, max(max(r['top1']) for r in rows) + 1.5))
     ax.set_ylabel('test top-1 (%)')
@@ -388,7 +389,7 @@ def plot_bars(summary: Dict, path: Path) -> None:
 def plot_sharing(summary: Dict, path: Path) -> None:
     """Mean sharing of every search (left) and APS's per-layer sharing (right), against the epoch."""
     sharing = summary['sharing']
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'wspace': 0.35})
     for method, s in sharing.items():
         pts = s['records']
         axes[0].plot([p['epoch'] for p in pts], [p['sharing_mean'] for p in pts], marker='.', label=method)
