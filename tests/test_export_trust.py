@@ -66,7 +66,7 @@ def _probe(config: ChannelConfig) -> torch.Tensor:
 
 def test_exported_preprocessing_reproduces_the_training_evaluation(digits_run, exported):
     config = json.loads((exported / 'config.json').read_text())
-    recorded = digits_run.results['data_config']
+    recorded = json.loads((digits_run.dir / 'results.json').read_text())['data_config']
     for key in ('mean', 'std', 'crop_pct', 'interpolation', 'input_size', 'crop_mode'):
         assert config['pretrained_cfg'][key] == recorded[key], key
     assert config['label_names'] == digits_run.results['class_names'] == [str(i) for i in range(10)]
@@ -179,9 +179,9 @@ def test_card_dataset_ids_only_from_the_hub(digits_run, tmp_path, dataset, hub_i
 def test_weights_header_and_file_modes(exported):
     with safe_open(str(exported / 'model.safetensors'), framework='pt') as f:
         meta = f.metadata()
-    assert meta['format'] == 'pt' and meta['architecture'] == 'aps_resnet20_cifar_20m'
-    assert json.loads(meta['channel_config'])['widths'] == json.loads(
-        (exported / 'config.json').read_text())['channel_config']['widths']
+    config = json.loads((exported / 'config.json').read_text())
+    assert meta['format'] == 'pt' and meta['architecture'] == config['architecture'] == 'aps_resnet_cifar'
+    assert json.loads(meta['channel_config']) == config['channel_config']
     assert 'APS paper' in meta['provenance'] and meta['aps_zoo_version']
     for path in exported.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o644, path.name
@@ -240,7 +240,7 @@ def test_folder_saved_by_timm_loads_and_checks(exported, digits_run, tmp_path):
     config = json.loads((resaved / 'config.json').read_text())
     assert 'channel_config' not in config and config['model_args']['widths']
     trained = _trained_model(digits_run.dir)
-    checked = hub.check_folder(resaved)
+    checked = hub.check_folder(resaved).config
     assert (checked.widths, checked.input_size, checked.num_classes) == (
         trained.channel_config.widths, trained.channel_config.input_size, 10)
     x = _probe(trained.channel_config)
