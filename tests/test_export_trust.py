@@ -140,6 +140,8 @@ def test_card_parses_and_says_what_ran(digits_run, exported):
     assert 'train:' in recipe and 'data:' in recipe
     assert 'search:' not in recipe and 'budget_macs' not in recipe  # no search ran in a retraining
     assert 'aps-zoo train recipe.yaml' in text and 'published in the APS paper' in text
+    assert '- **seed:** 0' in text and '- **epochs:** 3' in text and '(0, 1, 2, 3, 4, 5, 6, 7, 8, 9)' in text
+    assert 'scikit-learn digits is a toy dataset' in text and 'Not published yet' not in text
     assert "timm.create_model('hf-hub:tester/trust', pretrained=True)" in text
 
 
