@@ -84,6 +84,15 @@ def test_exported_preprocessing_reproduces_the_training_evaluation(digits_run, e
     assert abs(top1 - digits_run.results['top1']) <= 0.5
 
 
+def test_labels_that_do_not_fit_the_network_are_refused(digits_run, tmp_path):
+    run = Path(shutil.copytree(digits_run.dir, tmp_path / 'run'))
+    results = json.loads((run / 'results.json').read_text())
+    (run / 'results.json').write_text(json.dumps({**results, 'class_names': ['a', 'b', 'c']}))
+    with pytest.raises(hub.HubError, match='the results list 3 class names but resnet_cifar20 has 10 classes'):
+        hub.export_run(run, tmp_path / 'out', repo_id='tester/x')
+    assert not (tmp_path / 'out').exists()
+
+
 # ------------------------------------------------------------------------------------- 2. load lines
 
 def _printed_load_lines(out: str):

@@ -12,6 +12,7 @@ import yaml
 from .. import models
 from ..channels import ChannelConfig
 from ..data import DIGITS
+from .errors import HubError
 
 CONFIG_FILE = 'channel_config.json'  # what the reproduce command writes from config.json
 EXTRACT_CONFIG = ("python -c \"import json; json.dump(json.load(open('config.json'))['channel_config'], "
@@ -89,6 +90,9 @@ def run_record(results: Any, recipe_text: Optional[str], recipe: Dict[str, Any],
     facts = results if isinstance(results, Mapping) else {}
     record.data_config = facts.get('data_config')
     record.label_names = facts.get('class_names')
+    if record.label_names and len(record.label_names) != config.num_classes:
+        raise HubError(f"the results list {len(record.label_names)} class names but {config.name} has "
+                       f"{config.num_classes} classes: they are not the results of this network")
     record.training = [(label, facts[key]) for key, label in TRAINING_FACTS if facts.get(key) is not None]
     record.evaluation = facts.get('dataset')
     if recipe:
