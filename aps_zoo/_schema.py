@@ -122,7 +122,7 @@ def build(cls, data: Any, schema: Schema, path: Tuple = (), strict: bool = True)
 
 def _checked(schema: Schema, path: Tuple, value: Any, f: dataclasses.Field) -> Any:
     allowed = schema.choices.get(_dotted(path))
-    if allowed is not None and value not in allowed:
+    if allowed is not None and value is not None and value not in allowed:
         raise schema.error(f"{schema.key(path)} must be one of {', '.join(allowed)}, got {value!r}")
     predicate, what = f.metadata.get('check', (None, None))
     if predicate is not None and value is not None and not predicate(value):

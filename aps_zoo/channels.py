@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import math
+from functools import lru_cache
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -40,8 +41,52 @@ class ChannelConfigError(ValueError):
 
 
 @dataclass(frozen=True)
+class ConvSpec:
+    """One conv (+ BN) of a network: its module name, the width entries it reads and writes, its kernel,
+    stride and grouping, and whether an activation follows its BN.
+
+    ``name`` is relative to its block (``conv1``, ``conv_dw``, ...) or absolute for the stem and head
+    (``stem.conv``, ``head.conv``). ``in_entry`` None reads the input image.
+    """
+    name: str
+    in_entry: Optional[int]
+    out_entry: int
+    kernel: int
+    stride: int = 1
+    depthwise: bool = False  # groups = its input width (a depthwise conv keeps that width)
+    act: bool = True
+
+    @property
+    def entries(self) -> Tuple[Optional[int], int]:
+        """(input entry, output entry)."""
+        return self.in_entry, self.out_entry
+
+    def groups(self, c_in: int) -> int:
+        """The conv's ``groups`` at input width ``c_in``."""
+        return c_in if self.depthwise else 1
+
+
+@dataclass(frozen=True)
+class StemSpec:
+    """The stem: its conv and, for the ImageNet ResNet stem, a max-pool ``(kernel, stride)`` after it."""
+    kind: str  # 'cifar' (3x3 s1) | 'imagenet' (7x7 s2 + 3x3 s2 max-pool) | 'mobilenet' (3x3 s2)
+    conv: ConvSpec
+    pool: Optional[Tuple[int, int]] = None
+
+    @property
+    def reduction(self) -> int:
+        """Downsampling of the whole stem."""
+        return self.conv.stride * (self.pool[1] if self.pool else 1)
+
+
+STEMS = {'cifar': StemSpec('cifar', ConvSpec('stem.conv', None, 0, 3, 1)),
+         'imagenet': StemSpec('imagenet', ConvSpec('stem.conv', None, 0, 7, 2), pool=(3, 2)),
+         'mobilenet': StemSpec('mobilenet', ConvSpec('stem.conv', None, 0, 3, 2))}
+
+
+@dataclass(frozen=True)
 class BlockSpec:
-    """One residual block: which width entries it reads and writes.
+    """One residual block: which width entries it reads and writes, and its convs in forward order.
 
     ``entries`` are indices into ``ChannelConfig.widths`` in forward order; the last is the
     block output. ``in_entry`` is the entry that feeds the block.
@@ -52,57 +97,84 @@ class BlockSpec:
     in_entry: int
     entries: Tuple[int, ...]
     residual: bool
+    convs: Tuple[ConvSpec, ...] = ()
 
     @property
     def out_entry(self) -> int:
+        """The entry the block writes (its output width)."""
         return self.entries[-1]
 
 
 @dataclass(frozen=True)
 class NetworkLayout:
-    """Stem kind, blocks and head of a family at a given depth."""
+    """Stem, blocks and head of a family at a given depth: the one description of its structure."""
     family: str
     depth: int
-    stem: str  # 'cifar' (3x3 s1) | 'imagenet' (7x7 s2 + maxpool) | 'mobilenet' (3x3 s2)
+    stem: StemSpec
     blocks: Tuple[BlockSpec, ...]
-    head_entry: Optional[int]  # entry of a final 1x1 conv before pooling (MobileNetV2), else None
+    head: Optional[ConvSpec]  # a final 1x1 conv before pooling (MobileNetV2), else None
     num_entries: int
+
+    @property
+    def head_entry(self) -> Optional[int]:
+        """Entry of the head conv, or None."""
+        return None if self.head is None else self.head.out_entry
 
     @property
     def feature_entry(self) -> int:
         """Entry whose width feeds the classifier."""
         return self.num_entries - 1
 
-    def stage_ends(self) -> List[int]:
-        """Index of the last block of each stage."""
-        ends = {}
-        for i, b in enumerate(self.blocks):
-            ends[b.stage] = i
-        return [ends[s] for s in sorted(ends)]
+    def named_convs(self) -> List[Tuple[str, int, ConvSpec]]:
+        """(module name, stage or -1 outside the blocks, spec) of every conv in forward order; conv ``i``
+        writes width entry ``i``."""
+        rows = [(self.stem.conv.name, -1, self.stem.conv)]
+        rows += [(f'blocks.{i}.{c.name}', b.stage, c) for i, b in enumerate(self.blocks) for c in b.convs]
+        if self.head is not None:
+            rows.append((self.head.name, -1, self.head))
+        return rows
 
 
-def _resnet_blocks(kind: str, layers: Sequence[int]) -> Tuple[List[BlockSpec], int]:
+def _block_convs(kind: str, in_entry: int, entries: Tuple[int, ...], stride: int) -> Tuple[ConvSpec, ...]:
+    """The convs of a block: basic (3x3 s, 3x3), bottleneck (1x1, 3x3 s, 1x1), inverted residual
+    ((1x1 expand,) 3x3 depthwise s, 1x1 linear); the last conv has no activation (it joins the residual)."""
+    e = entries
+    if kind == 'basic':
+        return (ConvSpec('conv1', in_entry, e[0], 3, stride), ConvSpec('conv2', e[0], e[1], 3, act=False))
+    if kind == 'bottleneck':
+        return (ConvSpec('conv1', in_entry, e[0], 1), ConvSpec('conv2', e[0], e[1], 3, stride),
+                ConvSpec('conv3', e[1], e[2], 1, act=False))
+    expand = (ConvSpec('conv_pw', in_entry, e[0], 1),) if len(e) == 3 else ()
+    dw_in = e[0] if expand else in_entry
+    return expand + (ConvSpec('conv_dw', dw_in, e[-2], 3, stride, depthwise=True),
+                     ConvSpec('conv_pwl', e[-2], e[-1], 1, act=False))
+
+
+def _block(kind: str, stage: int, stride: int, in_entry: int, entries: Tuple[int, ...], residual: bool) -> BlockSpec:
+    return BlockSpec(kind, stage, stride, in_entry, entries, residual, _block_convs(kind, in_entry, entries, stride))
+
+
+def _resnet_block_specs(kind: str, layers: Sequence[int]) -> Tuple[List[BlockSpec], int]:
     convs = 2 if kind == 'basic' else 3
     blocks, entry, prev = [], 1, 0
     for stage, n in enumerate(layers):
         for i in range(n):
             stride = 2 if i == 0 and stage > 0 else 1
             entries = tuple(range(entry, entry + convs))
-            blocks.append(BlockSpec(kind, stage, stride, prev, entries, residual=True))
+            blocks.append(_block(kind, stage, stride, prev, entries, residual=True))
             entry += convs
             prev = entries[-1]
     return blocks, entry
 
 
-def _mobilenetv2_blocks() -> Tuple[List[BlockSpec], int]:
+def _mobilenetv2_block_specs() -> Tuple[List[BlockSpec], int]:
     blocks, entry, prev = [], 1, 0
     for stage, (t, n, s) in enumerate(MOBILENETV2_STAGES):
         for i in range(n):
             convs = 2 if t == 1 else 3
             stride = s if i == 0 else 1
             entries = tuple(range(entry, entry + convs))
-            blocks.append(BlockSpec('inverted_residual', stage, stride, prev, entries,
-                                    residual=(stride == 1 and i > 0)))
+            blocks.append(_block('inverted_residual', stage, stride, prev, entries, residual=(stride == 1 and i > 0)))
             entry += convs
             prev = entries[-1]
     return blocks, entry
@@ -115,21 +187,24 @@ def cifar_depth_blocks(depth: int) -> int:
     return (depth - 2) // 6
 
 
+@lru_cache(maxsize=None)
 def network_layout(family: str, depth: int = 0) -> NetworkLayout:
-    """The block layout of ``family`` at ``depth`` (depth is ignored for mobilenetv2)."""
+    """The layout of ``family`` at ``depth`` (depth is ignored for mobilenetv2); built once per family and
+    depth (layouts are immutable)."""
     if family == 'resnet_cifar':
         n = cifar_depth_blocks(depth)
-        blocks, num = _resnet_blocks('basic', (n, n, n))
-        return NetworkLayout(family, depth, 'cifar', tuple(blocks), None, num)
+        blocks, num = _resnet_block_specs('basic', (n, n, n))
+        return NetworkLayout(family, depth, STEMS['cifar'], tuple(blocks), None, num)
     if family == 'resnet':
         if depth not in RESNET_LAYERS:
             raise ChannelConfigError(f"resnet depth must be one of {sorted(RESNET_LAYERS)}, got {depth}")
         kind, layers = RESNET_LAYERS[depth]
-        blocks, num = _resnet_blocks(kind, layers)
-        return NetworkLayout(family, depth, 'imagenet', tuple(blocks), None, num)
+        blocks, num = _resnet_block_specs(kind, layers)
+        return NetworkLayout(family, depth, STEMS['imagenet'], tuple(blocks), None, num)
     if family == 'mobilenetv2':
-        blocks, num = _mobilenetv2_blocks()
-        return NetworkLayout(family, 0, 'mobilenet', tuple(blocks), num, num + 1)
+        blocks, num = _mobilenetv2_block_specs()
+        return NetworkLayout(family, 0, STEMS['mobilenet'], tuple(blocks), ConvSpec('head.conv', num - 1, num, 1),
+                             num + 1)
     raise ChannelConfigError(f"unknown family {family!r}; allowed: {', '.join(FAMILIES)}")
 
 
@@ -160,10 +235,12 @@ class ChannelConfig:
 
     @property
     def layout(self) -> NetworkLayout:
+        """The family's layout at this depth (cached)."""
         return network_layout(self.family, self.depth)
 
     @property
     def in_chans(self) -> int:
+        """Input image channels."""
         return self.input_size[0]
 
     def validate(self) -> None:
@@ -191,9 +268,11 @@ class ChannelConfig:
 
     @property
     def name(self) -> str:
+        """Family and depth, e.g. ``resnet_cifar20``."""
         return f"{self.family}{self.depth or ''}"
 
     def to_dict(self) -> Dict[str, Any]:
+        """The JSON form (with ``format_version``)."""
         d = asdict(self)
         d['widths'] = list(self.widths)
         d['input_size'] = list(self.input_size)
@@ -202,6 +281,7 @@ class ChannelConfig:
 
     @classmethod
     def from_dict(cls, d: Dict[str, Any]) -> 'ChannelConfig':
+        """A validated config from its JSON form; errors name the bad key."""
         if not isinstance(d, dict):
             raise ChannelConfigError(f"a channel config must be a JSON object, got {type(d).__name__}")
         known = {'family', 'widths', 'depth', 'num_classes', 'input_size', 'provenance', 'format_version'}
@@ -217,6 +297,7 @@ class ChannelConfig:
         return cls(**kwargs)
 
     def to_json(self) -> str:
+        """The JSON text of :meth:`to_dict`."""
         return json.dumps(self.to_dict(), indent=2)
 
     def save(self, path) -> Path:
@@ -225,6 +306,7 @@ class ChannelConfig:
 
     @classmethod
     def load(cls, path) -> 'ChannelConfig':
+        """Read a config JSON file; errors name the file."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())

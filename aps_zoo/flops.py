@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Tuple
 
-from .channels import ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
+from .channels import (ChannelConfig, ConvSpec, conv_out_size, network_layout, shortcut_kind, tied_entries,
+                       uniform_widths)
 
 
 @dataclass(frozen=True)
@@ -21,53 +22,43 @@ class LayerCost:
 
     @property
     def macs(self) -> int:
+        """Multiply-accumulates at ``out_hw``."""
         return self.c_in // self.groups * self.c_out * self.kernel ** 2 * self.out_hw[0] * self.out_hw[1]
 
     @property
     def params(self) -> int:
+        """Weights, plus BN affine where present, plus bias for the classifier."""
         if self.kernel == 0:  # linear layer with bias
             return self.c_in * self.c_out + self.c_out
         return self.c_in // self.groups * self.c_out * self.kernel ** 2 + (2 * self.c_out if self.batchnorm else 0)
 
 
 def layer_table(config: ChannelConfig) -> List[LayerCost]:
-    """Every conv and the classifier of the network ``config`` describes, in forward order."""
+    """Every conv and the classifier of the network ``config`` describes, in forward order (read from its
+    layout, with the module names of the timm models)."""
     layout, w = config.layout, config.widths
     _, h, wd = config.input_size
     table: List[LayerCost] = []
 
-    def conv(name, c_in, c_out, k, s, groups=1, bn=True):
+    def conv(name: str, spec: ConvSpec) -> None:
         nonlocal h, wd
-        h, wd = conv_out_size(h, k, s), conv_out_size(wd, k, s)
-        table.append(LayerCost(name, c_in, c_out, k, s, groups, (h, wd), bn))
+        c_in = config.in_chans if spec.in_entry is None else w[spec.in_entry]
+        h, wd = conv_out_size(h, spec.kernel, spec.stride), conv_out_size(wd, spec.kernel, spec.stride)
+        table.append(LayerCost(name, c_in, w[spec.out_entry], spec.kernel, spec.stride, spec.groups(c_in), (h, wd),
+                               True))
 
-    if layout.stem == 'imagenet':
-        conv('stem.conv', config.in_chans, w[0], 7, 2)
-        h, wd = conv_out_size(h, 3, 2), conv_out_size(wd, 3, 2)  # max-pool
-    else:
-        conv('stem.conv', config.in_chans, w[0], 3, 1 if layout.stem == 'cifar' else 2)
-
+    conv(layout.stem.conv.name, layout.stem.conv)
+    if layout.stem.pool:
+        h, wd = (conv_out_size(v, *layout.stem.pool) for v in (h, wd))
     for i, b in enumerate(layout.blocks):
-        c_in, e = w[b.in_entry], [w[j] for j in b.entries]
-        name = f'blocks.{i}'
-        if b.kind == 'basic':
-            conv(f'{name}.conv1', c_in, e[0], 3, b.stride)
-            conv(f'{name}.conv2', e[0], e[1], 3, 1)
-        elif b.kind == 'bottleneck':
-            conv(f'{name}.conv1', c_in, e[0], 1, 1)
-            conv(f'{name}.conv2', e[0], e[1], 3, b.stride)
-            conv(f'{name}.conv3', e[1], e[2], 1, 1)
-        else:
-            if len(e) == 3:
-                conv(f'{name}.conv_pw', c_in, e[0], 1, 1)
-            conv(f'{name}.conv_dw', e[-2], e[-2], 3, b.stride, groups=e[-2])
-            conv(f'{name}.conv_pwl', e[-2], e[-1], 1, 1)
-        kind = shortcut_kind(b, c_in, e[-1])
+        for spec in b.convs:
+            conv(f'blocks.{i}.{spec.name}', spec)
+        c_in, c_out = w[b.in_entry], w[b.out_entry]
+        kind = shortcut_kind(b, c_in, c_out)
         if kind in ('conv_bn', 'pool_conv'):
-            table.append(LayerCost(f'{name}.shortcut', c_in, e[-1], 1, 1, 1, (h, wd), kind == 'conv_bn'))
-
-    if layout.head_entry is not None:
-        conv('head.conv', w[layout.head_entry - 1], w[layout.head_entry], 1, 1)
+            table.append(LayerCost(f'blocks.{i}.shortcut', c_in, c_out, 1, 1, 1, (h, wd), kind == 'conv_bn'))
+    if layout.head is not None:
+        conv(layout.head.name, layout.head)
     if config.num_classes:
         table.append(LayerCost('fc', w[layout.feature_entry], config.num_classes, 0, 1, 1, (1, 1), False))
     return table

@@ -1,18 +1,30 @@
-"""What a long run writes: a JSON-lines metrics log, epoch checkpoints through Accelerate, and
-non-tensor state saved without pickle (safetensors + JSON).
+"""The scaffold of a long run (search or training) and what it writes.
 
-Checkpoints live in ``<run_dir>/checkpoints/epoch_<n>``. Each is written to a temp folder and
-renamed into place, so a crash never leaves a half-written checkpoint where ``--resume`` looks.
+:class:`Run` is the one lifecycle both use: the Accelerator and device check, the fresh-run check, an
+OS lock that makes one process the owner of the run folder, seeding, the metrics log (emptied by a
+fresh run, cut back to the checkpoint on resume) and checkpoints. Checkpoints live in
+``<run_dir>/checkpoints/epoch_<n>``; each is written to a temp folder and renamed into place, so a crash
+never leaves a half-written checkpoint where ``--resume`` looks, and resuming checks that the model,
+optimizer and RNG states all restore (else it falls back to the previous checkpoint). Non-tensor state
+is saved without pickle (safetensors + JSON).
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import random
 import shutil
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+import numpy as np
 import torch
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
+from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate.utils import load as accelerate_load
+from accelerate.utils.constants import RNG_STATE_NAME
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
@@ -38,6 +50,10 @@ class NonFiniteLossError(FloatingPointError):
     """The loss became NaN or inf."""
 
 
+class RunInUseError(CheckpointError):
+    """The run folder is owned by another live process (it holds the folder's lock)."""
+
+
 class MetricsLog:
     """Append-only JSON-lines log of one run (one object per line)."""
 
@@ -46,6 +62,7 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, **record) -> None:
+        """Append one record."""
         if not self.enabled:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -53,15 +70,17 @@ class MetricsLog:
             f.write(json.dumps(record) + '\n')
 
     def read(self) -> List[Dict[str, Any]]:
+        """Every record, oldest first."""
         if not self.path.exists():
             return []
         return [json.loads(line) for line in self.path.read_text().splitlines() if line.strip()]
 
-    def truncate_after(self, epoch: int) -> None:
-        """Drop records of epochs after ``epoch`` (used on resume so the log matches the checkpoint)."""
+    def truncate_after(self, epoch: Optional[int]) -> None:
+        """Drop records of epochs after ``epoch`` (resume: the log matches the checkpoint); ``None`` drops all
+        (a fresh run: records of an earlier attempt that never finished an epoch)."""
         if not self.enabled or not self.path.exists():
             return
-        kept = [r for r in self.read() if r.get('epoch', -1) <= epoch]
+        kept = [] if epoch is None else [r for r in self.read() if r.get('epoch', -1) <= epoch]
         atomic_write_text(self.path, ''.join(json.dumps(r) + '\n' for r in kept))
 
 
@@ -136,6 +155,7 @@ def load_plain_state(folder) -> Dict[str, Any]:
 
 
 def checkpoint_dir(run_dir, epoch: int) -> Path:
+    """The folder of ``epoch``'s checkpoint."""
     return Path(run_dir) / 'checkpoints' / f'{CHECKPOINT_PREFIX}{epoch:04d}'
 
 
@@ -178,25 +198,166 @@ def save_checkpoint(accelerator, run_dir, epoch: int, extra_state: Dict[str, Any
     return final
 
 
+def _restore_rng(folder: Path, process_index: int) -> None:
+    """Restore this process's RNG states from ``folder`` or raise CheckpointError. Accelerate's
+    ``load_state`` only logs a random-state file it cannot load; a resumed run must not go on with
+    unknown RNG state."""
+    path = folder / f'{RNG_STATE_NAME}_{process_index}.pkl'
+    try:
+        states = accelerate_load(path)  # Accelerate's own loader (weights_only unpickling)
+        random.setstate(states['random_state'])
+        np.random.set_state(states['numpy_random_seed'])
+        torch.set_rng_state(states['torch_manual_seed'])
+        if torch.cuda.is_available() and 'torch_cuda_manual_seed' in states:
+            torch.cuda.set_rng_state_all(states['torch_cuda_manual_seed'])
+    except Exception as e:  # noqa: BLE001 - any failure means the RNG state is unknown
+        raise CheckpointError(f"random state {path} cannot be restored: {_first_line(e)}") from None
+
+
+def _first_line(e: BaseException) -> str:
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
+def _try_load(accelerator, folder: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
+    """(extra state, None) if every part of ``folder`` restored on every process, else (None, reason)."""
+    try:
+        extra = load_plain_state(folder)
+        accelerator.load_state(str(folder))
+        _restore_rng(folder, accelerator.process_index)
+        error = None
+    except CheckpointError as e:
+        error = str(e)
+    except Exception as e:  # noqa: BLE001 - model, optimizer, scheduler or sampler state that does not load
+        error = f"checkpoint {folder} does not match this run or is corrupted: {_first_line(e)}"
+    if accelerator.num_processes > 1:
+        error = next((e for e in gather_object([error]) if e), None)  # every process falls back together
+    return (None, error) if error else (extra, None)
+
+
 def load_latest_checkpoint(accelerator, run_dir) -> Tuple[int, Dict[str, Any]]:
     """Restore the newest usable checkpoint; returns (epoch, extra_state).
 
-    A checkpoint that fails to load is reported and the previous one is tried, so one bad
-    file never costs more than one epoch. Raises CheckpointError when none is usable.
+    A checkpoint whose model, optimizer, extra or RNG state fails to restore is reported and the previous
+    one is tried, so one bad file never costs more than one epoch. Raises CheckpointError when none is
+    usable.
     """
     found = list_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"--resume: no checkpoint found under {Path(run_dir) / 'checkpoints'}")
     errors = []
     for epoch, folder in reversed(found):
-        try:
-            extra = load_plain_state(folder)
-            accelerator.load_state(str(folder))
+        extra, error = _try_load(accelerator, folder)
+        if error is None:
             return epoch, extra
-        except CheckpointError as e:
-            errors.append(str(e))
-        except (RuntimeError, OSError, ValueError, KeyError, SafetensorError) as e:
-            msg = str(e).splitlines()[0] if str(e) else type(e).__name__
-            errors.append(f"checkpoint {folder} does not match this run or is corrupted: {msg}")
-        accelerator.print(f"warning: {errors[-1]}; trying an older checkpoint")
+        errors.append(error)
+        accelerator.print(f"warning: {error}; trying an older checkpoint")
     raise CheckpointError('; '.join(errors))
+
+
+def make_accelerator(*, cpu: Optional[bool] = None, mixed_precision: Optional[str] = None,
+                     grad_accum_steps: int = 1, split_batches: bool = False, seedable_sampler: bool = False,
+                     find_unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator of a search or training run.
+
+    ``mixed_precision`` None keeps the launcher's (``accelerate launch --mixed_precision`` or its config
+    file); ``split_batches``: the loaders' batch is the global batch; ``seedable_sampler``: the data order
+    depends on (seed, epoch) only; ``find_unused_parameters`` for a supernet, which uses one candidate per
+    layer and step."""
+    kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
+    return Accelerator(cpu=bool(cpu), mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps,
+                       dataloader_config=DataLoaderConfiguration(split_batches=split_batches,
+                                                                 use_seedable_sampler=seedable_sampler),
+                       kwargs_handlers=kwargs)
+
+
+class RunLock:
+    """An OS lock (``fcntl.flock``) on ``<run_dir>/.lock``, held for the run's life; the file names the
+    holder's pid. The OS drops the lock when the holder exits, however it ends (SIGKILL included)."""
+    NAME = '.lock'
+
+    def __init__(self, run_dir):
+        self.path = Path(run_dir) / self.NAME
+        self._file = None
+
+    def acquire(self) -> None:
+        """Take the lock at once, or raise RunInUseError naming the process that holds it."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = self.path.open('a+')
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0)
+            holder = f.read().strip() or 'unknown'
+            f.close()
+            raise RunInUseError(f"{self.path.parent} is in use by process {holder} (it holds {self.path}); wait "
+                                f"for it to finish or stop it, or choose another name or output_dir") from None
+        f.seek(0)
+        f.truncate()
+        f.write(f'{os.getpid()}\n')
+        f.flush()
+        self._file = f
+
+    def release(self) -> None:
+        """Drop the lock (the file stays: an unlocked file means no process owns the folder)."""
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Run:
+    """The lifecycle of one search or training run in ``out_dir``, shared by both.
+
+    Constructed: the recipe's device count is checked and everything is seeded. ``with run:`` (entered once
+    the recipe's data and network are known to be valid, before anything is written) takes the folder's
+    lock, refuses a fresh run into a folder that holds checkpoints and empties the metrics log of a fresh
+    run; :meth:`resume` restores the newest good checkpoint and cuts the log back to it; :meth:`save`
+    writes a checkpoint. Leaving the block releases the lock.
+    """
+
+    def __init__(self, recipe, out_dir, accelerator: Accelerator, *, resume: bool):
+        from .recipe import check_devices
+        check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
+        set_seed(recipe.seed)
+        self.out_dir, self.accelerator, self.resuming = Path(out_dir), accelerator, resume
+        self.log = MetricsLog(self.out_dir / METRICS_LOG, enabled=accelerator.is_main_process)
+        self._lock = RunLock(self.out_dir)
+
+    def __enter__(self) -> 'Run':
+        self._acquire()
+        try:
+            check_fresh_run(self.out_dir, self.resuming)
+        except CheckpointError:
+            self._lock.release()
+            raise
+        if not self.resuming:
+            self.log.truncate_after(None)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._lock.release()
+
+    def _acquire(self) -> None:
+        """The main process takes the lock; every process learns the outcome, so all fail together."""
+        error = None
+        if self.accelerator.is_main_process:
+            try:
+                self._lock.acquire()
+            except RunInUseError as e:
+                error = str(e)
+        if self.accelerator.num_processes > 1:
+            box = [error]
+            broadcast_object_list(box, from_process=0)
+            error = box[0]
+        if error:
+            raise RunInUseError(error)
+
+    def resume(self) -> Tuple[int, Dict[str, Any]]:
+        """(epoch, extra state) of the newest checkpoint that restores completely; the log is cut back to it."""
+        epoch, extra = load_latest_checkpoint(self.accelerator, self.out_dir)
+        self.log.truncate_after(epoch)
+        return epoch, extra
+
+    def save(self, epoch: int, extra_state: Dict[str, Any]) -> Optional[Path]:
+        """Checkpoint ``epoch`` (Accelerate state plus ``extra_state``)."""
+        return save_checkpoint(self.accelerator, self.out_dir, epoch, extra_state)

@@ -23,8 +23,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration
-from accelerate.utils import set_seed
+from accelerate import Accelerator
 from safetensors.torch import load_file, save_file
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
@@ -39,10 +38,8 @@ from .data import build_loaders
 from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
-from .recipe import Recipe, RecipeError, TrainSection, check_devices
-from .runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
-
-WEIGHTS = 'model.safetensors'
+from .recipe import Recipe, RecipeError, TrainSection
+from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator
 
 
 class TrainError(ValueError):
@@ -59,11 +56,8 @@ class TrainResult:
 
     @property
     def top1(self) -> float:
+        """Test top-1 (%) of the kept weights."""
         return self.results['top1']
-
-    @property
-    def top5(self) -> float:
-        return self.results['top5']
 
 
 def resolve_config(config: Union[ChannelConfig, str, Path, None]) -> Tuple[ChannelConfig, Optional[str]]:
@@ -89,6 +83,7 @@ def _nesterov(tr: TrainSection) -> Dict[str, bool]:
 
 
 def _scheduler(optimizer, tr: TrainSection, updates_per_epoch: int):
+    """timm's scheduler of the recipe and the number of epochs it runs."""
     return create_scheduler_v2(
         optimizer, sched=tr.sched, num_epochs=tr.epochs, warmup_epochs=tr.warmup_epochs, warmup_lr=tr.warmup_lr,
         min_lr=tr.min_lr, step_on_epochs=not tr.sched_on_updates, updates_per_epoch=updates_per_epoch)
@@ -108,11 +103,11 @@ def check_train_section(tr: TrainSection) -> None:
             from None
 
 
-def make_accelerator(tr: TrainSection, cpu: Optional[bool] = None) -> Accelerator:
-    """The Accelerator of a training run: mixed precision and accumulation from the recipe, global batches."""
-    return Accelerator(cpu=bool(cpu), mixed_precision=tr.mixed_precision,
-                       gradient_accumulation_steps=tr.grad_accum_steps,
-                       dataloader_config=DataLoaderConfiguration(split_batches=True))
+def make_train_accelerator(tr: TrainSection, cpu: Optional[bool] = None) -> Accelerator:
+    """The Accelerator of a training run: global batches, the recipe's accumulation, and its mixed precision
+    where the recipe sets one (else the launcher's: ``accelerate launch --mixed_precision`` / config)."""
+    return make_accelerator(cpu=cpu, mixed_precision=tr.mixed_precision, grad_accum_steps=tr.grad_accum_steps,
+                            split_batches=True)
 
 
 @torch.no_grad()
@@ -153,164 +148,233 @@ def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int,
     return n
 
 
+def _loss_and_mixup(tr: TrainSection, batch_size: int, num_processes: int, split_batches: bool,
+                    num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:
+    """The training loss and the (optional) timm Mixup/CutMix of the recipe."""
+    mixup = None
+    if tr.mixup or tr.cutmix:
+        per_process = batch_size // num_processes if split_batches else batch_size
+        if per_process % 2:
+            raise TrainError(f"mixup/cutmix need an even batch per process, got {per_process}")
+        mixup = Mixup(mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix, label_smoothing=tr.label_smoothing,
+                      num_classes=num_classes)
+    if mixup:
+        return SoftTargetCrossEntropy(), mixup
+    if tr.label_smoothing:
+        return LabelSmoothingCrossEntropy(smoothing=tr.label_smoothing), None
+    return nn.CrossEntropyLoss(), None
+
+
+class _Trainer:
+    """State of one training run; :func:`train` calls its steps in order (build, restore, epochs, finish)."""
+
+    def __init__(self, recipe: Recipe, channel_config: ChannelConfig, config_ref: Optional[str],
+                 accelerator: Accelerator, run: Run):
+        tr = self.tr = recipe.train
+        self.recipe, self.config_ref, self.accelerator, self.run = recipe, config_ref, accelerator, run
+        self.out_dir = run.out_dir
+        self.batch_size = tr.batch_size or recipe.data.batch_size
+        self.data = data = build_loaders(dataclasses.replace(recipe.data, batch_size=self.batch_size), recipe.seed,
+                                         holdout=tr.select_best)
+        self.config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
+        model = create_model_from_config(self.config, pretrained_cfg_overlay=data.data_config).to(accelerator.device)
+        self.params = sum(p.numel() for p in model.parameters())
+        optimizer = create_optimizer_v2(model, opt=tr.opt, lr=tr.lr, weight_decay=tr.weight_decay,
+                                        momentum=tr.momentum, **_nesterov(tr))
+        self.ema = ModelEmaV3(model, decay=tr.ema_decay) if tr.ema_decay else None
+        self.loss_fn, self.mixup = _loss_and_mixup(tr, self.batch_size, accelerator.num_processes,
+                                                   accelerator.split_batches, data.num_classes)
+        self.eval_split = 'val' if tr.select_best else 'test'
+        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
+            model, optimizer, data.train, data.val if tr.select_best else data.test)
+        self.test_loader = accelerator.prepare(data.test) if tr.select_best else self.eval_loader
+        self.batches = _batches_per_epoch(self.train_loader, data.sizes, self.batch_size, tr)
+        self.scheduler, self.epochs = _scheduler(self.optimizer, tr,
+                                                 updates_per_epoch=math.ceil(self.batches / tr.grad_accum_steps))
+        self.state = dict(epoch=0, step=0, num_updates=0, best_top1=-math.inf, best_epoch=0, best_weights='model')
+
+    def restore(self) -> None:
+        """Continue from the newest good checkpoint. A changed ``train.epochs`` continues on the new schedule
+        (stateless timm schedules) or is refused in one line."""
+        last, extra = self.run.resume()
+        saved_epochs = extra.pop('train_epochs', self.tr.epochs)  # checkpoints before this key: unchanged
+        if saved_epochs == self.tr.epochs:
+            self.scheduler.load_state_dict(extra.pop('scheduler'))
+        else:
+            self._reschedule(last, saved_epochs)
+        if self.ema is not None:
+            if 'ema' not in extra:
+                raise TrainError(f"checkpoint of epoch {last} has no EMA weights but train.ema_decay is set")
+            self.ema.load_state_dict(extra.pop('ema'))
+        self.state.update({k: extra[k] for k in self.state})
+        self.accelerator.print(f"resumed from epoch {last} ({self.out_dir / 'checkpoints'})")
+
+    def _reschedule(self, last: int, saved_epochs: int) -> None:
+        """Put the LR on the new schedule at epoch ``last``, or refuse naming both epoch counts."""
+        where = f"checkpoint of epoch {last} in {self.out_dir} was written for train.epochs={saved_epochs}"
+        if last >= self.tr.epochs:
+            raise TrainError(f"{where}; train.epochs={self.tr.epochs} ends before it: raise train.epochs or start "
+                             "a new run")
+        if self.tr.sched == 'plateau':
+            raise TrainError(f"{where}; the plateau schedule depends on the history and cannot be stretched to "
+                             f"train.epochs={self.tr.epochs}: resume with train.epochs={saved_epochs} or start a new run")
+        self.scheduler.step(last)
+        if self.tr.sched_on_updates:
+            self.scheduler.step_update(num_updates=self.scheduler_updates(last))
+        self.accelerator.print(f"note: train.epochs changed from {saved_epochs} to {self.tr.epochs}: continuing "
+                               f"from epoch {last} on the {self.tr.sched} schedule over {self.tr.epochs} epochs")
+
+    def scheduler_updates(self, epoch: int) -> int:
+        """Optimizer updates after ``epoch`` epochs."""
+        return epoch * math.ceil(self.batches / self.tr.grad_accum_steps)
+
+    def write_inputs(self) -> None:
+        """The trained network and the recipe that trains it, next to the weights (the exporter's input)."""
+        saved = dataclasses.replace(self.recipe, train=dataclasses.replace(
+            self.tr, config=self.config_ref or str(self.out_dir / RUN_CONFIG)))
+        if self.accelerator.is_main_process:
+            self.config.save(self.out_dir / RUN_CONFIG)
+            atomic_write_text(self.out_dir / RUN_RECIPE, saved.to_yaml())
+        self.accelerator.print(
+            f"train {self.config_ref or self.config.name}: {count_macs(self.config) / 1e6:.2f}M MACs, "
+            f"{self.params / 1e6:.3f}M params | {self.data.dataset_name} | {self.epochs} epochs x {self.batches} "
+            f"steps, batch {self.batch_size}"
+            f"{f' x {self.tr.grad_accum_steps} accumulated' if self.tr.grad_accum_steps > 1 else ''}, "
+            f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}, mixed precision "
+            f"{self.accelerator.mixed_precision}")
+
+    def _step(self, images, labels) -> Tuple[torch.Tensor, bool]:
+        """One forward/backward (an optimizer update at the end of an accumulation); (loss, whether finite)."""
+        acc, state = self.accelerator, self.state
+        state['step'] += 1
+        targets = labels
+        if self.mixup is not None:
+            images, targets = self.mixup(images, labels)
+        with acc.accumulate(self.model):
+            loss = self.loss_fn(self.model(images), targets)
+            finite = check_finite(acc.gather(loss.detach()), state['step'], self.tr.on_nonfinite_loss)
+            if finite:
+                acc.backward(loss)
+            self.optimizer.step()
+            self.optimizer.zero_grad()
+        if acc.sync_gradients:
+            state['num_updates'] += 1
+            if self.ema is not None:
+                self.ema.update(acc.unwrap_model(self.model), step=state['num_updates'])
+            self.scheduler.step_update(num_updates=state['num_updates'])
+        return loss, finite
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Train one epoch; its record (lr at its start, mean train loss, skipped non-finite steps)."""
+        self.model.train()
+        self.train_loader.set_epoch(epoch)
+        lr = self.optimizer.param_groups[0]['lr']
+        loss_sum, loss_count, skipped = 0.0, 0, 0
+        bar = tqdm(total=self.batches, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
+                   disable=not self.accelerator.is_local_main_process)
+        for i, (images, labels) in enumerate(self.train_loader):
+            if i == self.batches:
+                self.train_loader.end()  # leaving the loader early: release it from Accelerate's gradient state
+                break
+            loss, finite = self._step(images, labels)
+            if finite:
+                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+            else:
+                skipped += 1
+            bar.update()
+            bar.set_postfix(loss=f'{loss.item():.3f}', lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+        bar.close()
+        acc = self.accelerator
+        train_loss = acc.gather(torch.tensor([loss_sum / max(loss_count, 1)], device=acc.device)).mean().item()
+        return dict(epoch=epoch + 1, step=self.state['step'], lr=lr, train_loss=train_loss, skipped_steps=skipped)
+
+    def evaluate_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Evaluate model (and EMA), step the schedule, keep the best weights; the record's eval fields."""
+        ev = evaluate(self.model, self.eval_loader, self.accelerator, self.data.num_classes)
+        ema_ev = evaluate(self.ema.module, self.eval_loader, self.accelerator, self.data.num_classes) \
+            if self.ema is not None else None
+        self.scheduler.step(epoch + 1, ev['top1'])
+        if self.tr.select_best:
+            which, top1 = max([('model', ev['top1'])] + ([('ema', ema_ev['top1'])] if ema_ev else []),
+                              key=lambda c: c[1])
+            improved = top1 > self.state['best_top1']
+        else:  # no held-out split: the final weights (EMA when enabled) are the result
+            which, top1 = ('ema', ema_ev['top1']) if ema_ev else ('model', ev['top1'])
+            improved = True
+        if improved:
+            self.state.update(best_top1=top1, best_epoch=epoch + 1, best_weights=which)
+            _save_weights(self.accelerator, self.model if which == 'model' else self.ema.module,
+                          self.out_dir / RUN_WEIGHTS)
+        record = dict(eval_split=self.eval_split, eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
+        if ema_ev:
+            record.update(ema_eval_loss=ema_ev['loss'], ema_eval_top1=ema_ev['top1'], ema_eval_top5=ema_ev['top5'])
+        self.state['epoch'] = epoch + 1
+        return record
+
+    def extra_state(self) -> Dict[str, Any]:
+        """What a checkpoint holds besides Accelerate's state."""
+        extra = {**self.state, 'scheduler': self.scheduler.state_dict(), 'train_epochs': self.tr.epochs}
+        if self.ema is not None:
+            extra['ema'] = self.ema.state_dict()
+        return extra
+
+    def finish(self) -> TrainResult:
+        """Evaluate the kept weights on the test split; write results.json and the curves."""
+        acc, state, data = self.accelerator, self.state, self.data
+        acc.wait_for_everyone()
+        weights = self.out_dir / RUN_WEIGHTS
+        if not weights.is_file():
+            raise TrainError(f"{weights} is missing; the run has no saved weights to evaluate")
+        acc.unwrap_model(self.model).load_state_dict(load_file(str(weights)))
+        test = evaluate(self.model, self.test_loader, acc, data.num_classes)
+        name = self.config_ref or self.config.name
+        results = dict(
+            dataset=data.dataset_name, split='test', top1=test['top1'], top5=test['top5'], loss=test['loss'],
+            epochs=self.epochs, best_epoch=state['best_epoch'], weights=state['best_weights'],
+            selected_on=f"val top-1 {state['best_top1']:.2f}" if self.tr.select_best else 'final epoch',
+            params=self.params, macs=count_macs(self.config), config=name, num_classes=data.num_classes,
+            class_names=data.class_names, data_config=data.data_config, batch_size=self.batch_size,
+            seed=self.recipe.seed, num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
+        if acc.is_main_process:
+            atomic_write_text(self.out_dir / RUN_RESULTS, json.dumps(results, indent=2) + '\n')
+            plot_curves(self.run.log.read(), 'epoch', {'loss': ['train_loss', 'eval_loss'],
+                                                       f'{self.eval_split} top-1 (%)': ['eval_top1', 'ema_eval_top1']},
+                        self.out_dir / 'curves.png', title=f"{name} on {data.dataset_name}")
+        acc.print(f"test top-1 {test['top1']:.2f}, top-5 {test['top5']:.2f} ({state['best_weights']} weights "
+                  f"of epoch {state['best_epoch']}); wrote {self.out_dir}")
+        acc.wait_for_everyone()
+        return TrainResult(self.out_dir, weights, self.config, results)
+
+
 def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, *, resume: bool = False,
           accelerator: Optional[Accelerator] = None, out_dir=None, cpu: Optional[bool] = None) -> TrainResult:
     """Train ``config`` (default ``recipe.train.config``) on ``recipe.data`` and write the run folder.
 
     ``resume`` continues from the newest usable checkpoint in ``out_dir`` (default ``<run_dir>/train``);
-    a fresh run refuses a folder that already holds checkpoints. ``accelerator`` reuses one (its mixed
-    precision wins; the recipe's accumulation steps are applied); otherwise one is made, on CPU if ``cpu``.
+    a fresh run refuses a folder that already holds checkpoints, and one folder is trained by one process
+    at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
+    applied); otherwise one is made, on CPU if ``cpu``.
     """
     tr = recipe.train
     check_train_section(tr)
     channel_config, config_ref = resolve_config(config if config is not None else tr.config)
     out_dir = Path(out_dir) if out_dir is not None else recipe.run_dir / 'train'
-    check_fresh_run(out_dir, resume)
-    accelerator = accelerator or make_accelerator(tr, cpu)
-    check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
+    accelerator = accelerator or make_train_accelerator(tr, cpu)
     accelerator.gradient_accumulation_steps = tr.grad_accum_steps
-    main = accelerator.is_main_process
-
-    set_seed(recipe.seed)
-    batch_size = tr.batch_size or recipe.data.batch_size
-    data = build_loaders(dataclasses.replace(recipe.data, batch_size=batch_size), recipe.seed,
-                         holdout=tr.select_best)
-    channel_config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
-    model = create_model_from_config(channel_config, pretrained_cfg_overlay=data.data_config).to(accelerator.device)
-    params = sum(p.numel() for p in model.parameters())
-    optimizer = create_optimizer_v2(model, opt=tr.opt, lr=tr.lr, weight_decay=tr.weight_decay, momentum=tr.momentum,
-                                    **_nesterov(tr))
-    ema = ModelEmaV3(model, decay=tr.ema_decay) if tr.ema_decay else None
-    mixup = None
-    if tr.mixup or tr.cutmix:
-        per_process = batch_size // accelerator.num_processes if accelerator.split_batches else batch_size
-        if per_process % 2:
-            raise TrainError(f"mixup/cutmix need an even batch per process, got {per_process}")
-        mixup = Mixup(mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix, label_smoothing=tr.label_smoothing,
-                      num_classes=data.num_classes)
-    if mixup:
-        train_loss_fn = SoftTargetCrossEntropy()
-    elif tr.label_smoothing:
-        train_loss_fn = LabelSmoothingCrossEntropy(smoothing=tr.label_smoothing)
-    else:
-        train_loss_fn = nn.CrossEntropyLoss()
-
-    eval_split = 'val' if tr.select_best else 'test'
-    model, optimizer, train_loader, eval_loader = accelerator.prepare(
-        model, optimizer, data.train, data.val if tr.select_best else data.test)
-    test_loader = accelerator.prepare(data.test) if tr.select_best else eval_loader
-    batches = _batches_per_epoch(train_loader, data.sizes, batch_size, tr)
-    scheduler, epochs = _scheduler(optimizer, tr, updates_per_epoch=math.ceil(batches / tr.grad_accum_steps))
-
-    metrics = MetricsLog(out_dir / 'metrics.jsonl', enabled=main)
-    state = dict(epoch=0, step=0, num_updates=0, best_top1=-math.inf, best_epoch=0, best_weights='model')
-    if resume:
-        last, extra = load_latest_checkpoint(accelerator, out_dir)
-        scheduler.load_state_dict(extra.pop('scheduler'))
-        if ema is not None:
-            if 'ema' not in extra:
-                raise TrainError(f"checkpoint of epoch {last} has no EMA weights but train.ema_decay is set")
-            ema.load_state_dict(extra.pop('ema'))
-        state.update({k: extra[k] for k in state})
-        metrics.truncate_after(last)
-        accelerator.print(f"resumed from epoch {last} ({out_dir / 'checkpoints'})")
-    else:
-        metrics.truncate_after(0)
-    saved_recipe = dataclasses.replace(
-        recipe, train=dataclasses.replace(tr, config=config_ref or str(out_dir / 'channel_config.json')))
-    if main:
-        channel_config.save(out_dir / 'channel_config.json')
-        atomic_write_text(out_dir / 'recipe.yaml', saved_recipe.to_yaml())
-    macs = count_macs(channel_config)
-    accelerator.print(
-        f"train {config_ref or channel_config.name}: {macs / 1e6:.2f}M MACs, {params / 1e6:.3f}M params | "
-        f"{data.dataset_name} | {epochs} epochs x {batches} steps, batch {batch_size}"
-        f"{f' x {tr.grad_accum_steps} accumulated' if tr.grad_accum_steps > 1 else ''}, "
-        f"{accelerator.num_processes} process(es) on {accelerator.device}")
-
-    for epoch in range(state['epoch'], epochs):
-        start = time.perf_counter()
-        model.train()
-        train_loader.set_epoch(epoch)
-        lr = optimizer.param_groups[0]['lr']
-        loss_sum, loss_count, skipped = 0.0, 0, 0
-        bar = tqdm(total=batches, desc=f'epoch {epoch + 1}/{epochs}', leave=False,
-                   disable=not accelerator.is_local_main_process)
-        for i, (images, labels) in enumerate(train_loader):
-            if i == batches:
-                train_loader.end()  # leaving the loader early: release it from Accelerate's gradient state
-                break
-            state['step'] += 1
-            targets = labels
-            if mixup is not None:
-                images, targets = mixup(images, labels)
-            with accelerator.accumulate(model):
-                loss = train_loss_fn(model(images), targets)
-                if check_finite(accelerator.gather(loss.detach()), state['step'], tr.on_nonfinite_loss):
-                    accelerator.backward(loss)
-                    loss_sum += loss.item()
-                    loss_count += 1
-                else:
-                    skipped += 1
-                optimizer.step()
-                optimizer.zero_grad()
-            if accelerator.sync_gradients:
-                state['num_updates'] += 1
-                if ema is not None:
-                    ema.update(accelerator.unwrap_model(model), step=state['num_updates'])
-                scheduler.step_update(num_updates=state['num_updates'])
-            bar.update()
-            bar.set_postfix(loss=f'{loss.item():.3f}', lr=f"{optimizer.param_groups[0]['lr']:.3g}")
-        bar.close()
-        train_loss = accelerator.gather(torch.tensor([loss_sum / max(loss_count, 1)], device=accelerator.device))
-
-        ev = evaluate(model, eval_loader, accelerator, data.num_classes)
-        ema_ev = evaluate(ema.module, eval_loader, accelerator, data.num_classes) if ema is not None else None
-        scheduler.step(epoch + 1, ev['top1'])
-        if tr.select_best:
-            which, top1 = max([('model', ev['top1'])] + ([('ema', ema_ev['top1'])] if ema_ev else []),
-                              key=lambda c: c[1])
-            improved = top1 > state['best_top1']
-        else:  # no held-out split: the final weights (EMA when enabled) are the result
-            which, top1 = ('ema', ema_ev['top1']) if ema_ev else ('model', ev['top1'])
-            improved = True
-        if improved:
-            state.update(best_top1=top1, best_epoch=epoch + 1, best_weights=which)
-            _save_weights(accelerator, model if which == 'model' else ema.module, out_dir / WEIGHTS)
-        record = dict(epoch=epoch + 1, step=state['step'], lr=lr, train_loss=train_loss.mean().item(),
-                      eval_split=eval_split, eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'],
-                      skipped_steps=skipped, time_s=round(time.perf_counter() - start, 2))
-        if ema_ev:
-            record.update(ema_eval_loss=ema_ev['loss'], ema_eval_top1=ema_ev['top1'], ema_eval_top5=ema_ev['top5'])
-        metrics.write(**record)
-        accelerator.print(f"epoch {epoch + 1}/{epochs}: train loss {record['train_loss']:.4f}, {eval_split} top-1 "
-                          f"{ev['top1']:.2f}" + (f" (EMA {ema_ev['top1']:.2f})" if ema_ev else '') +
-                          (f", skipped {skipped} non-finite steps" if skipped else ''))
-        state['epoch'] = epoch + 1
-        extra = {**state, 'scheduler': scheduler.state_dict()}
-        if ema is not None:
-            extra['ema'] = ema.state_dict()
-        save_checkpoint(accelerator, out_dir, epoch + 1, extra)
-
-    accelerator.wait_for_everyone()
-    weights = out_dir / WEIGHTS
-    if not weights.is_file():
-        raise TrainError(f"{weights} is missing; the run has no saved weights to evaluate")
-    accelerator.unwrap_model(model).load_state_dict(load_file(str(weights)))
-    test = evaluate(model, test_loader, accelerator, data.num_classes)
-    results = dict(
-        dataset=data.dataset_name, split='test', top1=test['top1'], top5=test['top5'], loss=test['loss'],
-        epochs=epochs, best_epoch=state['best_epoch'], weights=state['best_weights'],
-        selected_on=f"val top-1 {state['best_top1']:.2f}" if tr.select_best else 'final epoch',
-        params=params, macs=macs, config=config_ref or channel_config.name, num_classes=data.num_classes,
-        class_names=data.class_names, data_config=data.data_config, batch_size=batch_size, seed=recipe.seed,
-        num_processes=accelerator.num_processes, mixed_precision=accelerator.mixed_precision)
-    if main:
-        atomic_write_text(out_dir / 'results.json', json.dumps(results, indent=2) + '\n')
-        plot_curves(metrics.read(), 'epoch', {'loss': ['train_loss', 'eval_loss'],
-                                              f'{eval_split} top-1 (%)': ['eval_top1', 'ema_eval_top1']},
-                    out_dir / 'curves.png', title=f"{config_ref or channel_config.name} on {data.dataset_name}")
-    accelerator.print(f"test top-1 {test['top1']:.2f}, top-5 {test['top5']:.2f} ({state['best_weights']} weights "
-                      f"of epoch {state['best_epoch']}); wrote {out_dir}")
-    accelerator.wait_for_everyone()
-    return TrainResult(out_dir, weights, channel_config, results)
+    run = Run(recipe, out_dir, accelerator, resume=resume)
+    trainer = _Trainer(recipe, channel_config, config_ref, accelerator, run)
+    with run:
+        if resume:
+            trainer.restore()
+        trainer.write_inputs()
+        for epoch in range(trainer.state['epoch'], trainer.epochs):
+            start = time.perf_counter()
+            record = {**trainer.train_epoch(epoch), **trainer.evaluate_epoch(epoch)}
+            record['time_s'] = round(time.perf_counter() - start, 2)
+            run.log.write(**record)
+            accelerator.print(
+                f"epoch {epoch + 1}/{trainer.epochs}: train loss {record['train_loss']:.4f}, {trainer.eval_split} "
+                f"top-1 {record['eval_top1']:.2f}" + (f" (EMA {record['ema_eval_top1']:.2f})" if trainer.ema else '')
+                + (f", skipped {record['skipped_steps']} non-finite steps" if record['skipped_steps'] else ''))
+            run.save(epoch + 1, trainer.extra_state())
+        return trainer.finish()

@@ -173,8 +173,10 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
     done = runs / method / 'search_result.json'
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    r = dataclasses.replace(recipe, name=method, output_dir=str(runs),
-                            search=dataclasses.replace(recipe.search, **SEARCHES[method]))
+    sharing = dict(SEARCHES[method])
+    space = dataclasses.replace(recipe.space, **{k: sharing.pop(k) for k in ('overlap',) if k in sharing})
+    r = dataclasses.replace(recipe, name=method, output_dir=str(runs), space=space,
+                            search=dataclasses.replace(recipe.search, **sharing))
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
@@ -240,7 +242,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
                'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
-               'aps_overlap': recipe.search.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
+               'aps_overlap': recipe.space.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
                'methods_planned': q.methods, 'methods': {}, 'sharing': {}}
     now = {'command': command, 'started': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),

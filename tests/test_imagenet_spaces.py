@@ -40,7 +40,7 @@ def test_timm_layouts_read_from_timm():
     assert [b.expansion for b in mb2.blocks] == [1.0] + [6.0] * 16
     assert [b.stride for b in mb2.blocks] == [1, 2, 1, 2, 1, 1, 2, 1, 1, 1, 1, 1, 1, 2, 1, 1, 1]
     assert [i for i, b in enumerate(mb2.blocks) if b.residual] == [2, 4, 5, 7, 8, 9, 11, 12, 14, 15]
-    assert timm_layout('resnet18').blocks[2] == timm_backbones.BackboneBlock('basic', 1, 2, 1.0, True, (128, 128))
+    assert timm_layout('resnet18').blocks[2] == timm_backbones.BackboneBlock('basic', 1, 2, 1.0, True, (128, 128), (3, 3))
     assert check_layout_matches_timm('resnet_cifar', 20) is None
 
 

@@ -2,13 +2,17 @@
 import json
 import math
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import timm
 import torch
+import yaml
 from safetensors.torch import load_file
 
+import aps_zoo.runs as runs_mod
 import aps_zoo.train as train_mod
 from aps_zoo.channels import ChannelConfig, ChannelConfigError
 from aps_zoo.data import build_loaders
@@ -18,7 +22,7 @@ from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, 
 from aps_zoo.train import TrainError, resolve_config, train
 
 OUTPUTS = {'model.safetensors', 'channel_config.json', 'results.json', 'recipe.yaml', 'metrics.jsonl', 'curves.png',
-           'checkpoints'}
+           'checkpoints', '.lock'}
 RECIPES = sorted((Path(__file__).parent.parent / 'recipes').glob('train_*.yaml'))
 
 
@@ -91,7 +95,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
     settings = dict(steps_per_epoch=6, ema_decay=0.9, mixup=0.2, label_smoothing=0.1, warmup_epochs=1)
     full = train(_recipe(tmp_path, 'full', **settings)).out_dir
 
-    real_save = train_mod.save_checkpoint
+    real_save = runs_mod.save_checkpoint
 
     def save_then_die(accelerator, run_dir, epoch, extra):
         path = real_save(accelerator, run_dir, epoch, extra)
@@ -99,7 +103,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
             raise _Killed
         return path
 
-    monkeypatch.setattr(train_mod, 'save_checkpoint', save_then_die)
+    monkeypatch.setattr(runs_mod, 'save_checkpoint', save_then_die)
     killed = _recipe(tmp_path, 'killed', **settings)
     with pytest.raises(_Killed):
         train(killed)
@@ -201,3 +205,47 @@ def test_train_recipes_load_and_name_a_network(path):
         pytest.skip('aps_resnet50_2g is registered once its search has run')
     config, ref = resolve_config(recipe.train.config)
     assert ref == recipe.train.config and timm.is_model(ref)
+
+
+def test_changed_epochs_on_resume_continue_the_new_schedule(tmp_path, capsys):
+    """A finished 3-epoch run resumed with train.epochs=5 follows the 5-epoch cosine from epoch 4 on: the
+    same LRs as a fresh 5-epoch run (not the old schedule's 0)."""
+    fresh = train(_recipe(tmp_path, 'fresh', epochs=5, steps_per_epoch=4)).out_dir
+    train(_recipe(tmp_path, 'grown', epochs=3, steps_per_epoch=4))
+    grown = train(_recipe(tmp_path, 'grown', epochs=5, steps_per_epoch=4), resume=True).out_dir
+    assert 'train.epochs changed from 3 to 5: continuing from epoch 3' in capsys.readouterr().out
+    lrs = {run: [r['lr'] for r in _metrics(run)] for run in (fresh, grown)}
+    assert [r['epoch'] for r in _metrics(grown)] == [1, 2, 3, 4, 5]
+    assert lrs[grown][3:] == pytest.approx(lrs[fresh][3:], rel=1e-12) and min(lrs[grown][3:]) > 0.005
+    assert json.loads((grown / 'results.json').read_text())['epochs'] == 5
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(epochs=2), r'written for train\.epochs=3; train\.epochs=2 ends before it'),
+    (dict(epochs=5, sched='plateau'), r'plateau schedule .* cannot be stretched .* resume with train\.epochs=3'),
+])
+def test_changed_epochs_on_resume_refused_in_one_line(tmp_path, change, message):
+    base = dict(steps_per_epoch=2, sched=change.get('sched', 'cosine'))
+    train(_recipe(tmp_path, epochs=3, **base))
+    before = (tmp_path / 'run' / 'train' / 'model.safetensors').read_bytes()
+    with pytest.raises(TrainError, match=message) as info:
+        train(_recipe(tmp_path, **{**base, **change}), resume=True)
+    assert '\n' not in str(info.value)
+    assert (tmp_path / 'run' / 'train' / 'model.safetensors').read_bytes() == before
+
+
+@pytest.mark.slow
+def test_mixed_precision_from_the_launcher_unless_the_recipe_sets_it(tmp_path):
+    """`accelerate launch --mixed_precision bf16` decides when the recipe leaves train.mixed_precision unset;
+    a recipe that sets it wins."""
+    results = {}
+    for name, train_keys in (('launched', {}), ('explicit', {'mixed_precision': 'no'})):
+        path = tmp_path / f'{name}.yaml'
+        path.write_text(yaml.safe_dump(_recipe(tmp_path, name, epochs=1, steps_per_epoch=2, **train_keys).to_dict()))
+        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', '1', '--num_machines', '1',
+               '--mixed_precision', 'bf16', '--dynamo_backend', 'no', '-m', 'aps_zoo.cli', 'train', str(path), '--cpu']
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        results[name] = json.loads((tmp_path / name / 'train' / 'results.json').read_text())
+    assert results['launched']['mixed_precision'] == 'bf16' and results['explicit']['mixed_precision'] == 'no'
+    assert load_recipe(tmp_path / 'launched' / 'train' / 'recipe.yaml').train.mixed_precision is None

@@ -45,15 +45,8 @@ PEER_RESULTS = {
 
 
 def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
-    """(layer name, stage) of every width entry, in forward order (names as in ``flops.layer_table``)."""
-    rows = [('stem.conv', '')]
-    for i, b in enumerate(layout.blocks):
-        convs = {'basic': ('conv1', 'conv2'), 'bottleneck': ('conv1', 'conv2', 'conv3')}.get(
-            b.kind, ('conv_pw', 'conv_dw', 'conv_pwl')[-len(b.entries):])
-        rows += [(f'blocks.{i}.{c}', str(b.stage + 1)) for c in convs]
-    if layout.head_entry is not None:
-        rows.append(('head.conv', ''))
-    return rows
+    """(layer name, stage from 1, '' outside the blocks) of every width entry, in forward order."""
+    return [(name, '' if stage < 0 else str(stage + 1)) for name, stage, _ in layout.named_convs()]
 
 
 def uniform_like(config: ChannelConfig) -> ChannelConfig:

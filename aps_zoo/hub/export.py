@@ -1,14 +1,23 @@
 """Export: write a model (or a training run) as a Hub folder. The folder is built beside its target,
-checked once (:func:`~aps_zoo.hub.folder.check_folder`) and swapped in when complete."""
+checked once (:func:`~aps_zoo.hub.folder.check_folder`) and swapped in when complete, with no instant at
+which the target's name is missing; temp folders of an export killed mid-way are removed (and reported)
+by the next export into the same target."""
 from __future__ import annotations
 
+import ctypes
+import errno
+import fcntl
+import glob
 import json
 import logging
 import os
 import shutil
+import tempfile
 import uuid
+from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional
+from typing import Any, Dict, Iterator, Mapping, Optional
 
 import timm
 import torch
@@ -65,19 +74,89 @@ def _writable_target(out_dir: Path) -> None:
                        f"({', '.join(foreign[:5])}); export into a new or empty folder")
 
 
+_AT_FDCWD, _RENAME_EXCHANGE = -100, 2
+_STALE_SUFFIXES = ('.tmp', '.old', '.link', '.v')
+
+
+def _rename_exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where the OS or
+    file system has no such call."""
+    renameat2 = getattr(ctypes.CDLL(None, use_errno=True), 'renameat2', None)
+    if renameat2 is None:
+        return False
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.EINVAL, errno.ENOSYS, errno.ENOTSUP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+@lru_cache(maxsize=None)
+def _exchange_on_device(device: int, parent: str) -> bool:
+    with tempfile.TemporaryDirectory(prefix='.aps-zoo-probe-', dir=parent) as probe:
+        (Path(probe) / 'a').mkdir()
+        (Path(probe) / 'b').mkdir()
+        return _rename_exchange(Path(probe) / 'a', Path(probe) / 'b')
+
+
+def _exchange_supported(parent: Path) -> bool:
+    """Whether folders in ``parent`` can be exchanged in one step (probed once per file system)."""
+    return _exchange_on_device(parent.stat().st_dev, str(parent))
+
+
+def _link_swap(staging: Path, out_dir: Path) -> None:
+    """Without an exchange call: ``out_dir`` is a link to a versioned folder, replaced in one rename."""
+    stem = staging.name[:-len('.tmp')]
+    version, link = staging.with_name(f'{stem}.v'), staging.with_name(f'{stem}.link')
+    os.rename(staging, version)
+    os.symlink(version.name, link)
+    old = out_dir.resolve() if out_dir.is_symlink() else None
+    os.replace(link, out_dir)  # atomic: the name points at the old export, then at the new one
+    if old is not None and old.parent == out_dir.parent and old.name.startswith(f'.{out_dir.name}.'):
+        shutil.rmtree(old)
+
+
 def _swap_in(staging: Path, out_dir: Path) -> None:
-    """Move the finished ``staging`` folder to ``out_dir``; an existing folder is kept until the move is done."""
-    if not out_dir.exists():
+    """Put the finished ``staging`` folder at ``out_dir`` with no instant at which ``out_dir`` is missing:
+    a rename where nothing is there yet, else an exchange of the two folders (the old export then sits in
+    ``staging`` and is removed). File systems without an exchange call get a versioned folder behind a
+    link that is replaced in one rename."""
+    if out_dir.is_symlink() or not _exchange_supported(out_dir.parent):
+        if out_dir.exists() and not out_dir.is_symlink():
+            raise HubError(f"cannot replace the folder {out_dir} in one step on this file system (no "
+                           "RENAME_EXCHANGE); export into a new folder")
+        _link_swap(staging, out_dir)
+    elif not out_dir.exists():
         os.rename(staging, out_dir)
-        return
-    backup = out_dir.with_name(f'.{out_dir.name}.{uuid.uuid4().hex[:8]}.old')
-    os.rename(out_dir, backup)
+    elif _rename_exchange(staging, out_dir):
+        shutil.rmtree(staging)
+    else:
+        raise HubError(f"cannot exchange {staging} and {out_dir}")
+
+
+def _remove_stale(out_dir: Path) -> None:
+    """Remove (and report) the temp folders of an export into ``out_dir`` that was killed mid-way."""
+    current = out_dir.resolve() if out_dir.is_symlink() else None
+    for path in sorted(out_dir.parent.glob(f'.{glob.escape(out_dir.name)}.*')):
+        if path.suffix in _STALE_SUFFIXES and path != current:
+            logger.warning("removing %s, left by an interrupted export into %s", path, out_dir)
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+
+
+@contextmanager
+def _export_lock(out_dir: Path) -> Iterator[None]:
+    """Hold an OS lock on the parent folder: exports into one folder run one at a time."""
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out_dir.parent, os.O_RDONLY)
     try:
-        os.rename(staging, out_dir)
-    except BaseException:
-        os.rename(backup, out_dir)
-        raise
-    shutil.rmtree(backup)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing drops the lock
 
 
 def _model_config(model: torch.nn.Module, hub_config: Optional[HubConfig]) -> ChannelConfig:
@@ -154,16 +233,17 @@ def export_checked(model: torch.nn.Module, out_dir, *, results=None, recipe=None
         datasets=hub_config.datasets if hub_config else record.hub_datasets(),
         description=hub_config.description if hub_config else '', tags=hub_config.tags if hub_config else (),
         with_plot=plots)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = out_dir.with_name(f'.{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp')
-    staging.mkdir()
-    try:
-        _write(model, config, staging, card, record, name, plots)
-        checked = check_folder(staging)
-        _swap_in(staging, out_dir)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging)
+    with _export_lock(out_dir):
+        _remove_stale(out_dir)
+        staging = out_dir.with_name(f'.{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp')
+        staging.mkdir()
+        try:
+            _write(model, config, staging, card, record, name, plots)
+            checked = check_folder(staging)
+            _swap_in(staging, out_dir)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging)
     logger.info("exported %s to %s", repo_id or name, out_dir)
     return CheckedFolder(out_dir, checked.config, checked.model, out_dir / checked.weights.name)
 

@@ -21,15 +21,13 @@ from timm.layers import ConvNormAct, create_classifier, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from ..channels import ChannelConfig, ChannelConfigError, NetworkLayout, uniform_widths
+from ..channels import BlockSpec, ChannelConfig, ChannelConfigError, NetworkLayout, uniform_widths
 from ..flops import layer_table
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
 HUB_ORG = 'aps-zoo'
 CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-# Stem conv (kernel, stride) of each layout stem; the 'imagenet' stem adds a 3x3 stride-2 max-pool.
-STEMS = {'cifar': (3, 1), 'imagenet': (7, 2), 'mobilenet': (3, 2)}
 DEFAULT_IMG_SIZE = {'resnet_cifar': 32, 'resnet': 224, 'mobilenetv2': 224}
 # Architecture used for any config of a family (exported searched models name it in config.json).
 GENERIC_ARCHITECTURES = {'resnet_cifar': 'aps_resnet_cifar', 'resnet': 'aps_resnet', 'mobilenetv2': 'aps_mobilenetv2'}
@@ -63,14 +61,24 @@ def make_config(family: str, widths: Sequence[int], depth: int, num_classes: int
 
 def feature_taps(layout: NetworkLayout) -> List[Tuple[int, int]]:
     """(block index, reduction) of each feature_info entry: the last output at each reduction (-1 is the stem)."""
-    reduction = STEMS[layout.stem][1]
+    reduction = layout.stem.conv.stride
     outputs = [(-1, reduction)]
-    if layout.stem == 'imagenet':
-        reduction *= 2
+    reduction = layout.stem.reduction
     for i, block in enumerate(layout.blocks):
         reduction *= block.stride
         outputs.append((i, reduction))
     return [o for o, after in zip(outputs, outputs[1:] + [(None, 0)]) if after[1] != o[1]]
+
+
+def block_convs(spec: BlockSpec, in_chs: int, widths: Sequence[int], act_layer: Type[nn.Module],
+                device=None, dtype=None) -> Dict[str, nn.Module]:
+    """Conv + BN (+ ``act_layer``) of every conv of ``spec``, keyed by its name; ``widths`` are the block's
+    entries' widths, ``in_chs`` its input width."""
+    width = {spec.in_entry: in_chs, **dict(zip(spec.entries, widths))}
+    return {c.name: ConvNormAct(width[c.in_entry], width[c.out_entry], c.kernel, c.stride,
+                                groups=c.groups(width[c.in_entry]), apply_act=c.act, act_layer=act_layer,
+                                device=device, dtype=dtype)
+            for c in spec.convs}
 
 
 def make_shortcut(kind: Optional[str], in_chs: int, out_chs: int, device=None, dtype=None) -> Optional[nn.Module]:
@@ -114,18 +122,19 @@ class ApsNet(nn.Module):
         self.drop_rate = drop_rate
         self.grad_checkpointing = False
 
-        kernel, stride = STEMS[layout.stem]
-        self.stem = ConvNormAct(config.in_chans, w[0], kernel, stride, act_layer=self.act_layer, **dd)
-        self.stem_pool = nn.MaxPool2d(3, 2, padding=1) if layout.stem == 'imagenet' else nn.Identity()
+        stem, pool = layout.stem.conv, layout.stem.pool
+        self.stem = ConvNormAct(config.in_chans, w[0], stem.kernel, stem.stride, act_layer=self.act_layer, **dd)
+        self.stem_pool = nn.MaxPool2d(*pool, padding=pool[0] // 2) if pool else nn.Identity()
         last = max(len(layout.blocks) - 1, 1)
         self.blocks = nn.Sequential(*[
             self.block_cls(b, w[b.in_entry], [w[j] for j in b.entries], drop_path_rate * i / last, **dd)
             for i, b in enumerate(layout.blocks)
         ])
-        if layout.head_entry is None:
+        head = layout.head
+        if head is None:
             self.head = nn.Identity()
         else:
-            self.head = ConvNormAct(w[layout.head_entry - 1], w[layout.head_entry], 1, act_layer=self.act_layer, **dd)
+            self.head = ConvNormAct(w[head.in_entry], w[head.out_entry], head.kernel, act_layer=self.act_layer, **dd)
         self.num_features = w[layout.feature_entry]
         self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool, **dd)
         self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
@@ -238,6 +247,7 @@ class ApsNet(nn.Module):
         return x if pre_logits else self.fc(x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits."""
         return self.forward_head(self.forward_features(x))
 
 

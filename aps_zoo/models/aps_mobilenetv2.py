@@ -11,11 +11,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, DropPath
+from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 
 from ..channels import BlockSpec, network_layout, shortcut_kind
-from ._base import ApsNet, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut, zoo_args, zoo_cfg
+from ._base import (ApsNet, block_convs, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut,
+                    zoo_args, zoo_cfg)
 
 __all__ = ['ApsMobileNetV2', 'InvertedResidual']
 
@@ -34,15 +35,14 @@ class InvertedResidual(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        mid_chs, out_chs = widths[-2], widths[-1]
-        expand = len(widths) == 3
-        self.conv_pw = ConvNormAct(in_chs, mid_chs, 1, act_layer=nn.ReLU6, **dd) if expand else None
-        self.conv_dw = ConvNormAct(mid_chs, mid_chs, 3, spec.stride, groups=mid_chs, act_layer=nn.ReLU6, **dd)
-        self.conv_pwl = ConvNormAct(mid_chs, out_chs, 1, apply_act=False, **dd)
+        out_chs = widths[-1]
+        convs = block_convs(spec, in_chs, widths, nn.ReLU6, **dd)
+        self.conv_pw, self.conv_dw, self.conv_pwl = convs.get('conv_pw'), convs['conv_dw'], convs['conv_pwl']
         self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, out_chs), in_chs, out_chs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. and self.shortcut is not None else nn.Identity()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Expansion, depthwise and linear projection, plus the shortcut where the block has one."""
         shortcut = x
         if self.conv_pw is not None:
             x = self.conv_pw(x)

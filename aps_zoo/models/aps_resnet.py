@@ -10,11 +10,12 @@ from typing import Sequence
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct, DropPath
+from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 
 from ..channels import BlockSpec, ChannelConfigError, network_layout, shortcut_kind
-from ._base import ApsNet, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut, zoo_args, zoo_cfg
+from ._base import (ApsNet, block_convs, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut,
+                    zoo_args, zoo_cfg)
 
 __all__ = ['ApsResNet', 'ResNetBlock']
 
@@ -33,10 +34,8 @@ class ResNetBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        bottleneck = spec.kind == 'bottleneck'
-        self.conv1 = ConvNormAct(in_chs, widths[0], 1 if bottleneck else 3, 1 if bottleneck else spec.stride, **dd)
-        self.conv2 = ConvNormAct(widths[0], widths[1], 3, spec.stride if bottleneck else 1, apply_act=bottleneck, **dd)
-        self.conv3 = ConvNormAct(widths[1], widths[2], 1, apply_act=False, **dd) if bottleneck else None
+        convs = block_convs(spec, in_chs, widths, nn.ReLU, **dd)
+        self.conv1, self.conv2, self.conv3 = convs['conv1'], convs['conv2'], convs.get('conv3')
         self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, widths[-1]), in_chs, widths[-1], **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
         self.act = nn.ReLU(inplace=True)
@@ -47,6 +46,7 @@ class ResNetBlock(nn.Module):
         nn.init.zeros_(last.bn.weight)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Residual branch plus shortcut, then ReLU."""
         shortcut = self.shortcut(x)
         x = self.conv2(self.conv1(x))
         if self.conv3 is not None:

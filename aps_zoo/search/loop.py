@@ -19,8 +19,8 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import broadcast_object_list, set_seed
+from accelerate import Accelerator
+from accelerate.utils import broadcast_object_list
 from tqdm.auto import tqdm
 
 from .. import __version__
@@ -30,8 +30,8 @@ from ..channels import ChannelConfig
 from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_at_budget
 from ..plots import plot_curves, plot_widths
-from ..recipe import Recipe, check_devices
-from ..runs import MetricsLog, check_finite, check_fresh_run, load_latest_checkpoint, save_checkpoint
+from ..recipe import Recipe
+from ..runs import RUN_CONFIG, RUN_RECIPE, Run, check_finite, make_accelerator
 from ..spaces import APSSupernet, SearchSpace, space_from_recipe
 from .controller import Controller, Reinforce, budget_reward
 
@@ -47,16 +47,8 @@ class SearchResult:
     test_accuracy: float
 
 
-def make_accelerator(cpu: Optional[bool] = None, mixed_precision: Optional[str] = None) -> Accelerator:
-    """An Accelerator for supernet training: unused-parameter detection on (only one candidate per
-    layer is used per step) and a seedable sampler so data order depends on (seed, epoch) only."""
-    return Accelerator(cpu=bool(cpu), mixed_precision=mixed_precision,
-                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True),
-                       kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
-
-
 class _Searcher:
-    """State of one search run (kept small: the loop itself is in :meth:`run`)."""
+    """State of one search run (the loop itself is :func:`search`; its lifecycle is a :class:`~aps_zoo.runs.Run`)."""
 
     def __init__(self, recipe: Recipe, accelerator: Accelerator, out_dir: Path):
         self.recipe, self.acc, self.out_dir = recipe, accelerator, out_dir
@@ -76,7 +68,6 @@ class _Searcher:
         self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
             self.supernet, self.optimizer, self.data.train, self.data.val)
         self.test_loader = accelerator.prepare(self.data.test)
-        self.log = MetricsLog(out_dir / 'metrics.jsonl', enabled=accelerator.is_main_process)
         self.step = 0
 
     # -- architecture sampling (main process samples, every rank gets the same) -----------------
@@ -175,8 +166,8 @@ class _Searcher:
             except StopIteration:
                 val_iter = iter(self.val_loader)
                 batch = next(val_iter)
-            acc = self.accuracy(choices, [batch])
-            reward = budget_reward(acc, self.space.macs(choices), s.budget_macs, s.under_budget_exponent,
+            batch_acc = self.accuracy(choices, [batch])  # (self.acc is the Accelerator)
+            reward = budget_reward(batch_acc, self.space.macs(choices), s.budget_macs, s.under_budget_exponent,
                                    s.over_budget_exponent)
             if self.acc.is_main_process:
                 t = time.perf_counter()
@@ -193,15 +184,15 @@ class _Searcher:
         return {'epoch': epoch, 'step': self.step, 'reinforce': self.reinforce.state_dict(),
                 'arch_rng': self.arch_rng.get_state(), 'recipe': self.recipe.to_dict()}
 
-    def restore(self) -> int:
-        epoch, extra = load_latest_checkpoint(self.acc, self.out_dir)
+    def restore(self, run: Run) -> int:
+        """Continue from the newest good checkpoint of ``run``; returns the first epoch still to train."""
+        epoch, extra = run.resume()
         if extra.get('recipe', {}).get('space') != self.recipe.to_dict()['space']:
             raise ValueError(f"checkpoint in {self.out_dir} was written for another search space; "
                              f"start a new run or use the recipe it was made with")
         self.reinforce.load_state_dict(extra['reinforce'])
         self.arch_rng.set_state(extra['arch_rng'])
         self.step = extra['step']
-        self.log.truncate_after(epoch)
         return epoch + 1
 
 
@@ -268,15 +259,20 @@ def _plots(searcher: _Searcher, records: List[Dict], config: ChannelConfig, unif
 def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accelerator] = None,
            cpu: Optional[bool] = None) -> SearchResult:
     """Run the APS search of ``recipe``; writes ``<run_dir>/search/`` and returns the searched config."""
-    accelerator = accelerator or make_accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available())
-    set_seed(recipe.seed)
-    check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
+    accelerator = accelerator or make_accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available(),
+                                                  seedable_sampler=True, find_unused_parameters=True)
     out_dir = recipe.run_dir / 'search'
-    check_fresh_run(out_dir, resume)
+    run = Run(recipe, out_dir, accelerator, resume=resume)  # device check and seeding
     searcher = _Searcher(recipe, accelerator, out_dir)  # validates data, space and budget before writing
-    start = searcher.restore() if resume else 0
-    if not resume and accelerator.is_main_process and searcher.log.path.exists():
-        searcher.log.path.unlink()  # a log without checkpoints: an earlier run that never finished an epoch
+    with run:  # owns the folder from here on
+        return _search(searcher, run)
+
+
+def _search(searcher: _Searcher, run: Run) -> SearchResult:
+    """The epochs, decoding and outputs of :func:`search`, inside its run."""
+    recipe, accelerator, out_dir = searcher.recipe, searcher.acc, searcher.out_dir
+    searcher.log = run.log
+    start = searcher.restore(run) if run.resuming else 0
     s = recipe.search
     t0 = time.time()
     epochs = tqdm(range(start, s.epochs), desc='APS search', disable=not accelerator.is_main_process,
@@ -297,18 +293,18 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
                       sharing_mean=sum(levels.values()) / max(1, len(levels)), sharing=levels)
         searcher.log.write(**record)
         epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", reward=f"{record.get('reward', float('nan')):.3f}")
-        save_checkpoint(accelerator, out_dir, epoch, searcher.extra_state(epoch))
+        run.save(epoch, searcher.extra_state(epoch))
 
     rows = _decode(searcher)
     best = rows[0]
     test_acc = searcher.accuracy(best['choices'], searcher.test_loader)
     provenance = {'source': 'search', 'method': 'APS (NeurIPS 2020)', 'dataset': searcher.data.dataset_name,
-                  'recipe': recipe.name, 'budget_macs': s.budget_macs, 'overlap': s.overlap,
+                  'recipe': recipe.name, 'budget_macs': s.budget_macs, 'overlap': recipe.space.overlap,
                   'learn_projections': s.learn_projections, 'seed': recipe.seed,
                   'supernet_val_acc': round(best['val_acc'], 4), 'supernet_test_acc': round(test_acc, 4),
                   'aps_zoo_version': __version__}
     config = searcher.space.config(best['choices'], provenance)
-    config_path = out_dir / 'channel_config.json'
+    config_path = out_dir / RUN_CONFIG
     report_path = out_dir / 'search_report.md'
     if accelerator.is_main_process:
         config.save(config_path)
@@ -316,7 +312,7 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
         uniform = uniform_at_budget(config.family, config.depth, s.budget_macs, num_classes=config.num_classes,
                                     input_size=config.input_size)
         atomic_write_text(report_path, _report(searcher, records, rows, config, uniform, test_acc, time.time() - t0))
-        atomic_write_text(out_dir / 'recipe.yaml', recipe.to_yaml())
+        atomic_write_text(out_dir / RUN_RECIPE, recipe.to_yaml())
         _plots(searcher, records, config, uniform)
     accelerator.wait_for_everyone()
     return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc)

@@ -6,8 +6,8 @@ __all__ = ['SearchSpace', 'SearchSpaceError', 'build_space', 'entry_stages', 'AP
 
 
 def space_from_recipe(recipe, num_classes: int, input_size) -> SearchSpace:
-    """The SearchSpace a recipe's ``space`` and ``search.overlap`` describe, for the given data."""
+    """The SearchSpace a recipe's ``space`` section describes (``space.overlap`` included), for the given data."""
     s = recipe.space
     return build_space(s.family, s.depth, s.candidates, num_classes=num_classes, input_size=input_size,
                        stage_multipliers=s.stage_multipliers, meta_width=s.meta_width, blockwise=s.blockwise,
-                       overlap=recipe.search.overlap)
+                       overlap=s.overlap)

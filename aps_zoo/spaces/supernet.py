@@ -48,20 +48,9 @@ class SupernetBlock(nn.Module):
     def __init__(self, space: SearchSpace, spec: BlockSpec):
         super().__init__()
         self.spec = spec
-        e, s = spec.entries, spec.stride
-        if spec.kind == 'basic':
-            self.convs = nn.ModuleList([_ConvBN(space, spec.in_entry, e[0], 3, s),
-                                        _ConvBN(space, e[0], e[1], 3, act=None)])
-        elif spec.kind == 'bottleneck':
-            self.convs = nn.ModuleList([_ConvBN(space, spec.in_entry, e[0], 1),
-                                        _ConvBN(space, e[0], e[1], 3, s),
-                                        _ConvBN(space, e[1], e[2], 1, act=None)])
-        else:
-            convs = [_ConvBN(space, spec.in_entry, e[0], 1, act=RELU6)] if len(e) == 3 else []
-            convs += [_ConvBN(space, e[-2] if len(e) == 3 else spec.in_entry, e[-2], 3, s, act=RELU6,
-                              depthwise=True),
-                      _ConvBN(space, e[-2], e[-1], 1, act=None)]
-            self.convs = nn.ModuleList(convs)
+        act = RELU6 if spec.kind == 'inverted_residual' else RELU
+        self.convs = nn.ModuleList([_ConvBN(space, c.in_entry, c.out_entry, c.kernel, c.stride,
+                                            act=act if c.act else None, depthwise=c.depthwise) for c in spec.convs])
         self.shortcut = None
         if spec.residual:
             # 1x1 conv + BN at stride 1 (used when widths differ); 2x2 avg-pool + 1x1 conv at stride 2
@@ -93,14 +82,14 @@ class APSSupernet(nn.Module):
         super().__init__()
         self.space = space
         layout = space.layout
-        stride = 1 if layout.stem == 'cifar' else 2
-        act = RELU6 if layout.stem == 'mobilenet' else RELU
-        self.stem = _ConvBN(space, None, 0, 7 if layout.stem == 'imagenet' else 3, stride, act=act)
-        self.stem_pool = layout.stem == 'imagenet'
+        act = RELU6 if layout.family == 'mobilenetv2' else RELU
+        stem = layout.stem.conv
+        self.stem = _ConvBN(space, None, stem.out_entry, stem.kernel, stem.stride, act=act)
+        self.stem_pool = layout.stem.pool
         self.blocks = nn.ModuleList([SupernetBlock(space, b) for b in layout.blocks])
         self.head = None
-        if layout.head_entry is not None:
-            self.head = _ConvBN(space, layout.head_entry - 1, layout.head_entry, 1, act=RELU6)
+        if layout.head is not None:
+            self.head = _ConvBN(space, layout.head.in_entry, layout.head.out_entry, layout.head.kernel, act=RELU6)
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
         self._aps_layers = tuple(aps_modules(self).values())  # plain tuple: not registered twice
@@ -115,7 +104,7 @@ class APSSupernet(nn.Module):
             m.penalty, m.collect_penalty = None, return_penalty
         x = self.stem(x.contiguous(memory_format=torch.channels_last), widths[0])
         if self.stem_pool:
-            x = F.max_pool2d(x, 3, 2, 1)
+            x = F.max_pool2d(x, *self.stem_pool, self.stem_pool[0] // 2)
         for block in self.blocks:
             x = block(x, widths)
         if self.head is not None:

@@ -27,13 +27,14 @@ class BackboneMismatchError(ValueError):
 @dataclass(frozen=True)
 class BackboneBlock:
     """One block: kind, stage, stride, expansion (out/mid of a bottleneck, expand/in of an inverted residual),
-    residual connection and the output width of each of its convs."""
+    residual connection, and the output width and kernel size of each of its convs."""
     kind: str
     stage: int
     stride: int
     expansion: float
     residual: bool
     widths: Tuple[int, ...]
+    kernels: Tuple[int, ...]
 
 
 @dataclass(frozen=True)
@@ -58,7 +59,11 @@ def _stride(conv: nn.Conv2d) -> int:
     return conv.stride[0]
 
 
-def _resnet_blocks(model: nn.Module) -> List[BackboneBlock]:
+def _kernels(convs) -> Tuple[int, ...]:
+    return tuple(c.kernel_size[0] for c in convs)
+
+
+def _timm_resnet_blocks(model: nn.Module) -> List[BackboneBlock]:
     blocks = []
     for stage in range(4):
         for block in getattr(model, f'layer{stage + 1}'):
@@ -70,11 +75,11 @@ def _resnet_blocks(model: nn.Module) -> List[BackboneBlock]:
             else:
                 raise BackboneMismatchError(f"unexpected timm ResNet block {name}")
             blocks.append(BackboneBlock(name.lower().replace('block', ''), stage, stride, float(block.expansion),
-                                        True, tuple(c.out_channels for c in convs)))
+                                        True, tuple(c.out_channels for c in convs), _kernels(convs)))
     return blocks
 
 
-def _mobilenet_blocks(model: nn.Module) -> List[BackboneBlock]:
+def _timm_mobilenet_blocks(model: nn.Module) -> List[BackboneBlock]:
     blocks = []
     for stage, seq in enumerate(model.blocks):
         for block in seq:
@@ -87,7 +92,7 @@ def _mobilenet_blocks(model: nn.Module) -> List[BackboneBlock]:
             else:
                 raise BackboneMismatchError(f"unexpected timm MobileNetV2 block {name}")
             blocks.append(BackboneBlock('inverted_residual', stage, _stride(block.conv_dw), expansion,
-                                        bool(block.has_skip), tuple(c.out_channels for c in convs)))
+                                        bool(block.has_skip), tuple(c.out_channels for c in convs), _kernels(convs)))
     return blocks
 
 
@@ -100,18 +105,18 @@ def timm_layout(name: str) -> BackboneLayout:
         stem = model.conv1
         pool = isinstance(model.maxpool, nn.MaxPool2d) and model.maxpool.kernel_size == 3 and model.maxpool.stride == 2
         return BackboneLayout((stem.out_channels, stem.kernel_size[0], _stride(stem)), pool,
-                              tuple(_resnet_blocks(model)), None)
+                              tuple(_timm_resnet_blocks(model)), None)
     if name.startswith('mobilenetv2'):
         stem = model.conv_stem
         return BackboneLayout((stem.out_channels, stem.kernel_size[0], _stride(stem)), False,
-                              tuple(_mobilenet_blocks(model)), model.conv_head.out_channels)
+                              tuple(_timm_mobilenet_blocks(model)), model.conv_head.out_channels)
     raise BackboneMismatchError(f"no backbone reader for timm model {name!r}; known: resnet*, mobilenetv2_*")
 
 
 def zoo_layout(family: str, depth: int = 0) -> BackboneLayout:
-    """The same description of ``channels.network_layout`` with the standard widths."""
+    """The same description read from ``channels.network_layout`` (stem and block conv specs) with the
+    standard widths."""
     layout, w = network_layout(family, depth), uniform_widths(family, depth)
-    kernel, stride = {'imagenet': (7, 2), 'mobilenet': (3, 2), 'cifar': (3, 1)}[layout.stem]
     blocks = []
     for b in layout.blocks:
         widths = tuple(w[j] for j in b.entries)
@@ -121,9 +126,11 @@ def zoo_layout(family: str, depth: int = 0) -> BackboneLayout:
             expansion = widths[0] / w[b.in_entry]
         else:
             expansion = 1.0
-        blocks.append(BackboneBlock(b.kind, b.stage, b.stride, expansion, b.residual, widths))
+        blocks.append(BackboneBlock(b.kind, b.stage, b.stride, expansion, b.residual, widths,
+                                    tuple(c.kernel for c in b.convs)))
     head = None if layout.head_entry is None else w[layout.head_entry]
-    return BackboneLayout((w[0], kernel, stride), layout.stem == 'imagenet', tuple(blocks), head)
+    stem = layout.stem
+    return BackboneLayout((w[0], stem.conv.kernel, stem.conv.stride), stem.pool == (3, 2), tuple(blocks), head)
 
 
 def layout_differences(ours: BackboneLayout, theirs: BackboneLayout) -> List[str]:

@@ -1,0 +1,214 @@
+"""Faults with real processes: one owner per run folder, resume that never goes on with unrestorable state,
+and exports killed inside their swap."""
+import importlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import timm
+import torch
+import yaml
+from huggingface_hub import ModelCard
+
+import aps_zoo.runs as runs_mod
+from aps_zoo.hub import check_folder, export
+from aps_zoo.recipe import recipe_from_dict
+from aps_zoo.runs import CheckpointError, RunInUseError, RunLock, list_checkpoints
+from aps_zoo.train import train
+from test_train import single_thread  # noqa: F401  (autouse: one intra-op thread for the tiny models)
+
+ROOT = Path(__file__).resolve().parents[1]
+ZOO = 'aps_resnet20_cifar_20m'
+
+
+
+
+def _recipe(tmp_path, name='run', **train_keys) -> dict:
+    return {'name': name, 'seed': 0, 'output_dir': str(tmp_path),
+            'data': dict(dataset='digits', image_size=8, batch_size=32, crop_pct=1.0, hflip=0.0),
+            'train': {'config': ZOO, 'epochs': 2, 'steps_per_epoch': 3, **train_keys}}
+
+
+def _metrics(run: Path):
+    return [{k: v for k, v in json.loads(line).items() if k != 'time_s'} for line in (run / 'metrics.jsonl').open()]
+
+
+# ----------------------------------------------------------------------------------------------- lock
+
+def test_second_process_into_a_run_folder_fails_at_once_naming_the_holder(tmp_path):
+    path = tmp_path / 'r.yaml'
+    path.write_text(yaml.safe_dump(_recipe(tmp_path, epochs=500, steps_per_epoch=50)))
+    run = tmp_path / 'run' / 'train'
+    cmd = [sys.executable, '-m', 'aps_zoo.cli', 'train', str(path), '--cpu']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.time() + 300
+        while time.time() < deadline and first.poll() is None:
+            if (run / '.lock').is_file() and (run / '.lock').read_text().strip() == str(first.pid):
+                break
+            time.sleep(0.2)
+        assert first.poll() is None, 'the first run ended before it held the folder'
+        start = time.time()
+        second = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+        assert second.returncode == 2, second.stderr[-2000:]
+        line = second.stderr.strip()
+        assert '\n' not in line and f'in use by process {first.pid}' in line and str(run) in line, line
+        assert first.poll() is None  # the owner is undisturbed
+        assert time.time() - start < 120
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    lock = RunLock(run)  # the OS released the lock of the killed owner
+    lock.acquire()
+    lock.release()
+
+
+def test_lock_in_one_process_refuses_a_second_owner(tmp_path):
+    held = RunLock(tmp_path)
+    held.acquire()
+    with pytest.raises(RunInUseError, match=rf'in use by process {os.getpid()}'):
+        RunLock(tmp_path).acquire()
+    held.release()
+    RunLock(tmp_path).acquire()
+
+
+# --------------------------------------------------------------------------------------------- resume
+
+@pytest.fixture(scope='module')
+def full_and_killed(tmp_path_factory):
+    """A full 3-epoch run, and the same run killed after epoch 2 (checkpoints 1 and 2)."""
+    root = tmp_path_factory.mktemp('resume')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the tests that resume (single_thread): the same float sums
+    full = train(recipe_from_dict(_recipe(root, 'full', epochs=3))).out_dir
+    real_save = runs_mod.save_checkpoint
+
+    def save_then_die(accelerator, run_dir, epoch, extra):
+        real_save(accelerator, run_dir, epoch, extra)
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    runs_mod.save_checkpoint = save_then_die
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            train(recipe_from_dict(_recipe(root, 'killed', epochs=3)))
+    finally:
+        runs_mod.save_checkpoint = real_save
+        torch.set_num_threads(threads)
+    return root, full, root / 'killed' / 'train'
+
+
+def _copy(run: Path, tmp_path: Path, name: str) -> Path:
+    target = tmp_path / name / 'train'
+    shutil.copytree(run, target)
+    return target
+
+
+@pytest.mark.parametrize('damage', ['garbage', 'empty', 'foreign_optimizer'])
+def test_resume_falls_back_when_rng_or_optimizer_state_does_not_restore(full_and_killed, tmp_path, capsys, damage):
+    root, full, killed = full_and_killed
+    run = _copy(killed, tmp_path, 'damaged')
+    newest = list_checkpoints(run)[-1][1]
+    if damage == 'garbage':
+        (newest / 'random_states_0.pkl').write_bytes(b'not a pickle at all')
+    elif damage == 'empty':
+        (newest / 'random_states_0.pkl').write_bytes(b'')
+    else:  # the optimizer state of a different network
+        other = train(recipe_from_dict(_recipe(tmp_path, 'other', epochs=1, config='aps_resnet56_cifar_60m')))
+        shutil.copy(list_checkpoints(other.out_dir)[-1][1] / 'optimizer.bin', newest / 'optimizer.bin')
+    capsys.readouterr()
+    train(recipe_from_dict(_recipe(tmp_path, 'damaged', epochs=3)), resume=True)
+    out = capsys.readouterr().out
+    assert 'trying an older checkpoint' in out and 'resumed from epoch 1' in out
+    assert ('random_states_0.pkl' in out) == (damage != 'foreign_optimizer')
+    assert _metrics(run) == _metrics(full)  # the fallback reran epoch 2 exactly
+
+
+def test_resume_with_no_restorable_checkpoint_ends_in_one_line(full_and_killed, tmp_path):
+    _, _, killed = full_and_killed
+    run = _copy(killed, tmp_path, 'hopeless')
+    for _, folder in list_checkpoints(run):
+        (folder / 'random_states_0.pkl').write_bytes(b'\x80\x04tampered')
+    with pytest.raises(CheckpointError, match=r'random state .*random_states_0\.pkl cannot be restored') as info:
+        train(recipe_from_dict(_recipe(tmp_path, 'hopeless', epochs=3)), resume=True)
+    assert '\n' not in str(info.value) and str(info.value).count('cannot be restored') == 2
+
+
+# --------------------------------------------------------------------------------------------- export
+
+KILLER = '''
+import os, signal, sys
+import timm
+import importlib
+ex = importlib.import_module('aps_zoo.hub.export')  # the module (aps_zoo.hub.export is also the function)
+out, step, where, mode = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4]
+ex._exchange_supported = lambda parent: mode == 'exchange'  # 'link': a file system without RENAME_EXCHANGE
+real = {'exchange': ex._rename_exchange, 'replace': os.replace, 'rmtree': ex.shutil.rmtree}[step]
+def in_swap(*args):
+    """Calls of the swap itself (not the atomic writes of the export's files, which use os.replace too)."""
+    names = [os.path.basename(str(a)) for a in args]
+    return os.path.basename(out) in names or any(n.endswith(('.v', '.link')) for n in names) or step == 'exchange'
+def killing(*args, **kwargs):
+    if not in_swap(*args):
+        return real(*args, **kwargs)
+    if where == 'before':
+        os.kill(os.getpid(), signal.SIGKILL)
+    result = real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+    return result
+if step == 'exchange':
+    ex._rename_exchange = killing
+elif step == 'replace':
+    ex.os.replace = killing
+else:
+    ex.shutil.rmtree = killing
+ex.export(timm.create_model('aps_resnet20_cifar_20m'), out, results={'dataset': 'cifar10', 'top1': 55.0},
+          plots=False)
+'''
+
+
+def _top1(folder: Path) -> float:
+    return ModelCard.load(folder / 'README.md').data.eval_results[0].metric_value
+
+
+@pytest.mark.parametrize('mode, step, where, new', [
+    ('exchange', 'exchange', 'before', False),
+    ('exchange', 'exchange', 'after', True),     # the old export sits in the temp folder, not yet removed
+    ('link', 'replace', 'before', False),
+    ('link', 'replace', 'after', True),
+    ('link', 'rmtree', 'before', True),          # the link points at the new version; the old one is left
+])
+def test_export_killed_inside_the_swap_leaves_a_whole_export_at_its_name(tmp_path, mode, step, where, new,
+                                                                          caplog):
+    out = tmp_path / 'export'
+    if mode == 'link':
+        ex = importlib.import_module('aps_zoo.hub.export')
+        real, ex._exchange_supported = ex._exchange_supported, lambda parent: False
+        try:
+            export(timm.create_model(ZOO), out, results={'dataset': 'cifar10', 'top1': 44.0}, plots=False)
+        finally:
+            ex._exchange_supported = real
+        assert out.is_symlink()
+    else:
+        export(timm.create_model(ZOO), out, results={'dataset': 'cifar10', 'top1': 44.0}, plots=False)
+    proc = subprocess.run([sys.executable, '-c', KILLER, str(out), step, where, mode], cwd=ROOT,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == -signal.SIGKILL, proc.stderr[-2000:]
+    check_folder(out)  # a complete, checked export is at the name ...
+    assert _top1(out) == (55.0 if new else 44.0)  # ... the old or the new one, never neither
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != 'export' and not (out.is_symlink() and
+                                                                                     p == out.resolve())]
+    assert leftovers, 'the kill inside the swap left no temp folder: the test did not hit the swap'
+    with caplog.at_level('WARNING', logger='aps_zoo.hub'):
+        export(timm.create_model(ZOO), out, results={'dataset': 'cifar10', 'top1': 66.0}, plots=False)
+    assert _top1(out) == 66.0
+    assert all(f'removing {tmp_path / name}, left by an interrupted export' in caplog.text for name in leftovers)
+    current = {'export'} | ({out.resolve().name} if out.is_symlink() else set())
+    assert {p.name for p in tmp_path.iterdir()} == current

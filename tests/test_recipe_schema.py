@@ -1,0 +1,98 @@
+"""The one typed validator (aps_zoo._schema) behind recipes, hub configs and results, and keys that moved."""
+import dataclasses
+from pathlib import Path
+from typing import List, Optional, Union
+
+import pytest
+import yaml
+
+from aps_zoo._schema import INTERNAL, Schema, build, check
+from aps_zoo.recipe import RecipeError, recipe_from_dict
+
+RECIPES = sorted((Path(__file__).parent.parent / 'recipes').glob('*.yaml'))
+
+
+class DocError(ValueError):
+    pass
+
+
+@dataclasses.dataclass
+class Inner:
+    score: float = dataclasses.field(metadata=check(lambda v: v >= 0, 'non-negative'))
+    note: Optional[str] = None
+
+
+@dataclasses.dataclass
+class Doc:
+    name: str
+    size: Union[int, str] = 1
+    items: List[Inner] = dataclasses.field(default_factory=list)
+    where: Optional[Path] = None
+    origin: Optional[str] = dataclasses.field(default=None, metadata=INTERNAL)
+
+
+LOCATED = Schema(DocError)
+DOTTED = Schema(DocError, noun='doc', choices={'name': ('a', 'b')})
+
+
+def test_types_conversions_and_defaults():
+    doc = build(Doc, {'name': 'a', 'items': [{'score': 2}, {'score': '1e3'}], 'where': 'x/y'}, LOCATED)
+    assert doc == Doc('a', 1, [Inner(2.0), Inner(1000.0)], Path('x/y'))
+    assert isinstance(doc.items[0].score, float) and doc.origin is None
+    assert build(Doc, {'name': 'a', 'size': 'big'}, LOCATED).size == 'big'
+
+
+@pytest.mark.parametrize('data, located, dotted', [
+    ({'name': 'a', 'colour': 1}, "unknown key 'colour'; allowed: name, size, items, where",
+     "unknown doc key 'colour'; allowed in 'top level': name, size, items, where"),
+    ({'size': 1}, "'name' is required (a string)", "doc key 'name' is required (a string)"),
+    ({'name': 'a', 'items': [{'score': -1}]}, "items[0]: 'score' must be non-negative, got -1.0",
+     "doc key 'items[0].score' must be non-negative, got -1.0"),
+    ({'name': 'a', 'items': [{'score': 1, 'x': 2}]}, "items[0]: unknown key 'x'; allowed: score, note",
+     "unknown doc key 'items[0].x'; allowed in 'items[0]': score, note"),
+    ({'name': 'a', 'items': 'many'}, "'items' must be a list of Inner mappings, got 'many'",
+     "doc key 'items' must be a list of Inner mappings, got 'many'"),
+    ({'name': 'a', 'size': 1.5}, "'size' must be an integer or a string, got 1.5",
+     "doc key 'size' must be an integer or a string, got 1.5"),
+    ({'name': 'a', 'size': True}, "'size' must be an integer or a string, got True",
+     "doc key 'size' must be an integer or a string, got True"),
+    ({'name': 'a', 'origin': 'x'}, "unknown key 'origin'", "unknown doc key 'origin'"),
+    ([1], "must be a mapping with keys name, size, items, where, got [1]",
+     "doc section 'top level' must be a mapping, got [1]"),
+])
+def test_one_line_errors_in_both_styles(data, located, dotted):
+    with pytest.raises(DocError) as a:
+        build(Doc, data, LOCATED)
+    assert located in str(a.value) and '\n' not in str(a.value)
+    with pytest.raises(DocError) as b:
+        build(Doc, data if data != {'size': 1} else {'size': 1}, Schema(DocError, noun='doc'))
+    assert dotted in str(b.value)
+
+
+def test_choices_and_lenient_reading():
+    with pytest.raises(DocError, match="doc key 'name' must be one of a, b, got 'c'"):
+        build(Doc, {'name': 'c'}, DOTTED)
+    assert build(Doc, {'name': 'a', 'extra': 1}, LOCATED, strict=False) == Doc('a')
+
+
+def test_overlap_moved_to_space_and_old_recipes_still_load(capsys):
+    new = recipe_from_dict({'space': {'overlap': 0.25}})
+    data = {'search': {'overlap': 0.25}}
+    old = recipe_from_dict(data, source='old.yaml')
+    assert old.space.overlap == new.space.overlap == 0.25 and old.to_dict() == new.to_dict()
+    assert data == {'search': {'overlap': 0.25}}  # the caller's mapping is left as it was
+    note = capsys.readouterr().err
+    assert note.count('\n') == 1 and "old.yaml: 'search.overlap' is now 'space.overlap'" in note
+    assert 'overlap' not in old.to_dict()['search'] and old.to_dict()['space']['overlap'] == 0.25
+    assert recipe_from_dict({'search': {'overlap': 0.5}, 'space': {'overlap': 0.5}}).space.overlap == 0.5
+    with pytest.raises(RecipeError, match=r"'search\.overlap' \(0\.5\) and 'space\.overlap' \(1\.0\) disagree"):
+        recipe_from_dict({'search': {'overlap': 0.5}, 'space': {'overlap': 1.0}})
+
+
+@pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.name)
+def test_shipped_recipes_state_overlap_in_space(path, capsys):
+    raw = yaml.safe_load(path.read_text())
+    assert 'overlap' not in (raw.get('search') or {})
+    recipe = recipe_from_dict({k: v for k, v in raw.items() if k != 'quality'}, source=str(path))  # quality_*:
+    assert capsys.readouterr().err == ''                                           # the benchmark's section
+    assert recipe.space.overlap == (raw.get('space') or {}).get('overlap', 1.0)
