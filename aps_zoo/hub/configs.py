@@ -11,6 +11,7 @@ import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import models
+from ..data import DIGITS
 from .._schema import INTERNAL, Schema, build, check
 from .errors import HubConfigError, HubError
 from .results import Result
@@ -81,9 +82,11 @@ def load_hub_configs(hub_configs_dir) -> List[HubConfig]:
 
 def hub_dataset_ids(names: Iterable[str]) -> List[str]:
     """The names that can be Hub dataset ids (the card's ``datasets:`` links them); descriptions of
-    data with no Hub id, such as the embedded digits, stay in the card's results only."""
+    data with no Hub id, and the embedded digits, stay in the card's results only."""
     ids = []
     for name in names:
+        if name == DIGITS:
+            continue
         try:
             validate_repo_id(name)
         except HFValidationError:

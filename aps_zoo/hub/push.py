@@ -11,6 +11,7 @@ from huggingface_hub import HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .. import __version__
+from .card import UNNAMED_REPO
 from .configs import check_repo_id, load_hub_configs
 from .errors import HubError
 from .export import export_run_checked
@@ -46,6 +47,9 @@ def push(folder: Union[str, Path, CheckedFolder], repo_id: str, *, private: bool
     """
     check_repo_id(repo_id)
     folder = (folder if isinstance(folder, CheckedFolder) else check_folder(folder)).path
+    if f'hf-hub:{UNNAMED_REPO}' in ((folder / CARD_NAME).read_text() if (folder / CARD_NAME).is_file() else ''):
+        raise HubError(f"{folder} was exported without a repo id: re-export it with --repo-id {repo_id} "
+                       f"(repo_id={repo_id!r}) so that its card names the repo")
     card_ids = _card_repo_ids(folder)
     if card_ids and repo_id not in card_ids:
         raise HubError(f"{folder / CARD_NAME} was written for hf-hub:{card_ids[0]}, not {repo_id}: "
