@@ -156,11 +156,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `aps-zoo` command."""
     args = build_parser().parse_args(argv)
+    from ._io import WriteError
     from .hub import HubError
     from .runs import CheckpointError, NonFiniteLossError
     try:
         args.func(args)
-    except (ValueError, HubError, CheckpointError, NonFiniteLossError, FileNotFoundError) as e:
+    except (ValueError, HubError, CheckpointError, NonFiniteLossError, FileNotFoundError, WriteError) as e:
         # RecipeError, ChannelConfigError, SearchSpaceError, HubConfigError and DataError are ValueErrors
         print(f"aps-zoo {args.command}: error: {e}", file=sys.stderr)
         return 2

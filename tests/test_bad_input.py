@@ -48,6 +48,16 @@ def with_change(path: str, value):
     ('data.batch_size', 0, "'data.batch_size' must be positive"),
     ('data.val_fraction', 1.0, "'data.val_fraction' must be in (0, 1)"),
     ('search', [1, 2], "recipe section 'search' must be a mapping"),
+    ('search.epochs', 0, "'search.epochs' must be positive, got 0"),
+    ('search.steps_per_epoch', 0, "'search.steps_per_epoch' must be positive or null, got 0"),
+    ('search.controller.steps_per_epoch', 0, "'search.controller.steps_per_epoch' must be positive, got 0"),
+    ('space.depth', '8', "'space.depth' must be an integer, got '8'"),
+    ('space.depth', 8.0, "'space.depth' must be an integer, got 8.0"),
+    ('seed', -1, "'seed' must be in [0, 4294967295], got -1"),
+    ('seed', 2 ** 32, "'seed' must be in [0, 4294967295], got 4294967296"),
+    ('space.candidates', [4, 10 ** 7], "'space.candidates': width 10000000 exceeds the maximum width 8192"),
+    ('space.stage_multipliers', [1, 1, 10 ** 4],
+     "'space.stage_multipliers': stage 3 widths up to 80000 exceed the maximum width 8192"),
 ])
 def test_malformed_recipes(tmp_path, key, value, message):
     path = tmp_path / 'r.yaml'
@@ -68,6 +78,53 @@ def test_recipe_file_problems(tmp_path):
         load_recipe(tmp_path / 'ok.yaml', ['search.epochs'])
 
 
+def test_unsorted_candidates_are_the_same_space(tmp_path):
+    from aps_zoo.spaces import space_from_recipe
+    from aps_zoo.spaces.space import SearchSpaceError
+    spaces = []
+    for order in ([8, 4], [4, 8]):
+        path = tmp_path / f'{order[0]}.yaml'
+        path.write_text(yaml.safe_dump(with_change('space.candidates', order)))
+        recipe = load_recipe(path)
+        assert recipe.space.candidates == [4, 8]
+        spaces.append(space_from_recipe(recipe, 10, (3, 8, 8)))
+        with pytest.raises(SearchSpaceError, match=r'below the smallest network of the space \(3\.1[0-9]e\+04 MACs'):
+            spaces[-1].check_budget(2e4)
+        spaces[-1].check_budget(3.2e4)  # the narrowest network (31,464 MACs) fits
+    assert spaces[0] == spaces[1]
+
+
+@pytest.mark.parametrize('text, message', [
+    ('name: a\nname: b\n', "duplicate key 'name' (line 2)"),
+    ('search:\n  epochs: 2\n  warmup_epochs: 1\n  epochs: 3\n', "duplicate key 'epochs' (line 4)"),
+    ('space: {depth: 8, depth: 14}\n', "duplicate key 'depth' (line 1)"),
+])
+def test_duplicate_yaml_keys_are_refused(tmp_path, text, message):
+    path = tmp_path / 'dup.yaml'
+    path.write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(path)
+    assert message in str(info.value) and str(path) in str(info.value) and '\n' not in str(info.value)
+
+
+def test_supernet_memory_estimate_names_the_estimate_and_the_limit(tmp_path):
+    from aps_zoo._memory import GIB, MemoryEstimateError, check_supernet_memory, supernet_estimate
+    from aps_zoo.spaces import space_from_recipe
+    path = tmp_path / 'wide.yaml'
+    path.write_text(yaml.safe_dump(with_change('space.candidates', [2048, 4096])))
+    space = space_from_recipe(load_recipe(path), 10, (3, 8, 8))
+    params, acts = supernet_estimate(space, 64)
+    # the meta weights alone: 6144 x 6144 x 3 x 3 per conv of the 6 between stages, with momentum and gradient
+    assert params > 6 * 6144 ** 2 * 9 * 4 * 3 and acts > 0
+    with pytest.raises(MemoryEstimateError) as info:
+        check_supernet_memory(space, 64, available=8 * GIB)
+    message = str(info.value)
+    assert f'needs an estimated {(params + acts) / GIB:.2f} GiB but 8.00 GiB is free' in message
+    assert 'meta widths up to 6144' in message and 'batch 64' in message
+    check_supernet_memory(space_from_recipe(load_recipe(tmp_path / 'wide.yaml', ['space.candidates=[4, 8]']), 10,
+                                            (3, 8, 8)), 64, available=GIB)
+
+
 R8 = [4, 4, 4, 8, 8, 8, 8]
 
 
@@ -75,7 +132,16 @@ R8 = [4, 4, 4, 8, 8, 8, 8]
     ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8[:-1]}, 'needs 7 widths, got 6'),
     ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8[:-1] + [0]}, 'width 6 must be positive, got 0'),
     ({'family': 'resnet_cifar', 'depth': 8, 'widths': [-4] + R8[1:]}, 'width 0 must be positive, got -4'),
-    ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8[:-1] + [10 ** 7]}, 'exceeds the maximum'),
+    ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8[:-1] + [10 ** 7]}, 'width 6 = 10000000 exceeds the maximum'),
+    ({'family': 'resnet_cifar', 'depth': 8, 'widths': [16384] * 7}, 'width 0 = 16384 exceeds the maximum width 8192'),
+    ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8, 'num_classes': 10 ** 9},
+     'num_classes = 1000000000 exceeds the maximum 100000'),
+    ({'family': 'resnet_cifar', 'depth': '8', 'widths': R8}, "depth must be an integer, got '8'"),
+    ({'family': 'resnet_cifar', 'depth': 8.0, 'widths': R8}, 'depth must be an integer, got 8.0'),
+    ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8, 'provenance': 'searched'},
+     "provenance must be a mapping (JSON object), got 'searched'"),
+    ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8, 'provenance': ['search']},
+     "provenance must be a mapping (JSON object), got ['search']"),
     ({'family': 'resnet_cifar', 'depth': 8, 'widths': R8[:-1] + ['8']}, 'width 6 must be an integer'),
     ({'family': 'resnet_cifar', 'depth': 8, 'widths': 'wide'}, 'widths must be a list'),
     ({'family': 'densenet', 'depth': 8, 'widths': R8}, "unknown family 'densenet'"),
