@@ -13,12 +13,12 @@ from typing import Optional, Tuple
 import psutil
 import torch
 
+from ._io import human_bytes
 from .channels import ChannelConfig
 from .flops import count_params, layer_table
 
-GIB = 2 ** 30
 FP32_BYTES = 4
-TRAIN_COPIES = 2      # every supernet parameter: its value and its SGD momentum buffer (gradients: see below)
+TRAIN_COPIES = 3      # a trained parameter: value, gradient, SGD momentum
 SAVED_PER_CONV = 3    # tensors autograd keeps per conv layer: conv output, BN output, activation
 LOAD_COPIES = 2       # loading weights: the model's parameters plus the state dict read from the file
 
@@ -37,7 +37,7 @@ def available_bytes(device=None) -> int:
 def check_fits(estimate: int, what: str, available: int, fix: str) -> None:
     """Raise MemoryEstimateError when ``estimate`` bytes exceed ``available``; the message gives both."""
     if estimate > available:
-        raise MemoryEstimateError(f"{what} needs an estimated {estimate / GIB:.2f} GiB but {available / GIB:.2f} GiB "
+        raise MemoryEstimateError(f"{what} needs an estimated {human_bytes(estimate)} but {human_bytes(available)} "
                                   f"is free; {fix}")
 
 
@@ -59,7 +59,7 @@ def supernet_estimate(space, batch_size: int) -> Tuple[int, int]:
     from .spaces.supernet import APSSupernet
     with torch.device('meta'):
         supernet = APSSupernet(space)
-    params = sum(p.numel() for p in supernet.parameters()) * TRAIN_COPIES
+    params = sum(p.numel() for p in supernet.parameters()) * (TRAIN_COPIES - 1)  # gradients: next line
     params += sum(p.numel() for p in supernet.meta_parameters())
     widest = space.config(space.largest())
     return params * FP32_BYTES, activation_elements(widest, batch_size) * FP32_BYTES
@@ -69,15 +69,20 @@ def check_supernet_memory(space, batch_size: int, device=None, available: Option
     """Refuse a search whose supernet would not fit the free memory of ``device``."""
     params, acts = supernet_estimate(space, batch_size)
     check_fits(params + acts, f"the {space.family}{space.depth or ''} supernet (meta widths up to "
-                              f"{max(space.meta_widths)}, {params / GIB:.2f} GiB of parameters with gradients and "
-                              f"momentum, {acts / GIB:.2f} GiB of activations at batch {batch_size})",
+                              f"{max(space.meta_widths)}: {human_bytes(params)} of parameters with momentum, "
+                              f"{human_bytes(acts)} of activations at batch {batch_size})",
                available_bytes(device) if available is None else available,
                'narrow space.candidates, use space.meta_width: max, or lower data.batch_size')
 
 
-def check_model_memory(config: ChannelConfig, where: str, available: Optional[int] = None) -> None:
-    """Refuse to build and load the network ``config`` describes when its weights would not fit in RAM."""
-    estimate = count_params(config) * FP32_BYTES * LOAD_COPIES
-    check_fits(estimate, f"{where}: the {config.name} network ({count_params(config):,} parameters, loaded "
-                         f"with its weights file)", available_bytes() if available is None else available,
-               'this machine cannot load it')
+def check_model_memory(config: ChannelConfig, where: str, *, batch_size: int = 0, device=None,
+                       available: Optional[int] = None) -> None:
+    """Refuse to build the network ``config`` describes when it would not fit: loaded with its weights file
+    (``batch_size`` 0), or trained at ``batch_size`` (value, gradient, momentum and activations)."""
+    params = count_params(config)
+    copies = TRAIN_COPIES if batch_size else LOAD_COPIES
+    estimate = (params * copies + activation_elements(config, batch_size)) * FP32_BYTES
+    what = f"trained at batch {batch_size}" if batch_size else "loaded with its weights file"
+    check_fits(estimate, f"{where}: the {config.name} network ({params:,} parameters, {what})",
+               available_bytes(device) if available is None else available,
+               'narrow the widths' + (' or lower the batch size' if batch_size else ''))

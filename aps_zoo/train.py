@@ -34,6 +34,7 @@ from timm.utils import ModelEmaV3, accuracy
 from tqdm.auto import tqdm
 
 from ._io import atomic_write, atomic_write_text
+from ._memory import check_model_memory
 from .channels import ChannelConfig, ChannelConfigError
 from .data import build_loaders
 from .flops import count_macs
@@ -176,6 +177,7 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     data = build_loaders(dataclasses.replace(recipe.data, batch_size=batch_size), recipe.seed,
                          holdout=tr.select_best)
     channel_config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
+    check_model_memory(channel_config, config_ref, batch_size=batch_size, device=accelerator.device)
     model = create_model_from_config(channel_config, pretrained_cfg_overlay=data.data_config).to(accelerator.device)
     params = sum(p.numel() for p in model.parameters())
     optimizer = create_optimizer_v2(model, opt=tr.opt, lr=tr.lr, weight_decay=tr.weight_decay, momentum=tr.momentum,

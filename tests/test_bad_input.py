@@ -108,21 +108,37 @@ def test_duplicate_yaml_keys_are_refused(tmp_path, text, message):
 
 
 def test_supernet_memory_estimate_names_the_estimate_and_the_limit(tmp_path):
-    from aps_zoo._memory import GIB, MemoryEstimateError, check_supernet_memory, supernet_estimate
+    from aps_zoo._io import human_bytes
+    from aps_zoo._memory import MemoryEstimateError, check_supernet_memory, supernet_estimate
+    GIB = 2 ** 30
     from aps_zoo.spaces import space_from_recipe
     path = tmp_path / 'wide.yaml'
     path.write_text(yaml.safe_dump(with_change('space.candidates', [2048, 4096])))
     space = space_from_recipe(load_recipe(path), 10, (3, 8, 8))
     params, acts = supernet_estimate(space, 64)
-    # the meta weights alone: 6144 x 6144 x 3 x 3 per conv of the 6 between stages, with momentum and gradient
+    # the meta weights alone: 6144 x 6144 x 3 x 3 in each of the 6 convs after the stem, with momentum and gradient
     assert params > 6 * 6144 ** 2 * 9 * 4 * 3 and acts > 0
     with pytest.raises(MemoryEstimateError) as info:
         check_supernet_memory(space, 64, available=8 * GIB)
     message = str(info.value)
-    assert f'needs an estimated {(params + acts) / GIB:.2f} GiB but 8.00 GiB is free' in message
+    assert f'needs an estimated {human_bytes(params + acts)} but 8.0 GiB is free' in message
     assert 'meta widths up to 6144' in message and 'batch 64' in message
     check_supernet_memory(space_from_recipe(load_recipe(tmp_path / 'wide.yaml', ['space.candidates=[4, 8]']), 10,
                                             (3, 8, 8)), 64, available=GIB)
+
+
+@pytest.mark.parametrize('command, what', [('search', 'the resnet_cifar8 supernet'),
+                                           ('train', 'the resnet_cifar8 network')])
+def test_runs_refuse_before_allocating_what_does_not_fit(tmp_path, monkeypatch, capsys, command, what):
+    from aps_zoo.cli import main
+    monkeypatch.setattr('aps_zoo._memory.available_bytes', lambda device=None: 2 ** 20)
+    recipe = tmp_path / 'r.yaml'
+    recipe.write_text(yaml.safe_dump({**GOOD_RECIPE, 'output_dir': str(tmp_path / 'runs')}))
+    config = ChannelConfig('resnet_cifar', R8, 8).save(tmp_path / 'c.json')
+    assert main([command, str(recipe), '--cpu', *(['--config', str(config)] if command == 'train' else [])]) == 2
+    line = capsys.readouterr().err.strip().splitlines()[-1]
+    assert line.startswith(f'aps-zoo {command}: error: ') and what in line and 'but 1.0 MiB is free' in line
+    assert not list((tmp_path / 'runs').rglob('checkpoints'))
 
 
 R8 = [4, 4, 4, 8, 8, 8, 8]

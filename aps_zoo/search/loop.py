@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._io import atomic_write_text
+from .._memory import check_supernet_memory
 from ..aps import orthogonality_loss, renormalize_projections, set_projections_trainable, sharing_levels
 from ..channels import ChannelConfig
 from ..data import build_loaders
@@ -64,6 +65,7 @@ class _Searcher:
         self.data = build_loaders(recipe.data, seed=recipe.seed, holdout=True)
         self.space = space_from_recipe(recipe, self.data.num_classes, self.data.input_size)
         self.space.check_budget(s.budget_macs)
+        check_supernet_memory(self.space, recipe.data.batch_size, accelerator.device)
         self.supernet = APSSupernet(self.space)
         self.optimizer = torch.optim.SGD(
             [{'params': self.supernet.meta_parameters(), 'lr': s.lr, 'weight_decay': s.weight_decay},
