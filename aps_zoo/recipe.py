@@ -7,13 +7,13 @@ of the wrong type ends with an error naming the key and what is allowed.
 from __future__ import annotations
 
 import dataclasses
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple, Union
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
+from ._schema import INTERNAL, Schema, build
 from .channels import FAMILIES, ChannelConfigError, network_layout
 
 
@@ -139,7 +139,7 @@ class Recipe:
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportSection = field(default_factory=ExportSection)
     gpus: Optional[int] = None  # GPUs (processes) the batch sizes and learning rates were set for
-    source: Optional[str] = None
+    source: Optional[str] = field(default=None, metadata=INTERNAL)  # the file it was read from
 
     @property
     def run_dir(self) -> Path:
@@ -164,72 +164,7 @@ CHOICES = {
 }
 
 
-def _check_type(key: str, value: Any, hint) -> Any:
-    origin = typing.get_origin(hint)
-    args = typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        errors = []
-        for arg in args:
-            if arg is type(None):
-                continue
-            try:
-                return _check_type(key, value, arg)
-            except RecipeError as e:
-                errors.append(str(e))
-        allowed = ' or '.join(getattr(a, '__name__', str(a)) for a in args)
-        raise RecipeError(f"recipe key '{key}' must be {allowed}, got {value!r}")
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise RecipeError(f"recipe key '{key}' must be a list, got {value!r}")
-        return [_check_type(f'{key}[{i}]', v, args[0]) for i, v in enumerate(value)]
-    if hint is bool:
-        if not isinstance(value, bool):
-            raise RecipeError(f"recipe key '{key}' must be true or false, got {value!r}")
-        return value
-    if hint is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise RecipeError(f"recipe key '{key}' must be an integer, got {value!r}")
-        return value
-    if hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads 2.05e7 (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise RecipeError(f"recipe key '{key}' must be a number, got {value!r}")
-        return float(value)
-    if hint is str:
-        if not isinstance(value, str):
-            raise RecipeError(f"recipe key '{key}' must be a string, got {value!r}")
-        return value
-    raise TypeError(hint)
-
-
-def _build(cls, data: Any, prefix: str):
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise RecipeError(f"recipe section '{prefix or 'top level'}' must be a mapping, got {data!r}")
-    hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.name != 'source'}
-    kwargs = {}
-    for key, value in data.items():
-        full = f'{prefix}.{key}' if prefix else str(key)
-        if key not in fields:
-            raise RecipeError(f"unknown recipe key '{full}'; allowed in '{prefix or 'top level'}': "
-                              f"{', '.join(fields)}")
-        hint = hints[key]
-        if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, full)
-            continue
-        value = _check_type(full, value, hint)
-        if full in CHOICES and value not in CHOICES[full]:
-            raise RecipeError(f"recipe key '{full}' must be one of {', '.join(CHOICES[full])}, got {value!r}")
-        kwargs[key] = value
-    return cls(**kwargs)
+SCHEMA = Schema(RecipeError, noun='recipe', choices=CHOICES)
 
 
 def _check_ranges(r: Recipe) -> None:
@@ -299,7 +234,7 @@ def check_devices(recipe: Recipe, num_processes: int, on_gpu: bool) -> None:
 
 def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Recipe:
     """Build and validate a Recipe from a parsed YAML mapping."""
-    recipe = _build(Recipe, data, '')
+    recipe = build(Recipe, data, SCHEMA)
     _check_ranges(recipe)
     recipe.source = source
     return recipe
@@ -330,8 +265,3 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
     except RecipeError as e:
         raise RecipeError(f"{path}: {e}") from None
 
-
-def stage_candidates(space: SpaceSection, stage: int) -> Tuple[int, ...]:
-    """Candidate widths of a stage: the base candidates times the stage multiplier (if any)."""
-    mult = space.stage_multipliers[stage] if space.stage_multipliers else 1
-    return tuple(max(1, int(round(c * mult))) for c in space.candidates)

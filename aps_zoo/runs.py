@@ -19,6 +19,12 @@ from safetensors.torch import load_file, save_file
 
 from ._io import WRITE_FAILURES, atomic_write, atomic_write_text, write_error
 
+# The files of a run folder (what search and train write, what export reads)
+RUN_WEIGHTS = 'model.safetensors'
+RUN_CONFIG = 'channel_config.json'
+RUN_RESULTS = 'results.json'
+RUN_RECIPE = 'recipe.yaml'
+METRICS_LOG = 'metrics.jsonl'
 CHECKPOINT_PREFIX = 'epoch_'
 STATE_TENSORS = 'state.safetensors'
 STATE_JSON = 'state.json'

@@ -1,0 +1,111 @@
+"""The model card of an exported model: metadata as ``ModelCardData`` with ``EvalResult``s (the
+``model-index`` block, from measured results only) and a body rendered from ``card_template.md`` with
+``ModelCard.from_template``."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from huggingface_hub import EvalResult, ModelCard, ModelCardData
+
+from ..channels import ChannelConfig, NetworkLayout, uniform_widths
+from ..flops import count_macs, count_params, uniform_at_budget
+from ..models.zoo import family_label, fmt_count, provenance_summary
+from .configs import DEFAULT_LICENSE, hub_dataset_ids
+from .folder import PLOT_NAME
+from .results import Result
+
+TEMPLATE = Path(__file__).with_name('card_template.md')
+BASE_TAGS = ('image-classification', 'timm', 'aps-zoo', 'channel-search')
+PAPER_CITATION = """@inproceedings{wang2020aps,
+  title     = {Revisiting Parameter Sharing for Automatic Neural Channel Number Search},
+  author    = {Wang, Jiaxing and Bai, Haoli and Wu, Jiaxiang and Shi, Xupeng and Huang, Junzhou
+               and King, Irwin and Lyu, Michael R. and Cheng, Jian},
+  booktitle = {Advances in Neural Information Processing Systems (NeurIPS)},
+  volume    = {33},
+  year      = {2020}
+}"""
+# ImageNet top-1 of peer channel-search methods, as published in those projects' own READMEs (DESIGN §4).
+# Keyed by (family, depth); each row is (method, MACs, top-1 as published).
+PEER_RESULTS = {
+    ('resnet', 50): (('Uniform ResNet-50 0.75x', 2.3e9, '74.8'), ('MetaPruning', 2.0e9, '75.4'),
+                     ('AutoSlim', 2.0e9, '75.6'), ('EagleEye', 2.06e9, '76.4'), ('DMCP', 2.2e9, '76.5')),
+    ('mobilenetv2', 0): (('Uniform MobileNetV2 1.0x', 3.0e8, '72.0-72.7'), ('DMCP', 3.0e8, '73.5'),
+                         ('AutoSlim', 3.05e8, '74.2')),
+    ('resnet', 18): (('DMCP', 1.04e9, '69.0'),),
+}
+
+
+def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
+    """(layer name, stage) of every width entry, in forward order (names as in ``flops.layer_table``)."""
+    rows = [('stem.conv', '')]
+    for i, b in enumerate(layout.blocks):
+        convs = {'basic': ('conv1', 'conv2'), 'bottleneck': ('conv1', 'conv2', 'conv3')}.get(
+            b.kind, ('conv_pw', 'conv_dw', 'conv_pwl')[-len(b.entries):])
+        rows += [(f'blocks.{i}.{c}', str(b.stage + 1)) for c in convs]
+    if layout.head_entry is not None:
+        rows.append(('head.conv', ''))
+    return rows
+
+
+def uniform_like(config: ChannelConfig) -> ChannelConfig:
+    """The family's standard network scaled by one multiplier to the MACs of ``config``."""
+    return uniform_at_budget(config.family, config.depth, count_macs(config), num_classes=config.num_classes,
+                             input_size=config.input_size)
+
+
+def _card_data(config: ChannelConfig, architecture: str, name: str, results: Sequence[Result], license: str,
+               datasets: Sequence[str], tags: Sequence[str]) -> ModelCardData:
+    """The card's YAML metadata; one EvalResult per measured accuracy."""
+    eval_results = [
+        EvalResult(task_type='image-classification', task_name='Image Classification', dataset_type=r.dataset,
+                   dataset_name=r.dataset_label, dataset_split=r.split, metric_type='accuracy',
+                   metric_name=metric, metric_value=round(value, 3))
+        for r in results for metric, value in (('Top-1 accuracy', r.top1), ('Top-5 accuracy', r.top5))
+        if value is not None]
+    return ModelCardData(
+        library_name='timm', pipeline_tag='image-classification', license=license,
+        tags=[*BASE_TAGS, config.family.replace('_', '-'), *tags],
+        datasets=hub_dataset_ids(list(datasets) or sorted({r.dataset for r in results})) or None,
+        model_name=name, eval_results=eval_results or None, architecture=architecture)
+
+
+def _comparison(config: ChannelConfig, results: Sequence[Result]) -> dict:
+    """Template fields of the peer comparison: shown only next to a measured ImageNet result."""
+    peers = PEER_RESULTS.get((config.family, config.depth))
+    measured = [r for r in results if r.is_imagenet]
+    if not peers or not measured:
+        return {'peers': None, 'imagenet_top1': None}
+    return {'peers': [(method, fmt_count(macs), top1) for method, macs, top1 in peers],
+            'imagenet_top1': measured[0].top1}
+
+
+def _widths(config: ChannelConfig) -> dict:
+    """Template fields of the widths table: each layer next to the standard and the MACs-matched uniform."""
+    matched = uniform_like(config)
+    rows = [(name, stage, w, u, m) for (name, stage), w, u, m in zip(
+        entry_layers(config.layout), config.widths, uniform_widths(config.family, config.depth), matched.widths)]
+    return {'widths': rows, 'multiplier': matched.provenance['multiplier'],
+            'uniform_macs': fmt_count(count_macs(matched))}
+
+
+def build_card(config: ChannelConfig, architecture: str, repo_id: str, *, results: Sequence[Result] = (),
+               recipe_text: Optional[str] = None, license: str = DEFAULT_LICENSE,
+               datasets: Sequence[str] = (), description: str = '', tags: Sequence[str] = (),
+               with_plot: bool = True) -> ModelCard:
+    """The model card of an exported model: YAML metadata (model-index from measured results only) and body."""
+    name = repo_id.split('/')[-1]
+    trained = [f"{r.epochs} epochs on {r.dataset_label}" for r in results if r.epochs]
+    return ModelCard.from_template(
+        _card_data(config, architecture, name, results, license, datasets, tags), template_path=str(TEMPLATE),
+        name=name, architecture=architecture, family=family_label(config), repo_id=repo_id,
+        description=description or (f"A {family_label(config)} whose per-layer channel numbers come from Affine "
+                                    "Parameter Sharing (APS) channel search, packaged as a timm model by aps-zoo."),
+        macs=fmt_count(count_macs(config)), params=fmt_count(count_params(config)),
+        input_size='x'.join(map(str, config.input_size)), num_classes=config.num_classes,
+        provenance_summary=provenance_summary(config), trained='trained ' + ', '.join(trained) if trained else '',
+        results=list(results), **_comparison(config, results), **_widths(config),
+        plot=PLOT_NAME if with_plot else None,
+        provenance=[(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.provenance.items()],
+        recipe=recipe_text.rstrip() if recipe_text else None, citation=PAPER_CITATION)
