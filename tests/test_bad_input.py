@@ -1,9 +1,14 @@
 """Table-driven bad input: recipes, channel configs and exported folders each end in a clear error."""
 import json
+import os
 import shutil
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import timm
+import torch
 import yaml
 
 import aps_zoo  # noqa: F401  (registers the models)
@@ -221,3 +226,98 @@ def test_malformed_exported_folders(tmp_path, exported, change, message):
     assert str(folder) in str(info.value) or folder.name in str(info.value)
     with pytest.raises(Exception):
         timm.create_model(f'local-dir:{folder}', pretrained=True)
+
+
+def _set_widths(folder, widths):
+    cfg = json.loads((folder / 'config.json').read_text())
+    cfg['model_args']['widths'] = cfg['channel_config']['widths'] = widths
+    (folder / 'config.json').write_text(json.dumps(cfg))
+
+
+def test_folder_widths_are_checked_against_the_weights_header_before_building(tmp_path, exported, monkeypatch):
+    folder = Path(shutil.copytree(exported, tmp_path / 'wide'))
+    _set_widths(folder, [8192] * 7)  # a 2 KB config whose network would take 14.5 GB of fp32 weights
+    devices, create = [], timm.create_model
+    monkeypatch.setattr(timm, 'create_model',
+                        lambda *a, **k: devices.append(torch.get_default_device().type) or create(*a, **k))
+    with pytest.raises(HubError, match=r"layer 'stem\.conv\.weight' has shape \[4, 3, 3, 3\] but the channel "
+                                       r"config in .*config\.json needs \[8192, 3, 3, 3\]"):
+        check_folder(folder)
+    assert devices == ['meta']  # only the shape-only build ran
+
+
+def test_folder_that_does_not_fit_in_memory_is_refused_before_building(exported, monkeypatch):
+    from aps_zoo._memory import MemoryEstimateError
+    from aps_zoo.flops import count_params
+    monkeypatch.setattr('aps_zoo._memory.available_bytes', lambda device=None: 1024)
+    params = count_params(ChannelConfig('resnet_cifar', R8, 8, num_classes=3))
+    with pytest.raises(MemoryEstimateError, match=rf"config\.json: the resnet_cifar8 network \({params:,} parameters, "
+                                                  rf"loaded with its weights file\) needs an estimated .* but 1\.0 KiB"):
+        check_folder(exported)
+
+
+# ------------------------------------------------------------------------------------------------ push
+
+TOKEN = 'hf_TESTtoken0123456789abcdefSECRET'
+OTHER_TOKEN = 'hf_' + 'x7' * 17  # the shape of a user access token, not the pusher's
+
+
+def _leak(folder, change, outside):
+    if change == 'token in a sub-folder':
+        (folder / 'notes').mkdir()
+        (folder / 'notes' / 'env.txt').write_text(f'HF_TOKEN={OTHER_TOKEN}\n')
+        return 'notes/env.txt contains a Hub token (hf_...)'
+    if change == 'token deep down':
+        (folder / 'a' / 'b').mkdir(parents=True)
+        (folder / 'a' / 'b' / 'c.log').write_bytes(b'\0' * 3 * 2 ** 20 + TOKEN.encode())  # past the first chunk
+        return 'a/b/c.log contains your Hub token'
+    if change == 'token in the card':
+        with (folder / 'README.md').open('a') as f:
+            f.write(f'\n<!-- {OTHER_TOKEN} -->\n')
+        return 'README.md contains a Hub token (hf_...)'
+    if change == 'weights linked outside':
+        shutil.move(folder / 'model.safetensors', outside / 'model.safetensors')
+        (folder / 'model.safetensors').symlink_to(outside / 'model.safetensors')
+        return f'model.safetensors is a link to {outside / "model.safetensors"}, outside'
+    if change == 'card in a linked folder':
+        shutil.move(folder / 'README.md', outside / 'README.md')
+        (folder / 'docs').symlink_to(outside)
+        (folder / 'README.md').symlink_to('docs/README.md')
+        return f'README.md is a link to {outside / "README.md"}, outside'
+    raise ValueError(change)
+
+
+@pytest.mark.parametrize('change', ['token in a sub-folder', 'token deep down', 'token in the card',
+                                    'weights linked outside', 'card in a linked folder'])
+def test_push_refuses_tokens_at_any_depth_and_links_out_of_the_folder(tmp_path, exported, change):
+    from aps_zoo.hub import push
+    folder = Path(shutil.copytree(exported, tmp_path / 'folder'))
+    (tmp_path / 'outside').mkdir()
+    message = _leak(folder, change, tmp_path / 'outside')
+    with pytest.raises(HubError) as info:  # refused before the network: tests run with HF_HUB_OFFLINE=1
+        push(folder, 'aps-zoo/model', token=TOKEN)
+    assert message in str(info.value) and TOKEN not in str(info.value) and OTHER_TOKEN not in str(info.value)
+    assert '\n' not in str(info.value)
+
+
+def test_push_uploads_exactly_the_manifest(tmp_path, exported):
+    from fake_hub import FakeHub
+    folder = Path(shutil.copytree(exported, tmp_path / 'folder'))
+    (tmp_path / 'outside').mkdir()
+    (tmp_path / 'outside' / 'private.txt').write_text('not for the Hub\n')
+    (folder / 'notes').mkdir()
+    (folder / 'notes' / 'todo.txt').write_text('retrain with more epochs\n')
+    (folder / 'private.txt').symlink_to(tmp_path / 'outside' / 'private.txt')
+    (folder / 'linked').symlink_to(tmp_path / 'outside')
+    (folder / 'eval.json').write_text('{"top1": 50.0}\n')
+    expected = {name: (folder / name).read_bytes() for name in ('config.json', 'model.safetensors', 'README.md')}
+    repo = 'aps-zoo/model'
+    with FakeHub(TOKEN) as server:
+        env = {k: v for k, v in os.environ.items() if k not in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN')}
+        env.update(HF_ENDPOINT=server.url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / 'hf'), HF_HUB_OFFLINE='0',
+                   HF_HUB_DISABLE_XET='1', HF_HUB_DISABLE_PROGRESS_BARS='1', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        done = subprocess.run([sys.executable, '-m', 'aps_zoo.cli', 'push', str(folder), repo], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stderr
+        assert server.files(repo) == expected  # byte for byte: no notes/, no links, no undeclared extra
+        assert len(server.repos[repo].commits) == 1
