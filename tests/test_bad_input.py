@@ -17,6 +17,7 @@ from aps_zoo.hub import HubError, check_folder, export
 from aps_zoo.models import create_model_from_config
 from aps_zoo.recipe import RecipeError, load_recipe
 
+REPO = Path(__file__).resolve().parents[1]
 GOOD_RECIPE = {
     'name': 'x', 'data': {'dataset': 'digits', 'image_size': 8},
     'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8]},
@@ -137,13 +138,13 @@ def test_supernet_memory_estimate_names_the_estimate_and_the_limit(tmp_path):
                                            ('train', 'the resnet_cifar8 network')])
 def test_runs_refuse_before_allocating_what_does_not_fit(tmp_path, monkeypatch, capsys, command, what):
     from aps_zoo.cli import main
-    monkeypatch.setattr('aps_zoo._memory.available_bytes', lambda device=None: 2 ** 20)
+    monkeypatch.setattr('aps_zoo._memory.available_bytes', lambda device=None: 1024)  # the run would train 300 epochs
     recipe = tmp_path / 'r.yaml'
     recipe.write_text(yaml.safe_dump({**GOOD_RECIPE, 'output_dir': str(tmp_path / 'runs')}))
     config = ChannelConfig('resnet_cifar', R8, 8).save(tmp_path / 'c.json')
     assert main([command, str(recipe), '--cpu', *(['--config', str(config)] if command == 'train' else [])]) == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
-    assert line.startswith(f'aps-zoo {command}: error: ') and what in line and 'but 1.0 MiB is free' in line
+    assert line.startswith(f'aps-zoo {command}: error: ') and what in line and 'but 1.0 KiB is free' in line
     assert not list((tmp_path / 'runs').rglob('checkpoints'))
 
 
@@ -315,7 +316,7 @@ def test_push_uploads_exactly_the_manifest(tmp_path, exported):
     with FakeHub(TOKEN) as server:
         env = {k: v for k, v in os.environ.items() if k not in ('HF_TOKEN', 'HUGGING_FACE_HUB_TOKEN')}
         env.update(HF_ENDPOINT=server.url, HF_TOKEN=TOKEN, HF_HOME=str(tmp_path / 'hf'), HF_HUB_OFFLINE='0',
-                   HF_HUB_DISABLE_XET='1', HF_HUB_DISABLE_PROGRESS_BARS='1', PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+                   HF_HUB_DISABLE_XET='1', HF_HUB_DISABLE_PROGRESS_BARS='1', PYTHONPATH=str(REPO))
         done = subprocess.run([sys.executable, '-m', 'aps_zoo.cli', 'push', str(folder), repo], env=env,
                               capture_output=True, text=True, timeout=120)
         assert done.returncode == 0, done.stderr

@@ -167,3 +167,19 @@ def test_read_only_output_folder_is_one_line(one_epoch, tmp_path, resume):
         line = _one_error_line(done, 'train')
         assert 'read-only' in line and str(target) in line, line
         assert _files(target) == before
+
+
+def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
+    runs, config_path = one_epoch
+    target = Path(shutil.copytree(runs, tmp_path / 'runs'))
+    foreign = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
+    foreign.step()
+    checkpoint = target / 'run' / 'train' / 'checkpoints' / 'epoch_0001'
+    torch.save(foreign.state_dict(), checkpoint / 'optimizer.bin')
+    before = _files(target)
+    recipe = tmp_path / 'recipe.yaml'
+    recipe.write_text(yaml.safe_dump(_recipe_data(target, 2)))
+    done = _cli('train', recipe, '--config', config_path, '--cpu', '--resume')
+    line = _one_error_line(done, 'train')
+    assert f'checkpoint {checkpoint} does not match this run or is corrupted' in line, line
+    assert _files(target) == before  # refused, not continued and not overwritten
