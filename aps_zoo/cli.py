@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import yaml
 
-from .channels import ChannelConfig, ChannelConfigError
+from .channels import ChannelConfig
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 

@@ -12,7 +12,7 @@ from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import models
 from ..data import DIGITS
-from .._schema import INTERNAL, Schema, build, check
+from .._schema import INTERNAL, Schema, build, check, load_yaml
 from .errors import HubConfigError, HubError
 from .results import Result
 
@@ -52,7 +52,7 @@ def load_hub_config(path) -> HubConfig:
     """Read and validate ``hub_configs/<name>.yaml``; errors name the file and the bad key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise HubConfigError(f"hub config not found: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:

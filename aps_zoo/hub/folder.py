@@ -17,6 +17,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .._memory import check_model_memory
 from ..channels import ChannelConfig, ChannelConfigError
 from .errors import HubError
 
@@ -123,7 +124,8 @@ def _build(raw: dict, config: Optional[ChannelConfig], config_path: Path, timm_n
 
 def check_folder(folder, timm_name: Optional[str] = None, cache_dir=None) -> CheckedFolder:
     """Check an exported folder: config.json, the network it builds through timm (``timm_name``, by default
-    ``local-dir:<folder>``), a safetensors weights file that fits it. Raises HubError naming the problem.
+    ``local-dir:<folder>``), a safetensors weights file that fits it (header shapes against the network built
+    on the meta device), and the memory to load it. Raises HubError naming the problem.
     Without a ``channel_config`` (a folder saved by timm's ``save_for_hf``) the ChannelConfig is the one
     timm builds from ``model_args``."""
     folder = Path(folder)
@@ -133,9 +135,13 @@ def check_folder(folder, timm_name: Optional[str] = None, cache_dir=None) -> Che
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in ('.bin', '.pth', '.pt', '.ckpt'))
         hint = f" (found {', '.join(pickles)}: pickle files are never loaded)" if pickles else ''
         raise HubError(f"{folder} has no {WEIGHTS_NAME}{hint}")
-    model = _build(raw, config, folder / CONFIG_NAME, timm_name or f'local-dir:{folder}', cache_dir)
-    check_weights(model, weights, folder / CONFIG_NAME)
-    return CheckedFolder(folder, config or model.channel_config, model, weights)
+    name = timm_name or f'local-dir:{folder}'
+    with torch.device('meta'):  # shapes only: the weights file's header is compared before anything is allocated
+        shapes = _build(raw, config, folder / CONFIG_NAME, name, cache_dir)
+        check_weights(shapes, weights, folder / CONFIG_NAME)
+    config = config or shapes.channel_config
+    check_model_memory(config, str(folder / CONFIG_NAME))
+    return CheckedFolder(folder, config, _build(raw, config, folder / CONFIG_NAME, name, cache_dir), weights)
 
 
 def one_line(exc: BaseException) -> str:
