@@ -14,7 +14,36 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, List, Mapping, Sequence, Tuple, Union
 
+import yaml
+
 INTERNAL = {'internal': True}
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, refusing a mapping that repeats a key (plain PyYAML keeps the last one)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            if key_node.tag == 'tag:yaml.org,2002:merge':  # '<<: *base' merges, its keys may be overridden
+                continue
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
+
+
+def load_yaml(text: str) -> Any:
+    """``yaml.safe_load`` that refuses repeated keys; errors are one-line yaml.YAMLErrors naming the line."""
+    try:
+        return yaml.load(text, Loader=_UniqueKeyLoader)
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ''
+        raise yaml.YAMLError(f"{e.problem or e.context}{where}") from None
+
+
 _TYPE_NAMES = {int: ('an integer', 'integers'), float: ('a number', 'numbers'), bool: ('true or false', 'booleans'),
                str: ('a string', 'strings'), Path: ('a path', 'paths')}
 

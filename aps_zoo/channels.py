@@ -32,7 +32,8 @@ RESNET_LAYERS = {
 }
 # MobileNetV2 stages (expansion t, repeats n, stride s), as in the paper and timm's mobilenetv2_100.
 MOBILENETV2_STAGES = ((1, 1, 1), (6, 2, 2), (6, 3, 2), (6, 4, 2), (6, 3, 1), (6, 3, 2), (6, 1, 1))
-MAX_WIDTH = 16384
+MAX_WIDTH = 8192       # 4x the widest layer of a ResNet-50; one 3x3 conv at this width is 2.4 GB of fp32
+MAX_CLASSES = 100_000  # ImageNet-21k has 21,843
 CONFIG_FORMAT_VERSION = 1
 
 
@@ -244,7 +245,11 @@ class ChannelConfig:
         return self.input_size[0]
 
     def validate(self) -> None:
-        """Raise ChannelConfigError naming the first problem found."""
+        """Raise ChannelConfigError naming the first problem found (caps checked before anything is sized)."""
+        if isinstance(self.depth, bool) or not isinstance(self.depth, int):
+            raise ChannelConfigError(f"depth must be an integer, got {self.depth!r}")
+        if not isinstance(self.provenance, dict):
+            raise ChannelConfigError(f"provenance must be a mapping (JSON object), got {self.provenance!r}")
         layout = network_layout(self.family, self.depth)
         if len(self.widths) != layout.num_entries:
             raise ChannelConfigError(
@@ -255,7 +260,7 @@ class ChannelConfig:
             if w <= 0:
                 raise ChannelConfigError(f"width {i} must be positive, got {w}")
             if w > MAX_WIDTH:
-                raise ChannelConfigError(f"width {i} = {w} exceeds the maximum {MAX_WIDTH}")
+                raise ChannelConfigError(f"width {i} = {w} exceeds the maximum width {MAX_WIDTH}")
         for a, b in tied_entries(layout):
             if self.widths[a] != self.widths[b]:
                 raise ChannelConfigError(
@@ -263,6 +268,8 @@ class ChannelConfig:
                     f"got {self.widths[b]}")
         if isinstance(self.num_classes, bool) or not isinstance(self.num_classes, int) or self.num_classes < 0:
             raise ChannelConfigError(f"num_classes must be a non-negative integer, got {self.num_classes!r}")
+        if self.num_classes > MAX_CLASSES:
+            raise ChannelConfigError(f"num_classes = {self.num_classes} exceeds the maximum {MAX_CLASSES}")
         if len(self.input_size) != 3 or not all(isinstance(v, int) and v > 0 for v in self.input_size):
             raise ChannelConfigError(f"input_size must be (channels, height, width), got {self.input_size!r}")
 

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import yaml
 
-from .channels import ChannelConfig, ChannelConfigError
+from .channels import ChannelConfig
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
 
@@ -110,9 +110,9 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
-    from .hub import export_run
+    from .hub import export_run, load_line
     folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id)
-    print(f"exported: {folder}\nload it with: timm.create_model('local-dir:{folder}')  (after `import aps_zoo`)")
+    print(f"exported: {folder}\nload it with: {load_line(folder)}  (after `import aps_zoo`)")
 
 
 def cmd_push(args) -> None:
@@ -162,7 +162,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_run(args) -> None:
-    from .hub import export_run
+    from .hub import export_run, load_line
     from .search.loop import search
     from .train import train
     recipe = _recipe(args)
@@ -172,7 +172,7 @@ def cmd_run(args) -> None:
         folder = export_run(trained.out_dir, recipe.run_dir / 'export')
         print(f"searched config: {result.config_path}")
         print(f"exported model:  {folder}")
-        print(f"load it:         import aps_zoo, timm; timm.create_model('local-dir:{folder}')")
+        print(f"load it:         import aps_zoo, timm; {load_line(folder)}")
 
 
 def _is_main() -> bool:

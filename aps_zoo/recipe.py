@@ -16,8 +16,8 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ._schema import INTERNAL, Schema, build
-from .channels import FAMILIES, ChannelConfigError, network_layout
+from ._schema import INTERNAL, Schema, build, load_yaml
+from .channels import FAMILIES, MAX_WIDTH, ChannelConfigError, network_layout
 
 
 class RecipeError(ValueError):
@@ -75,6 +75,9 @@ class SpaceSection:
     overlap: float = 1.0            # initial sharing of the projections: 1 ordinal, 0 independent weights
     init_from: Optional[str] = None         # trained parent: timm name, local-dir:/hf-hub: folder or .safetensors
     init_importance: str = 'none'           # reorder the parent's channels first: none, bn_scale or l1
+
+    def __post_init__(self):
+        self.candidates = sorted(self.candidates)  # their order carries no meaning: [8, 4] is [4, 8]
 
 
 @dataclass
@@ -202,6 +205,7 @@ CHOICES = {
 
 
 SCHEMA = Schema(RecipeError, noun='recipe', choices=CHOICES)
+MAX_SEED = 2 ** 32 - 1  # what numpy's and accelerate's set_seed accept
 
 
 def _check_ranges(r: Recipe) -> None:
@@ -231,6 +235,7 @@ def _check_ranges(r: Recipe) -> None:
          'a non-empty list of positive widths', r.space.candidates)
     need(len(set(r.space.candidates)) == len(r.space.candidates), 'space.candidates', 'distinct widths',
          r.space.candidates)
+    _check_widths(r.space)
     if isinstance(r.space.meta_width, str):
         need(r.space.meta_width in ('sum', 'max'), 'space.meta_width', "'sum', 'max' or an integer",
              r.space.meta_width)
@@ -240,6 +245,11 @@ def _check_ranges(r: Recipe) -> None:
         raise RecipeError(f"recipe key 'space.depth': {e}") from None
     need(0 <= r.space.overlap <= 1, 'space.overlap', 'in [0, 1]', r.space.overlap)
     need(r.search.budget_macs > 0, 'search.budget_macs', 'positive', r.search.budget_macs)
+    need(r.search.epochs > 0, 'search.epochs', 'positive', r.search.epochs)
+    need(r.search.steps_per_epoch is None or r.search.steps_per_epoch > 0, 'search.steps_per_epoch',
+         'positive or null', r.search.steps_per_epoch)
+    need(r.search.controller.steps_per_epoch > 0, 'search.controller.steps_per_epoch', 'positive',
+         r.search.controller.steps_per_epoch)
     need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
          r.search.warmup_epochs)
     need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
@@ -255,6 +265,7 @@ def _check_ranges(r: Recipe) -> None:
          'search.projection_lr', 'set when search.orthogonal_weight is 0 under task_and_penalty (nothing to derive '
          'it from)', r.search.projection_lr)
     need(r.gpus is None or r.gpus > 0, 'gpus', 'a positive integer or null', r.gpus)
+    need(0 <= r.seed <= MAX_SEED, 'seed', f'in [0, {MAX_SEED}]', r.seed)
     need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
     need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)
     need(r.train.batch_size is None or r.train.batch_size > 0, 'train.batch_size', 'positive', r.train.batch_size)
@@ -266,6 +277,17 @@ def _check_ranges(r: Recipe) -> None:
     need(r.train.mixup >= 0, 'train.mixup', '>= 0', r.train.mixup)
     need(r.train.cutmix >= 0, 'train.cutmix', '>= 0', r.train.cutmix)
     need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
+
+
+def _check_widths(space: SpaceSection) -> None:
+    """Candidates (times each stage multiplier) within the width cap, before anything is sized from them."""
+    if max(space.candidates) > MAX_WIDTH:
+        raise RecipeError(f"recipe key 'space.candidates': width {max(space.candidates)} exceeds the maximum width "
+                          f"{MAX_WIDTH}")
+    for stage, mult in enumerate(space.stage_multipliers or (), start=1):
+        if max(space.candidates) * mult > MAX_WIDTH:
+            raise RecipeError(f"recipe key 'space.stage_multipliers': stage {stage} widths up to "
+                              f"{max(space.candidates) * mult:g} exceed the maximum width {MAX_WIDTH}")
 
 
 def check_devices(recipe: Recipe, num_processes: int, on_gpu: bool) -> None:
@@ -333,7 +355,7 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = load_yaml(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise RecipeError(f"{path} is not valid YAML: {e}") from None
     except UnicodeDecodeError as e:
@@ -351,7 +373,7 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
             node = node.setdefault(p, {})
             if not isinstance(node, dict):
                 raise RecipeError(f"override {item!r}: '{p}' is not a section")
-        node[last] = yaml.safe_load(value)
+        node[last] = load_yaml(value)
     try:
         return recipe_from_dict(data, source=str(path))
     except RecipeError as e:

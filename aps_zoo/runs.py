@@ -28,7 +28,7 @@ from accelerate.utils.constants import RNG_STATE_NAME
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from ._io import atomic_write, atomic_write_text
+from ._io import WRITE_FAILURES, atomic_write, atomic_write_text, write_error
 
 # The files of a run folder (what search and train write, what export reads)
 RUN_WEIGHTS = 'model.safetensors'
@@ -62,12 +62,24 @@ class MetricsLog:
         self.enabled = enabled
 
     def write(self, **record) -> None:
-        """Append one record."""
+        """Append one record; a write that fails (disk full) leaves the log as it was, no partial line."""
         if not self.enabled:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self.path.open('a') as f:
-            f.write(json.dumps(record) + '\n')
+        line = memoryview((json.dumps(record) + '\n').encode())
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise write_error(self.path, e) from None
+        size = os.fstat(fd).st_size
+        try:
+            while line:
+                line = line[os.write(fd, line):]
+        except OSError as e:
+            os.ftruncate(fd, size)
+            raise write_error(self.path, e) from None
+        finally:
+            os.close(fd)
 
     def read(self) -> List[Dict[str, Any]]:
         """Every record, oldest first."""
@@ -186,9 +198,14 @@ def save_checkpoint(accelerator, run_dir, epoch: int, extra_state: Dict[str, Any
     if accelerator.is_main_process and tmp.exists():
         shutil.rmtree(tmp)
     accelerator.wait_for_everyone()
-    accelerator.save_state(str(tmp), safe_serialization=True)
+    try:
+        accelerator.save_state(str(tmp), safe_serialization=True)
+        if accelerator.is_main_process:
+            save_plain_state(extra_state, tmp)
+    except WRITE_FAILURES as e:  # disk full, read-only: no partial checkpoint stays behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise write_error(final, e) from None
     if accelerator.is_main_process:
-        save_plain_state(extra_state, tmp)
         if final.exists():
             shutil.rmtree(final)
         tmp.rename(final)

@@ -33,6 +33,7 @@ from timm.utils import ModelEmaV3, accuracy
 from tqdm.auto import tqdm
 
 from ._io import atomic_write, atomic_write_text
+from ._memory import check_model_memory
 from .channels import ChannelConfig, ChannelConfigError
 from .data import build_loaders
 from .flops import count_macs
@@ -178,6 +179,7 @@ class _Trainer:
         self.data = data = build_loaders(dataclasses.replace(recipe.data, batch_size=self.batch_size), recipe.seed,
                                          holdout=tr.select_best)
         self.config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
+        check_model_memory(self.config, config_ref, batch_size=self.batch_size, device=accelerator.device)
         model = create_model_from_config(self.config, pretrained_cfg_overlay=data.data_config)
         if init == 'inherited':
             self._inherit(model)

@@ -83,7 +83,7 @@ def trained():
 def exported(trained, tmp_path_factory):
     recipe = tmp_path_factory.mktemp('recipe') / 'recipe.yaml'
     recipe.write_text(RECIPE)
-    return hub.export(trained, tmp_path_factory.mktemp('export') / ZOO, results=RESULTS, recipe=recipe)
+    return hub.export(trained, tmp_path_factory.mktemp('export') / ZOO, results=RESULTS, recipe=recipe, repo_id=REPO)
 
 
 @pytest.fixture(scope='module')
@@ -155,7 +155,7 @@ def test_card_of_an_unmeasured_paper_config_says_so(tmp_path):
     card = ModelCard.load(out / 'README.md')
     assert 'No results measured yet' in card.text and 'model-index' not in card.data.to_dict()
     assert 'widths.png' not in card.text and not (out / 'widths.png').exists()
-    assert "hf-hub:aps-zoo/aps_resnet56_cifar_60m" in card.text
+    assert 'hf-hub:<org>/<name>' in card.text and 'Not published yet' in card.text  # no repo id given
 
 
 def test_card_links_only_hub_dataset_ids():
@@ -216,7 +216,10 @@ def test_export_run_from_a_training_output_folder(run_dir, hub_configs_dir, trai
     assert config['architecture'] == 'aps_resnet_cifar'
     assert config['model_args']['widths'] == list(trained.channel_config.widths)
     card = (plain / 'README.md').read_text()
-    assert '| CIFAR-10 | test | 91.25 | 99.71 | 200 |' in card and 'hf-hub:aps-zoo/resnet20-cifar-recipe' in card
+    assert '| CIFAR-10 | test | 91.25 | 99.71 | 200 |' in card and '# resnet20-cifar-recipe\n' in card
+    assert 'hf-hub:<org>/<name>' in card and "['channel_config'], open('channel_config.json'" in card
+    assert 'aps-zoo train recipe.yaml\n' in card
+    assert 'config: channel_config.json' in (plain / 'recipe.yaml').read_text()
     with torch.no_grad():
         assert torch.equal(hub.load(plain).eval()(x), expected)
 
@@ -426,7 +429,8 @@ def test_hub_configs_cover_the_zoo():
     configs = [hub.load_hub_config(p) for p in sorted(hub.DEFAULT_HUB_CONFIGS.glob('*.yaml'))]
     assert sorted(c.model for c in configs) == models.zoo_names()
     for c in configs:
-        assert c.repo_id == timm.models.get_pretrained_cfg(c.model).hf_hub_id  # where pretrained=True looks
+        assert c.repo_id == f'aps-zoo/{c.model}'
+        assert timm.models.get_pretrained_cfg(c.model).hf_hub_id is None  # no weights published: none to look up
         assert c.metrics == [] and c.checkpoint is None  # paper configs: nothing trained or measured yet
 
 

@@ -35,6 +35,8 @@ def init_projection(meta_width: int, width: int, offset: int, noise: float = INI
     """An identity block at rows ``offset:offset+width`` of a ``(meta_width, width)`` matrix, plus noise."""
     if offset + width > meta_width:
         raise ValueError(f"candidate width {width} at offset {offset} does not fit meta width {meta_width}")
+    if torch.get_default_device().type == 'meta':  # a shape-only build (memory estimates): no values
+        return torch.empty(meta_width, width)
     p = torch.randn(meta_width, width, generator=generator) * noise
     p[offset:offset + width] += torch.eye(width)
     return p

@@ -11,7 +11,7 @@ from ..models.zoo import zoo_table as _zoo_table
 from .card import BASE_TAGS, PAPER_CITATION, PEER_RESULTS, build_card
 from .configs import DEFAULT_HUB_CONFIGS, DEFAULT_LICENSE, HubConfig, load_hub_config, load_hub_configs
 from .errors import HubConfigError, HubError
-from .export import export, export_run
+from .export import export, export_run, load_line
 from .folder import (CARD_NAME, CONFIG_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, WEIGHTS_NAME, CheckedFolder,
                      check_folder, load)
 from .push import push, push_all
@@ -21,7 +21,7 @@ __all__ = [
     'BASE_TAGS', 'CARD_NAME', 'CONFIG_NAME', 'DATASET_NAMES', 'DEFAULT_HUB_CONFIGS', 'DEFAULT_LICENSE',
     'EXPORT_FILES', 'IMAGENET_IDS', 'PAPER_CITATION', 'PEER_RESULTS', 'PLOT_NAME', 'RECIPE_NAME', 'RESULT_KEYS',
     'WEIGHTS_NAME', 'CheckedFolder', 'HubConfig', 'HubConfigError', 'HubError', 'Result', 'build_card',
-    'check_folder', 'export', 'export_run', 'load', 'load_hub_config', 'load_hub_configs', 'parse_result',
+    'check_folder', 'export', 'export_run', 'load', 'load_hub_config', 'load_line', 'load_hub_configs', 'parse_result',
     'provenance_label', 'provenance_summary', 'push', 'push_all', 'zoo_table',
 ]
 

@@ -9,15 +9,22 @@ from typing import List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from .. import __version__
 from ..channels import ChannelConfig, NetworkLayout, uniform_widths
+from ..data import DIGITS
 from ..flops import count_macs, count_params, uniform_like
 from ..models.zoo import family_label, fmt_count, provenance_summary
 from .configs import DEFAULT_LICENSE, hub_dataset_ids
 from .folder import PLOT_NAME
 from .results import Result
+from .run_record import RunRecord
 
 TEMPLATE = Path(__file__).with_name('card_template.md')
 BASE_TAGS = ('image-classification', 'timm', 'aps-zoo', 'channel-search')
+UNNAMED_REPO = '<org>/<name>'  # the card's repo id when exported without one (push refuses it)
+# (Result field, model-index metric type, metric name): distinct types, so the Hub tells them apart
+METRICS = (('top1', 'accuracy', 'Top-1 accuracy'), ('top5', 'top_5_accuracy', 'Top-5 accuracy'))
+MAX_LABELS_SHOWN = 10
 PAPER_CITATION = """@inproceedings{wang2020aps,
   title     = {Revisiting Parameter Sharing for Automatic Neural Channel Number Search},
   author    = {Wang, Jiaxing and Bai, Haoli and Wu, Jiaxiang and Shi, Xupeng and Huang, Junzhou
@@ -43,18 +50,18 @@ def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
 
 
 def _card_data(config: ChannelConfig, architecture: str, name: str, results: Sequence[Result], license: str,
-               datasets: Sequence[str], tags: Sequence[str]) -> ModelCardData:
-    """The card's YAML metadata; one EvalResult per measured accuracy."""
+               datasets: Optional[Sequence[str]], tags: Sequence[str]) -> ModelCardData:
+    """The card's YAML metadata; one EvalResult per measured accuracy. ``datasets`` None: the results'
+    datasets that are Hub ids."""
     eval_results = [
         EvalResult(task_type='image-classification', task_name='Image Classification', dataset_type=r.dataset,
-                   dataset_name=r.dataset_label, dataset_split=r.split, metric_type='accuracy',
-                   metric_name=metric, metric_value=round(value, 3))
-        for r in results for metric, value in (('Top-1 accuracy', r.top1), ('Top-5 accuracy', r.top5))
-        if value is not None]
+                   dataset_name=r.dataset_label, dataset_split=r.split, metric_type=metric_type,
+                   metric_name=metric, metric_value=round(getattr(r, key), 3))
+        for r in results for key, metric_type, metric in METRICS if getattr(r, key) is not None]
     return ModelCardData(
         library_name='timm', pipeline_tag='image-classification', license=license,
         tags=[*BASE_TAGS, config.family.replace('_', '-'), *tags],
-        datasets=hub_dataset_ids(list(datasets) or sorted({r.dataset for r in results})) or None,
+        datasets=hub_dataset_ids(sorted({r.dataset for r in results}) if datasets is None else datasets) or None,
         model_name=name, eval_results=eval_results or None, architecture=architecture)
 
 
@@ -77,16 +84,29 @@ def _widths(config: ChannelConfig) -> dict:
             'uniform_macs': fmt_count(count_macs(matched))}
 
 
-def build_card(config: ChannelConfig, architecture: str, repo_id: str, *, results: Sequence[Result] = (),
-               recipe_text: Optional[str] = None, license: str = DEFAULT_LICENSE,
-               datasets: Sequence[str] = (), description: str = '', tags: Sequence[str] = (),
+def _labels(names: Optional[Sequence[str]]) -> Optional[str]:
+    """The first class names, for the card's intended-use line."""
+    if not names:
+        return None
+    shown = ', '.join(map(str, names[:MAX_LABELS_SHOWN]))
+    return shown + (f', ... ({len(names)} in all)' if len(names) > MAX_LABELS_SHOWN else '')
+
+
+def build_card(config: ChannelConfig, architecture: str, repo_id: Optional[str], *, name: Optional[str] = None,
+               results: Sequence[Result] = (), record: Optional[RunRecord] = None, license: str = DEFAULT_LICENSE,
+               datasets: Optional[Sequence[str]] = None, description: str = '', tags: Sequence[str] = (),
                with_plot: bool = True) -> ModelCard:
-    """The model card of an exported model: YAML metadata (model-index from measured results only) and body."""
-    name = repo_id.split('/')[-1]
+    """The model card of an exported model: YAML metadata (model-index from measured results only) and body.
+
+    ``repo_id`` None: the usage snippet names ``<org>/<name>`` and the card says it is not published yet.
+    ``record``: what the training run recorded (recipe, reproduce command, training facts, labels)."""
+    record = record or RunRecord()
+    name = name or (repo_id or UNNAMED_REPO).split('/')[-1]
     trained = [f"{r.epochs} epochs on {r.dataset_label}" for r in results if r.epochs]
     return ModelCard.from_template(
         _card_data(config, architecture, name, results, license, datasets, tags), template_path=str(TEMPLATE),
-        name=name, architecture=architecture, family=family_label(config), repo_id=repo_id,
+        name=name, architecture=architecture, family=family_label(config), repo_id=repo_id or UNNAMED_REPO,
+        published=repo_id is not None,
         description=description or (f"A {family_label(config)} whose per-layer channel numbers come from Affine "
                                     "Parameter Sharing (APS) channel search, packaged as a timm model by aps-zoo."),
         macs=fmt_count(count_macs(config)), params=fmt_count(count_params(config)),
@@ -96,4 +116,7 @@ def build_card(config: ChannelConfig, architecture: str, repo_id: str, *, result
         results=list(results), **_comparison(config, results), **_widths(config),
         plot=PLOT_NAME if with_plot else None,
         provenance=[(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.provenance.items()],
-        recipe=recipe_text.rstrip() if recipe_text else None, citation=PAPER_CITATION)
+        recipe=record.recipe_text.rstrip() if record.recipe_text else None, reproduce=record.reproduce,
+        evaluation=record.evaluation, training=record.training, labels=_labels(record.label_names),
+        toy_data=any(r.dataset == DIGITS for r in results) or record.dataset == DIGITS,
+        version=__version__, citation=PAPER_CITATION)

@@ -11,7 +11,8 @@ import yaml
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 
 from .. import models
-from .._schema import INTERNAL, Schema, build, check
+from ..data import DIGITS
+from .._schema import INTERNAL, Schema, build, check, load_yaml
 from .errors import HubConfigError, HubError
 from .results import Result
 
@@ -51,7 +52,7 @@ def load_hub_config(path) -> HubConfig:
     """Read and validate ``hub_configs/<name>.yaml``; errors name the file and the bad key."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
+        data = load_yaml(path.read_text())
     except FileNotFoundError:
         raise HubConfigError(f"hub config not found: {path}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as e:
@@ -81,9 +82,11 @@ def load_hub_configs(hub_configs_dir) -> List[HubConfig]:
 
 def hub_dataset_ids(names: Iterable[str]) -> List[str]:
     """The names that can be Hub dataset ids (the card's ``datasets:`` links them); descriptions of
-    data with no Hub id, such as the embedded digits, stay in the card's results only."""
+    data with no Hub id, and the embedded digits, stay in the card's results only."""
     ids = []
     for name in names:
+        if name == DIGITS:
+            continue
         try:
             validate_repo_id(name)
         except HFValidationError:

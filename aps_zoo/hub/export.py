@@ -22,20 +22,22 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file
+from safetensors.torch import load_file, save_file
 from timm.models import save_for_hf
 
-from .. import models
+from .. import __version__, models
 from .._io import atomic_write_text
 from ..channels import ChannelConfig, ChannelConfigError
+from ..models.zoo import provenance_summary
 from ..plots import plot_widths
 from ..runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS
 from .card import build_card
 from .configs import DEFAULT_LICENSE, HubConfig, check_repo_id, load_hub_config
 from .errors import HubError
-from .folder import (CARD_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, CheckedFolder, check_folder, check_weights,
-                     same_network)
+from .folder import (CARD_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, WEIGHTS_NAME, CheckedFolder, check_folder,
+                     check_weights, same_network)
 from .results import as_results, merge_results, parse_result
+from .run_record import RunRecord, run_record
 
 logger = logging.getLogger('aps_zoo.hub')
 
@@ -169,16 +171,36 @@ def _model_config(model: torch.nn.Module, hub_config: Optional[HubConfig]) -> Ch
     return config
 
 
-def _write(model: torch.nn.Module, config: ChannelConfig, staging: Path, card, recipe_text: Optional[str],
-           repo_id: str, plots: bool) -> None:
-    """Write the export's files into ``staging``."""
-    save_for_hf(model, staging, model_config={'channel_config': config.to_dict()},
-                safe_serialization=True, data_config={'input_size': tuple(config.input_size)})
+def load_line(folder) -> str:
+    """The line that loads an exported folder with its weights through timm (after ``import aps_zoo``)."""
+    return f"timm.create_model('local-dir:{folder}', pretrained=True)"
+
+
+def weights_metadata(config: ChannelConfig, architecture: str) -> Dict[str, str]:
+    """The safetensors header metadata of an export: the tensor format and where the weights come from."""
+    return {'format': 'pt', 'architecture': architecture, 'channel_config': json.dumps(config.to_dict()),
+            'provenance': provenance_summary(config), 'aps_zoo_version': __version__}
+
+
+def _write(model: torch.nn.Module, config: ChannelConfig, staging: Path, card, record: RunRecord, name: str,
+           plots: bool) -> None:
+    """Write the export's files into ``staging`` (readable by all: 0644): timm's config.json with the data
+    config and labels of the run, weights with a metadata header, card, plot and recipe."""
+    model_config = {'channel_config': config.to_dict()}
+    if record.label_names:
+        model_config['label_names'] = list(record.label_names)
+    save_for_hf(model, staging, model_config=model_config, safe_serialization=True,
+                data_config={**(record.data_config or {}), 'input_size': tuple(config.input_size)})
+    save_file(model.state_dict(), str(staging / WEIGHTS_NAME),
+              metadata=weights_metadata(config, model.pretrained_cfg['architecture']))
     if plots:
-        plot_widths(config, staging / PLOT_NAME, title=f'{repo_id.split("/")[-1]}: output channels per width entry')
-    if recipe_text:
-        atomic_write_text(staging / RECIPE_NAME, recipe_text)
+        plot_widths(config, staging / PLOT_NAME, title=f'{name}: output channels per width entry')
+    if record.recipe_text:
+        atomic_write_text(staging / RECIPE_NAME, record.recipe_text)
     atomic_write_text(staging / CARD_NAME, str(card))
+    for path in staging.iterdir():
+        path.chmod(0o644)
+    staging.chmod(0o755)
 
 
 def export_checked(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_config=None,
@@ -192,27 +214,34 @@ def export_checked(model: torch.nn.Module, out_dir, *, results=None, recipe=None
     recipe_data = _recipe_data(recipe_text)
     recipe_export = recipe_data.get('export') if isinstance(recipe_data.get('export'), dict) else {}
     repo_id = (repo_id or (hub_config and hub_config.repo_id) or recipe_export.get('repo_id')
-               or model.pretrained_cfg.get('hf_hub_id') or f"aps-zoo/{recipe_data.get('name') or out_dir.name}")
-    check_repo_id(repo_id)
+               or model.pretrained_cfg.get('hf_hub_id'))
+    if repo_id:
+        check_repo_id(repo_id)
+    name = repo_id.split('/')[-1] if repo_id else recipe_data.get('name') or out_dir.name
+    architecture = model.pretrained_cfg['architecture']
+    record = run_record(results, recipe_text, recipe_data, config, architecture)
+    if isinstance(results, Mapping) and record.dataset:
+        results = {**results, 'dataset': record.dataset}
     all_results = merge_results(hub_config.metrics if hub_config else [], as_results(results))
     _writable_target(out_dir)
     card = build_card(
-        config, model.pretrained_cfg['architecture'], repo_id, results=all_results, recipe_text=recipe_text,
+        config, architecture, repo_id, name=name, results=all_results, record=record,
         license=(hub_config.license if hub_config else recipe_export.get('license', DEFAULT_LICENSE)),
-        datasets=hub_config.datasets if hub_config else (), description=hub_config.description if hub_config else '',
-        tags=hub_config.tags if hub_config else (), with_plot=plots)
+        datasets=hub_config.datasets if hub_config else record.hub_datasets(),
+        description=hub_config.description if hub_config else '', tags=hub_config.tags if hub_config else (),
+        with_plot=plots)
     with _export_lock(out_dir):
         _remove_stale(out_dir)
         staging = out_dir.with_name(f'.{out_dir.name}.{uuid.uuid4().hex[:8]}.tmp')
         staging.mkdir()
         try:
-            _write(model, config, staging, card, recipe_text, repo_id, plots)
+            _write(model, config, staging, card, record, name, plots)
             checked = check_folder(staging)
             _swap_in(staging, out_dir)
         finally:
             if staging.exists():
                 shutil.rmtree(staging)
-    logger.info("exported %s to %s", repo_id, out_dir)
+    logger.info("exported %s to %s", repo_id or name, out_dir)
     return CheckedFolder(out_dir, checked.config, checked.model, out_dir / checked.weights.name)
 
 
@@ -223,9 +252,11 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
     ``results``: measured results (dict like results.json, Result, or a list of them). ``recipe``: a Recipe,
     a mapping or a YAML file. ``hub_config``: a HubConfig or its YAML path; it supplies repo id, license,
     datasets, metrics and card text. The repo id is ``repo_id``, else the hub config's, else the recipe's
-    ``export.repo_id``, else the registry's ``hf_hub_id``, else ``aps-zoo/<recipe name or folder name>``
-    (a placeholder: push checks the card names the repo it goes to). The folder is built
-    beside ``out_dir`` and swapped in when complete, so a failure leaves an existing export untouched.
+    ``export.repo_id``, else the registry's ``hf_hub_id`` (published zoo weights); without one the card's
+    snippet names ``<org>/<name>``, marked as unpublished, and push refuses the folder. A results.json
+    mapping also gives the run's preprocessing (``data_config``) and labels (``class_names``), written to
+    config.json. The folder is built beside ``out_dir`` and swapped in when complete, so a failure leaves
+    an existing export untouched.
     """
     return export_checked(model, out_dir, results=results, recipe=recipe, hub_config=hub_config,
                           repo_id=repo_id, plots=plots).path
@@ -267,7 +298,8 @@ def export_run_checked(run_dir, out_dir, *, hub_config=None, repo_id: Optional[s
             data = json.loads((run_dir / RUN_RESULTS).read_text())
         except json.JSONDecodeError as e:
             raise HubError(f"{run_dir / RUN_RESULTS} is not valid JSON: {e}") from None
-        results = parse_result(data, str(run_dir / RUN_RESULTS), strict=False)
+        parse_result(data, str(run_dir / RUN_RESULTS), strict=False)  # errors name the file
+        results = data
     recipe = run_dir / RUN_RECIPE if (run_dir / RUN_RECIPE).is_file() else None
     return export_checked(model, out_dir, results=results, recipe=recipe, hub_config=hub_config, repo_id=repo_id,
                           plots=plots)

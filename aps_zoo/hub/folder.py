@@ -17,6 +17,7 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from .._memory import check_model_memory
 from ..channels import ChannelConfig, ChannelConfigError
 from .errors import HubError
 
@@ -78,8 +79,9 @@ def check_weights(model: torch.nn.Module, weights: Path, config_path: Path) -> N
                        f"the channel config in {config_path} describes")
 
 
-def _read_config(folder: Path) -> Tuple[dict, ChannelConfig]:
-    """``folder``'s config.json and the ChannelConfig it holds."""
+def _read_config(folder: Path) -> Tuple[dict, Optional[ChannelConfig]]:
+    """``folder``'s config.json and the ChannelConfig it holds (None for a folder saved by timm's
+    ``save_for_hf``, whose widths are only in ``model_args``)."""
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder")
     config_path = folder / CONFIG_NAME
@@ -92,15 +94,16 @@ def _read_config(folder: Path) -> Tuple[dict, ChannelConfig]:
     if not isinstance(raw, dict) or 'architecture' not in raw:
         raise HubError(f"{config_path} is not a timm config (no 'architecture')")
     if 'channel_config' not in raw:
-        raise HubError(f"{config_path} has no 'channel_config': not an aps-zoo export")
+        return raw, None
     try:
         return raw, ChannelConfig.from_dict(raw['channel_config'])
     except (ChannelConfigError, TypeError) as e:
         raise HubError(f"{config_path}: channel_config: {e}") from None
 
 
-def _build(raw: dict, config: ChannelConfig, config_path: Path, timm_name: str, cache_dir) -> torch.nn.Module:
-    """The network timm builds for ``timm_name``; it must be the one the channel config describes."""
+def _build(raw: dict, config: Optional[ChannelConfig], config_path: Path, timm_name: str,
+           cache_dir) -> torch.nn.Module:
+    """The network timm builds for ``timm_name``; it must be the one the channel config (if any) describes."""
     if not timm.is_model(raw['architecture']):
         raise HubError(f"{config_path}: architecture {raw['architecture']!r} is not registered with timm "
                        "(import aps_zoo first)")
@@ -109,7 +112,9 @@ def _build(raw: dict, config: ChannelConfig, config_path: Path, timm_name: str, 
     except (ChannelConfigError, TypeError, ValueError) as e:
         raise HubError(f"{config_path}: cannot build {raw['architecture']}: {e}") from None
     built = getattr(model, 'channel_config', None)
-    if built is None or not same_network(built, config):
+    if built is None and config is None:
+        raise HubError(f"{config_path}: architecture {raw['architecture']} is not an aps_* model (no channel config)")
+    if config is not None and (built is None or not same_network(built, config)):
         raise HubError(f"{config_path}: architecture {raw['architecture']} with its model_args builds "
                        f"{built.name if built else 'a network without channel config'} "
                        f"{list(built.widths) if built else ''}, not the channel_config's {config.name} "
@@ -119,7 +124,10 @@ def _build(raw: dict, config: ChannelConfig, config_path: Path, timm_name: str, 
 
 def check_folder(folder, timm_name: Optional[str] = None, cache_dir=None) -> CheckedFolder:
     """Check an exported folder: config.json, the network it builds through timm (``timm_name``, by default
-    ``local-dir:<folder>``), a safetensors weights file that fits it. Raises HubError naming the problem."""
+    ``local-dir:<folder>``), a safetensors weights file that fits it (header shapes against the network built
+    on the meta device), and the memory to load it. Raises HubError naming the problem.
+    Without a ``channel_config`` (a folder saved by timm's ``save_for_hf``) the ChannelConfig is the one
+    timm builds from ``model_args``."""
     folder = Path(folder)
     raw, config = _read_config(folder)
     weights = folder / WEIGHTS_NAME
@@ -127,9 +135,13 @@ def check_folder(folder, timm_name: Optional[str] = None, cache_dir=None) -> Che
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in ('.bin', '.pth', '.pt', '.ckpt'))
         hint = f" (found {', '.join(pickles)}: pickle files are never loaded)" if pickles else ''
         raise HubError(f"{folder} has no {WEIGHTS_NAME}{hint}")
-    model = _build(raw, config, folder / CONFIG_NAME, timm_name or f'local-dir:{folder}', cache_dir)
-    check_weights(model, weights, folder / CONFIG_NAME)
-    return CheckedFolder(folder, config, model, weights)
+    name = timm_name or f'local-dir:{folder}'
+    with torch.device('meta'):  # shapes only: the weights file's header is compared before anything is allocated
+        shapes = _build(raw, config, folder / CONFIG_NAME, name, cache_dir)
+        check_weights(shapes, weights, folder / CONFIG_NAME)
+    config = config or shapes.channel_config
+    check_model_memory(config, str(folder / CONFIG_NAME))
+    return CheckedFolder(folder, config, _build(raw, config, folder / CONFIG_NAME, name, cache_dir), weights)
 
 
 def one_line(exc: BaseException) -> str:

@@ -5,13 +5,14 @@ import timm
 import torch.nn as nn
 
 from ..channels import ChannelConfig, ChannelConfigError
-from ._base import CONFIG_DIR, ApsNet, PretrainedWeightsNotFoundError, architecture_for, pool_size, zoo_config
+from ._base import (CONFIG_DIR, ApsNet, PretrainedWeightsNotFoundError, architecture_for, pool_size, train_recipe,
+                    zoo_config)
 from .aps_mobilenetv2 import ApsMobileNetV2
 from .aps_resnet import ApsResNet
 
 __all__ = [
     'ApsMobileNetV2', 'ApsNet', 'ApsResNet', 'PretrainedWeightsNotFoundError',
-    'architecture_for', 'create_model_from_config', 'zoo_config', 'zoo_names',
+    'architecture_for', 'create_model_from_config', 'train_recipe', 'zoo_config', 'zoo_names',
 ]
 
 

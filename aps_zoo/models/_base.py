@@ -32,6 +32,19 @@ DEFAULT_IMG_SIZE = {'resnet_cifar': 32, 'resnet': 224, 'mobilenetv2': 224}
 # Architecture used for any config of a family (exported searched models name it in config.json).
 GENERIC_ARCHITECTURES = {'resnet_cifar': 'aps_resnet_cifar', 'resnet': 'aps_resnet', 'mobilenetv2': 'aps_mobilenetv2'}
 _HUB_MISSING = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)
+# Zoo models whose trained weights are on the Hub at aps-zoo/<name>: only these get an ``hf_hub_id``, so
+# ``timm.list_pretrained('aps_*')`` lists exactly them. None yet; add a name once its weights are pushed.
+PUBLISHED_WEIGHTS: frozenset = frozenset()
+# The train recipe (in the repository's recipes/) that trains each zoo model (with ``--config <name>``).
+TRAIN_RECIPES = {
+    'aps_resnet20_cifar_20m': 'recipes/train_resnet20_cifar10.yaml',
+    'aps_resnet56_cifar_60m': 'recipes/train_resnet20_cifar10.yaml',
+    'aps_resnet18_1g8': 'recipes/train_resnet18_imagenet.yaml',
+    'aps_resnet18_1g': 'recipes/train_resnet18_imagenet.yaml',
+    'aps_resnet50_2g': 'recipes/train_resnet50_imagenet.yaml',
+    'aps_mobilenetv2_300m': 'recipes/train_mobilenetv2_imagenet.yaml',
+    'aps_mobilenetv2_150m': 'recipes/train_mobilenetv2_imagenet.yaml',
+}
 
 
 class PretrainedWeightsNotFoundError(RuntimeError):
@@ -302,8 +315,14 @@ def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, A
 
 
 def zoo_cfg(name: str, **kwargs) -> Dict[str, Any]:
-    """Pretrained cfg of a zoo model: its config's input size and classes, weights at ``aps-zoo/<name>``."""
-    return aps_cfg(zoo_config(name), hf_hub_id=f'{HUB_ORG}/{name}', **kwargs)
+    """Pretrained cfg of a zoo model: its config's input size and classes; weights at ``aps-zoo/<name>`` once
+    published (``PUBLISHED_WEIGHTS``)."""
+    return aps_cfg(zoo_config(name), hf_hub_id=f'{HUB_ORG}/{name}' if name in PUBLISHED_WEIGHTS else '', **kwargs)
+
+
+def train_recipe(name: str) -> str:
+    """The recipe (path in the repository) that trains the weights of zoo model ``name``."""
+    return TRAIN_RECIPES[name]
 
 
 def generic_cfg(family: str, depth: int = 0, num_classes: int = 1000, **kwargs) -> Dict[str, Any]:
@@ -319,22 +338,25 @@ def create_aps_model(
     weights that are not published."""
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(feature_taps(layout)))))
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
+    cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
+    if pretrained and variant in TRAIN_RECIPES and not (cfg.has_weights or cfg.state_dict):
+        raise _no_weights_error(variant, 'none are published')
     try:
         model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
     except _HUB_MISSING as e:
-        cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-        raise _no_weights_error(variant, cfg.hf_hub_id, e) from e
+        offline = ' with HF_HUB_OFFLINE set' if hf_constants.HF_HUB_OFFLINE else ''
+        raise _no_weights_error(variant, f"{type(e).__name__} for https://huggingface.co/{cfg.hf_hub_id}{offline}") \
+            from None
     if isinstance(model, ApsNet) and (CONFIG_DIR / f'{variant}.json').exists():
         provenance = dict(zoo_config(variant).provenance)
         model.channel_config = dataclasses.replace(model.channel_config, provenance=provenance)
     return model
 
 
-def _no_weights_error(variant: str, hub_id: str, error: Exception) -> PretrainedWeightsNotFoundError:
-    offline = ' (HF_HUB_OFFLINE is set: only the local Hub cache was searched)' if hf_constants.HF_HUB_OFFLINE else ''
-    reason = (str(error).splitlines() or [''])[0]
+def _no_weights_error(variant: str, why: str) -> PretrainedWeightsNotFoundError:
+    """One line: no weights for ``variant`` (``why``), and the recipe that trains them."""
+    recipe = TRAIN_RECIPES.get(variant, '<train recipe>')
     return PretrainedWeightsNotFoundError(
-        f"No weights are published for {variant} at https://huggingface.co/{hub_id}{offline}; "
-        f"{type(error).__name__}: {reason} To get weights, train them with a train recipe (examples in recipes/): "
-        f"`aps-zoo train <recipe.yaml> --config {variant}`, then `aps-zoo export <run folder> <out folder>` and "
-        f"load it with timm.create_model('local-dir:<out folder>'). Use pretrained=False for random weights.")
+        f"No weights are published for {variant} ({why}); train them with `aps-zoo train {recipe} --config "
+        f"{variant}` and `aps-zoo export <run>/train <folder>`, then load timm.create_model('local-dir:<folder>', "
+        f"pretrained=True); or use pretrained=False for random weights")

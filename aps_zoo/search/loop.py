@@ -27,6 +27,7 @@ from tqdm.auto import tqdm
 
 from .. import __version__
 from .._io import atomic_write_text
+from .._memory import check_supernet_memory
 from ..aps import attach_projections, orthogonality_loss, renormalize_projections, sharing_levels
 from ..aps.sharing import PROJECTION_MOMENTUM, transition_projection_lr
 from ..channels import ChannelConfig
@@ -36,7 +37,7 @@ from ..plots import plot_curves, plot_sharing, plot_widths
 from ..recipe import Recipe
 from ..runs import RUN_CONFIG, RUN_RECIPE, Run, check_finite, make_accelerator
 from ..slim import inherited_model, write_inherited
-from ..spaces import SearchSpace, space_from_recipe
+from ..spaces import space_from_recipe
 from ..spaces.inherit import supernet_for
 from . import evaluation
 from .controller import Controller, Reinforce, budget_reward
@@ -66,6 +67,7 @@ class _Searcher:
         self.data = build_loaders(recipe.data, seed=recipe.seed, holdout=True)
         space = space_from_recipe(recipe, self.data.num_classes, self.data.input_size)
         space.check_budget(s.budget_macs)
+        check_supernet_memory(space, recipe.data.batch_size, accelerator.device)
         self.space, self.supernet, self.parent = supernet_for(space, recipe.space.init_from,
                                                               recipe.space.init_importance)
         self.optimizer = torch.optim.SGD(

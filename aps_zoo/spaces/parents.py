@@ -53,28 +53,19 @@ class Slot:
     shortcut_of: Optional[int] = None
 
 
-_BLOCK_CONVS = {  # (model name, kernel, depthwise) of each conv, in order
-    'basic': (('conv1', 3, False), ('conv2', 3, False)),
-    'bottleneck': (('conv1', 1, False), ('conv2', 3, False), ('conv3', 1, False)),
-    'inverted_residual': (('conv_pw', 1, False), ('conv_dw', 3, True), ('conv_pwl', 1, False)),
-}
-
-
 def conv_slots(layout: NetworkLayout) -> List[Slot]:
     """Every conv of ``layout`` in forward order (shortcuts after their block's convs), head conv last."""
-    slots = [Slot('stem', 'stem', None, 0, 7 if layout.stem == 'imagenet' else 3)]
+    stem = layout.stem.conv
+    slots = [Slot('stem', 'stem', None, stem.out_entry, stem.kernel)]
     for i, b in enumerate(layout.blocks):
-        convs = _BLOCK_CONVS[b.kind][-len(b.entries):]
-        prev = b.in_entry
-        for j, ((name, kernel, depthwise), entry) in enumerate(zip(convs, b.entries)):
-            slots.append(Slot(f'blocks.{i}.{name}', f'blocks.{i}.convs.{j}', entry if depthwise else prev, entry,
-                              kernel, depthwise))
-            prev = entry
+        for j, conv in enumerate(b.convs):
+            slots.append(Slot(f'blocks.{i}.{conv.name}', f'blocks.{i}.convs.{j}', conv.in_entry, conv.out_entry,
+                              conv.kernel, conv.depthwise))
         if b.residual:
             slots.append(Slot(f'blocks.{i}.shortcut', f'blocks.{i}.shortcut', b.in_entry, b.out_entry, 1,
                               shortcut_of=i))
-    if layout.head_entry is not None:
-        slots.append(Slot('head', 'head', layout.head_entry - 1, layout.head_entry, 1))
+    if layout.head is not None:
+        slots.append(Slot('head', 'head', layout.head.in_entry, layout.head.out_entry, layout.head.kernel))
     return slots
 
 
@@ -220,7 +211,7 @@ def to_zoo_state(state: Tensors, layout: NetworkLayout, source: str) -> Tuple[Te
         if kind == 'pool_conv' and bn:  # timm's strided conv + BN downsample: fold the BN (see module doc)
             scale = bn['weight'] / (bn['running_var'] + BN_EPS).sqrt()
             weight = weight * scale[:, None, None, None]
-            last = f'blocks.{slot.shortcut_of}.{_BLOCK_CONVS[layout.blocks[slot.shortcut_of].kind][-1][0]}.bn.bias'
+            last = f'blocks.{slot.shortcut_of}.{layout.blocks[slot.shortcut_of].convs[-1].name}.bn.bias'
             zoo[last] = zoo[last] + bn['bias'] - bn['running_mean'] * scale
             bn, folded = {}, folded + 1
         zoo[f'{slot.name}.conv.weight'] = weight
