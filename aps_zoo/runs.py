@@ -298,8 +298,11 @@ class RunLock:
 
     def acquire(self) -> None:
         """Take the lock at once, or raise RunInUseError naming the process that holds it."""
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        f = self.path.open('a+')
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            f = self.path.open('a+')
+        except OSError as e:  # a read-only or full output folder: one line naming it
+            raise write_error(self.path, e) from None
         try:
             fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -193,7 +193,7 @@ def test_missing_config_file(tmp_path):
 @pytest.fixture(scope='module')
 def exported(tmp_path_factory):
     config = ChannelConfig('resnet_cifar', R8, 8, num_classes=3, input_size=(3, 8, 8))
-    return export(create_model_from_config(config), tmp_path_factory.mktemp('hub') / 'model', plots=False)
+    return export(create_model_from_config(config), tmp_path_factory.mktemp('hub') / 'model', repo_id='aps-zoo/model', plots=False)
 
 
 def corrupt(folder, change):

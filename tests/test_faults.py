@@ -239,7 +239,9 @@ def _recipe_data(output_dir, epochs):
 
 
 def _files(folder: Path) -> dict:
-    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*')) if p.is_file()}
+    """Every file's bytes, but the run lock's (it names the pid of the last process that held the folder)."""
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob('*'))
+            if p.is_file() and p.name != RunLock.NAME}
 
 
 def _cli(*args, fsize=None) -> subprocess.CompletedProcess:
@@ -297,7 +299,8 @@ def _one_error_line(done: subprocess.CompletedProcess, command: str) -> str:
 
 
 def _no_partial_files(folder: Path) -> None:
-    leftovers = [p for p in folder.rglob('*') if p.name.endswith('.tmp') or p.name.startswith('.')]
+    leftovers = [p for p in folder.rglob('*') if p.name.endswith('.tmp') or
+                 (p.name.startswith('.') and p.name != RunLock.NAME)]  # the lock file stays, unlocked
     assert leftovers == []
 
 

@@ -21,7 +21,7 @@ from .folder import (CARD_NAME, CONFIG_NAME, EXPORT_FILES, REMOTE_ERRORS, WEIGHT
                      one_line)
 
 logger = logging.getLogger('aps_zoo.hub')
-REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME)
+REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # a folder re-saved by timm's save_for_hf has no card
 TOKEN_PATTERN = re.compile(rb'hf_[A-Za-z0-9]{30,}')  # user access tokens: 'hf_' and 34 letters and digits
 SCAN_CHUNK = 2 ** 20
 SCAN_OVERLAP = 256  # bytes carried between chunks, longer than any token
@@ -99,8 +99,8 @@ def _commit(folder: Path, repo_id: str, files: Dict[str, BinaryIO], token: str, 
 
 
 def manifest(folder: Path, extras: Sequence[str] = ()) -> List[str]:
-    """The files a push uploads: config.json, model.safetensors, README.md, the optional files an export
-    writes (widths plot, recipe) where present, and ``extras`` (paths inside ``folder``); nothing else."""
+    """The files a push uploads: config.json, model.safetensors, the card, widths plot and recipe an export
+    writes where present, and ``extras`` (paths inside ``folder``); nothing else."""
     optional = [name for name in EXPORT_FILES if name not in REQUIRED_FILES and os.path.lexists(folder / name)]
     for extra in extras:
         if Path(extra).is_absolute() or '..' in Path(extra).parts or not os.path.lexists(folder / extra):
