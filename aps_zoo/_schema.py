@@ -23,6 +23,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a mapping that repeats a key (plain PyYAML keeps the last one)."""
 
     def construct_mapping(self, node, deep=False):
+        """A mapping, refused when a key repeats (PyYAML keeps the last silently)."""
         seen = set()
         for key_node, _ in node.value:
             if key_node.tag == 'tag:yaml.org,2002:merge':  # '<<: *base' merges, its keys may be overridden

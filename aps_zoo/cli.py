@@ -93,6 +93,7 @@ def _cpu(args) -> Optional[bool]:
 
 
 def cmd_search(args) -> None:
+    """Run `aps-zoo search`: the APS search of a recipe."""
     from .search.loop import search
     result = search(_recipe(args), resume=args.resume, cpu=_cpu(args))
     if _is_main():
@@ -101,6 +102,7 @@ def cmd_search(args) -> None:
 
 
 def cmd_train(args) -> None:
+    """Run `aps-zoo train`: retrain a searched or zoo config."""
     from .train import train
     if args.config:
         check_text_file(args.config, '--config')
@@ -110,12 +112,14 @@ def cmd_train(args) -> None:
 
 
 def cmd_export(args) -> None:
+    """Run `aps-zoo export`: a trained run folder to a Hub folder."""
     from .hub import export_run, load_line
     folder = export_run(args.run, args.out, hub_config=args.hub_config, repo_id=args.repo_id)
     print(f"exported: {folder}\nload it with: {load_line(folder)}  (after `import aps_zoo`)")
 
 
 def cmd_push(args) -> None:
+    """Run `aps-zoo push`: upload exported folders to the Hub."""
     from .hub import push, push_all
     if args.all:
         for row in push_all(args.hub_configs, private=args.private, revision=args.revision,
@@ -129,6 +133,7 @@ def cmd_push(args) -> None:
 
 
 def cmd_flops(args) -> None:
+    """Run `aps-zoo flops`: MACs and parameters of a zoo name or a ChannelConfig JSON."""
     from .flops import count_macs, count_params
     target = args.config
     check_text_file(target, 'channel config')
@@ -142,6 +147,7 @@ def cmd_flops(args) -> None:
 
 
 def cmd_list(args) -> None:
+    """Run `aps-zoo list`: the zoo table."""
     from .hub import zoo_table
     columns = [('name', 'name'), ('family', 'family'), ('MACs', 'macs'), ('params', 'params'),
                ('provenance', 'provenance'), ('top-1', 'top1')]
@@ -162,6 +168,7 @@ def cmd_list(args) -> None:
 
 
 def cmd_run(args) -> None:
+    """Run `aps-zoo run`: search, retrain and export in one go."""
     from .hub import export_run, load_line
     from .search.loop import search
     from .train import train
@@ -181,6 +188,7 @@ def _is_main() -> bool:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The `aps-zoo` argument parser with every subcommand."""
     parser = argparse.ArgumentParser(prog='aps-zoo', description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest='command', required=True)
 

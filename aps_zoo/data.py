@@ -167,6 +167,7 @@ class _Source:
 
     @property
     def streaming(self) -> bool:
+        """Whether the splits are streamed (IterableDataset)."""
         return isinstance(self.splits, datasets.IterableDatasetDict)
 
 

@@ -36,6 +36,7 @@ SIDES = ('weight', 'activation')
 
 
 def pair_key(c_in: int, c_out: int) -> str:
+    """Module-dict key of the candidate pair (c_in, c_out)."""
     return f'{c_in}_{c_out}'
 
 
@@ -165,6 +166,7 @@ class APSConv2d(nn.Module):
         return w.reshape(c_out, c_in, k, k), None, None
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        """Output of candidate (x.shape[1], c_out), projections applied where the plan says."""
         c_in = x.shape[1]
         key = self._check_pair(c_in, c_out)
         plan = self.plan
@@ -216,6 +218,7 @@ class APSLinear(nn.Module):
         self.projections_attached = False
 
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
+        """(axis, pair key, matrix) of every projection of this layer."""
         for key, q in self.in_proj.items():
             yield 'in', key, q
 
@@ -224,6 +227,7 @@ class APSLinear(nn.Module):
         return _groups(self.pairs, None, self.in_proj, one_out_group=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Logits of the classifier for the input width x.shape[1]."""
         q = self.in_proj[pair_key(x.shape[1], self.weight.shape[0])]
         q = q if self.projections_attached else q.detach()
         (batch, c_in), (classes, meta_in) = x.shape, self.weight.shape
@@ -248,6 +252,7 @@ class APSBatchNorm2d(nn.Module):
         self.use_running_stats = False
 
     def forward(self, x: torch.Tensor, c_in: int) -> torch.Tensor:
+        """Normalise with the statistics of pair (c_in, x.shape[1])."""
         bn = self.norms[pair_key(c_in, x.shape[1])]
         batch_stats = self.training or not self.use_running_stats
         return F.batch_norm(x, bn.running_mean, bn.running_var, None, None, batch_stats,

@@ -140,6 +140,7 @@ def budget_reward(accuracy: float, macs: float, budget: float, under_exponent: f
 
 @dataclass
 class ReinforceStats:
+    """What one REINFORCE step saw: reward, baseline and policy entropy."""
     reward: float
     baseline: float
     advantage: float
@@ -171,10 +172,12 @@ class Reinforce:
         return ReinforceStats(reward, self.baseline, advantage, entropy.item(), loss.item())
 
     def state_dict(self):
+        """Controller, optimizer and baseline state for a checkpoint."""
         return {'controller': self.controller.state_dict(), 'optimizer': self.optimizer.state_dict(),
                 'baseline': self.baseline}
 
     def load_state_dict(self, state) -> None:
+        """Restore what :meth:`state_dict` saved."""
         self.controller.load_state_dict(state['controller'])
         self.optimizer.load_state_dict(state['optimizer'])
         self.baseline = state['baseline']

@@ -99,9 +99,11 @@ class _Searcher:
         return box[0]
 
     def uniform_arch(self) -> List[int]:
+        """A uniformly random feasible architecture, the same on every rank (warm-up)."""
         return self._shared(self.controller.uniform(self.arch_rng) if self.acc.is_main_process else None)
 
     def controller_arch(self):
+        """The controller's sample, the same on every rank: (choices, log-prob, entropy)."""
         sample = self.controller.sample(self.arch_rng) if self.acc.is_main_process else (None, None, None)
         return self._shared(sample[0]), sample[1], sample[2]
 
@@ -120,6 +122,7 @@ class _Searcher:
         return transition_projection_lr(s.sharing_transition, updates, s.orthogonal_weight)
 
     def set_schedule(self, epoch: int, warm: bool) -> float:
+        """Set this epoch's meta-weight lr (cosine), projection lr and projection gradients; returns the lr."""
         s = self.recipe.search
         lr = 0.5 * s.lr * (1 + math.cos(math.pi * epoch / s.epochs))
         learn = s.learn_projections and not warm
@@ -129,6 +132,7 @@ class _Searcher:
         return lr
 
     def train_epoch(self, epoch: int, warm: bool) -> Dict[str, float]:
+        """One epoch of supernet training on sampled architectures; returns its log fields."""
         s = self.recipe.search
         self.model.train()
         self.train_loader.set_epoch(epoch)
@@ -190,6 +194,7 @@ class _Searcher:
         return (correct[0] / correct[1].clamp_min(1)).item()
 
     def controller_epoch(self) -> Dict[str, float]:
+        """REINFORCE steps rewarded by held-out accuracy under the budget; returns their log fields."""
         s = self.recipe.search
         stats, update_s = [], 0.0
         val_iter = iter(self.val_loader)
@@ -215,6 +220,7 @@ class _Searcher:
 
     # -- checkpoints ---------------------------------------------------------------------------
     def extra_state(self, epoch: int) -> Dict:
+        """Search state beyond what Accelerate saves: epoch, step, controller and sampling RNG."""
         return {'epoch': epoch, 'step': self.step, 'reinforce': self.reinforce.state_dict(),
                 'arch_rng': self.arch_rng.get_state(), 'recipe': self.recipe.to_dict()}
 

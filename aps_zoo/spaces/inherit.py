@@ -37,6 +37,7 @@ class APSAffineBatchNorm2d(APSBatchNorm2d):
         self.biases = nn.ParameterDict({k: nn.Parameter(torch.zeros(n.num_features)) for k, n in self.norms.items()})
 
     def forward(self, x: torch.Tensor, c_in: int) -> torch.Tensor:
+        """Normalise with pair (c_in, x.shape[1])'s statistics and affine parameters."""
         key = pair_key(c_in, x.shape[1])
         bn = self.norms[key]
         return F.batch_norm(x, bn.running_mean, bn.running_var, self.weights[key], self.biases[key],

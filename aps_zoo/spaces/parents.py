@@ -367,6 +367,7 @@ class Parent:
 
     @property
     def layout(self) -> NetworkLayout:
+        """The parent family's NetworkLayout."""
         return network_layout(self.family, self.depth)
 
     def provenance(self) -> Dict[str, object]:

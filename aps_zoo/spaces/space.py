@@ -37,13 +37,16 @@ class SearchSpace:
 
     @property
     def layout(self):
+        """The family's NetworkLayout."""
         return network_layout(self.family, self.depth)
 
     @property
     def num_decisions(self) -> int:
+        """How many width choices an architecture makes."""
         return len(self.decisions)
 
     def num_options(self, decision: int) -> int:
+        """How many candidate widths decision ``decision`` has."""
         return len(self.candidates[self.decisions[decision][0]])
 
     def widths(self, choices: Sequence[int]) -> List[int]:
@@ -79,6 +82,7 @@ class SearchSpace:
                              provenance or {})
 
     def macs(self, choices: Sequence[int]) -> int:
+        """Analytic MACs of the architecture ``choices`` (cached)."""
         return _macs(self, tuple(choices))
 
     def macs_table(self) -> 'MacsTable':
@@ -86,12 +90,15 @@ class SearchSpace:
         return _macs_table(self)
 
     def smallest(self) -> List[int]:
+        """The architecture with the smallest candidate at every decision."""
         return [0] * self.num_decisions
 
     def largest(self) -> List[int]:
+        """The architecture with the largest candidate at every decision."""
         return [self.num_options(d) - 1 for d in range(self.num_decisions)]
 
     def random_choices(self, rng: random.Random) -> List[int]:
+        """A uniformly random architecture."""
         return [rng.randrange(self.num_options(d)) for d in range(self.num_decisions)]
 
     def fit_to_budget(self, choices: Sequence[int], limit: float) -> List[int]:

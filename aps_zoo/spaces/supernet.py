@@ -36,6 +36,7 @@ class _ConvBN(nn.Module):
         self.fixed_in = meta_in if in_entry is None else None
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
+        """Output of this conv (+ BN) or block for the given widths."""
         c_in = x.shape[1] if self.fixed_in is None else self.fixed_in
         x = self.conv(x, c_out)
         if self.bn is not None:
@@ -60,6 +61,7 @@ class SupernetBlock(nn.Module):
         self.out_act = RELU if spec.kind != 'inverted_residual' else None
 
     def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+        """Output of this conv (+ BN) or block for the given widths."""
         spec = self.spec
         out_widths = [widths[j] for j in spec.entries]
         y = x
