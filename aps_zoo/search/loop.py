@@ -108,6 +108,11 @@ class _Searcher:
         return self._shared(sample[0]), sample[1], sample[2]
 
     # -- supernet ------------------------------------------------------------------------------
+    def _steps_per_epoch(self) -> int:
+        """Supernet steps of one epoch: the loader's length, or ``search.steps_per_epoch`` if smaller."""
+        steps = self.recipe.search.steps_per_epoch
+        return len(self.train_loader) if steps is None else min(len(self.train_loader), steps)
+
     def _projection_lr(self) -> float:
         """``search.projection_lr`` when set; else the lr that completes the sharing transition after
         ``search.sharing_transition`` of the post-warm-up projection updates (0 without a penalty
@@ -117,8 +122,7 @@ class _Searcher:
             return s.projection_lr
         if s.orthogonal_weight == 0:
             return 0.0
-        steps = len(self.train_loader) if s.steps_per_epoch is None else min(len(self.train_loader), s.steps_per_epoch)
-        updates = (s.epochs - s.warmup_epochs) * steps // s.orthogonal_every
+        updates = (s.epochs - s.warmup_epochs) * self._steps_per_epoch() // s.orthogonal_every
         return transition_projection_lr(s.sharing_transition, updates, s.orthogonal_weight)
 
     def set_schedule(self, epoch: int, warm: bool) -> float:
@@ -136,10 +140,10 @@ class _Searcher:
         s = self.recipe.search
         self.model.train()
         self.train_loader.set_epoch(epoch)
-        total = math.inf if s.steps_per_epoch is None else s.steps_per_epoch
+        total = self._steps_per_epoch()
         losses, correct, seen = [], 0.0, 0
         bar = tqdm(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
-                   disable=not self.acc.is_local_main_process, total=min(len(self.train_loader), total))
+                   disable=not self.acc.is_local_main_process, total=total)
         learn = s.learn_projections and not warm
         digest, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(bar):
