@@ -50,17 +50,14 @@ def activation_elements(config: ChannelConfig, batch_size: int) -> int:
 def supernet_estimate(space, batch_size: int) -> Tuple[int, int]:
     """(parameter bytes, activation bytes) of training the APS supernet of ``space`` at ``batch_size``.
 
-    Parameters (meta weights, projections, per-candidate BN) are counted on the meta device: each
-    with its momentum, plus a gradient for the meta weights (a step's projection gradients are those
-    of one candidate pair per layer, left out); activations are those of the space's widest subnet.
-    For the ResNet-50 space at batch 8 (docs/benchmarks.md: 12.03 GiB peak RSS measured) this gives
-    11.2 GiB.
+    Parameters (meta weights, projections, per-candidate BN) are counted on the meta device, each with
+    its gradient and momentum (a penalised step gives every projection a gradient); activations are
+    those of the space's widest subnet.
     """
     from .spaces.supernet import APSSupernet
     with torch.device('meta'):
         supernet = APSSupernet(space)
-    params = sum(p.numel() for p in supernet.parameters()) * (TRAIN_COPIES - 1)  # gradients: next line
-    params += sum(p.numel() for p in supernet.meta_parameters())
+    params = sum(p.numel() for p in supernet.parameters()) * TRAIN_COPIES
     widest = space.config(space.largest())
     return params * FP32_BYTES, activation_elements(widest, batch_size) * FP32_BYTES
 

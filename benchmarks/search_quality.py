@@ -86,6 +86,7 @@ class Quality:
     random_samples: int = 8
     random_proxy_epochs: int = 4
     methods: List[str] = dataclasses.field(default_factory=lambda: list(METHODS))
+    independent_warmup_epochs: Optional[int] = None  # the overlap-0 supernet's own warm-up (its search epochs stay)
 
 
 def parse_quality(section) -> Quality:
@@ -104,8 +105,10 @@ def parse_quality(section) -> Quality:
                                           not isinstance(q.budget_fraction, (int, float)) or
                                           not 0 < q.budget_fraction <= 1):
         raise QualityError(f"quality.budget_fraction must be in (0, 1], got {q.budget_fraction!r}")
-    for key in ('random_samples', 'random_proxy_epochs'):
+    for key in ('random_samples', 'random_proxy_epochs', 'independent_warmup_epochs'):
         value = getattr(q, key)
+        if key == 'independent_warmup_epochs' and value is None:
+            continue
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise QualityError(f"quality.{key} must be a positive integer, got {value!r}")
     if not isinstance(q.methods, list) or not q.methods or not set(q.methods) <= set(METHODS) \
@@ -182,20 +185,25 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + '\n')
 
 
-def method_recipe(recipe: Recipe, method: str, runs: Path) -> Recipe:
-    """The recipe of one search method: its sharing settings, run folder ``<runs>/<method>``."""
+def method_recipe(recipe: Recipe, method: str, runs: Path, q: Quality) -> Recipe:
+    """The recipe of one search method: its sharing settings, run folder ``<runs>/<method>``; the independent
+    search gets ``quality.independent_warmup_epochs`` of warm-up when set, then the recipe's search epochs."""
     sharing = dict(SEARCHES[method])
     space = dataclasses.replace(recipe.space, **{k: sharing.pop(k) for k in ('overlap',) if k in sharing})
+    s = recipe.search
+    if method == 'independent' and q.independent_warmup_epochs:
+        sharing.update(warmup_epochs=q.independent_warmup_epochs,
+                       epochs=q.independent_warmup_epochs + s.epochs - s.warmup_epochs)
     return dataclasses.replace(recipe, name=method, output_dir=str(runs), space=space,
-                               search=dataclasses.replace(recipe.search, **sharing))
+                               search=dataclasses.replace(s, **sharing))
 
 
-def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool) -> Dict:
+def run_search(recipe: Recipe, method: str, runs: Path, q: Quality, cpu: bool) -> Dict:
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
     done = runs / method / 'search_result.json'
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    r = method_recipe(recipe, method, runs)
+    r = method_recipe(recipe, method, runs, q)
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
@@ -279,6 +287,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
                'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
                'aps_overlap': recipe.space.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
+               'independent_warmup_epochs': q.independent_warmup_epochs,
                'methods_planned': q.methods, 'methods': {}, 'sharing': {}}
     now = {'command': command, 'started': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
            'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
@@ -290,7 +299,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     for method in jobs:
         jobs.set_postfix(method=method)
         if method in SEARCHES:
-            found = run_search(recipe, method, runs, cpu)
+            found = run_search(recipe, method, runs, q, cpu)
             records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
             keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
             summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],
@@ -391,8 +400,12 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     sharing = summary['sharing']
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'wspace': 0.35})
     for method, s in sharing.items():
-        pts = s['records']
-        axes[0].plot([p['epoch'] for p in pts], [p['sharing_mean'] for p in pts], marker='.', label=method)
+        # a longer warm-up (quality.independent_warmup_epochs) is aligned on its end; its start is cut off
+        shift = sum(p['phase'] == 'warmup' for p in s['records']) - summary['warmup_epochs']
+        pts = [p for p in s['records'] if p['epoch'] >= shift]
+        label = method + (f" (last {summary['warmup_epochs']} of {summary['warmup_epochs'] + shift} warm-up epochs)"
+                          if shift else '')
+        axes[0].plot([p['epoch'] - shift for p in pts], [p['sharing_mean'] for p in pts], marker='.', label=label)
     axes[0].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1, label='end of warm-up')
     axes[0].set_title('mean sharing level')
     axes[0].legend(fontsize=8)
@@ -436,7 +449,7 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"{s['limit_macs'] / 1e6:.4g}M (the decoder's limit)",
            f"- search: {s['search_epochs']} epochs ({s['warmup_epochs']} warm-up), one search per method (seed 0); "
            f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
-           f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split",
+           f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split" + independent_schedule(s),
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
            f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
            "- invocations (a load average above the threads used means the machine was shared):"]
@@ -466,6 +479,17 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
         out.append("No search has finished yet.")
     out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
     return '\n'.join(out) + '\n'
+
+
+def independent_schedule(summary: Dict) -> str:
+    """The independent search's own warm-up, when the recipe gives it one, and why."""
+    w = summary.get('independent_warmup_epochs')
+    if not w:
+        return ''
+    search_epochs = summary['search_epochs'] - summary['warmup_epochs']
+    return (f"; independent: {w} warm-up epochs, then the same {search_epochs} search epochs (its overlap-0 "
+            f"supernet, every candidate pair with its own weights, is near chance after {summary['warmup_epochs']} "
+            f"warm-up epochs: quality.independent_warmup_epochs)")
 
 
 def overview(settings: List[Dict]) -> List[str]:

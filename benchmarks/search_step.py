@@ -3,8 +3,8 @@
 For each sampled architecture of a space (default: the ResNet-20 CIFAR space, candidates
 4,8,16,32,64, meta width 124) it times a full SGD step (forward, backward, optimizer) of the APS
 supernet as the search runs it after warm-up under ``search.projection_grad: penalty`` (projections
-detached from the forward, the grouped orthogonality penalty of every projection on every step, as
-``orthogonal_every: 1``), of the same supernet with every projection forced onto the kernel
+detached from the forward; on every step, as ``orthogonal_every: 1``, the gradient of the grouped
+orthogonality penalty of every projection added after the backward, then the column renormalisation), of the same supernet with every projection forced onto the kernel
 (``P^T W Q``, the reference formulation), of the supernet without the penalty (warm-up, and the
 steps ``search.orthogonal_every`` skips), and of the timm model built from the same
 ChannelConfig trained the same way. The steps run interleaved, round after round, and each is
@@ -13,7 +13,8 @@ channels_last; so does the standalone model by default (``--no-channels-last``: 
 faster memory format for it on CPU too.
 
 "MAC ratio" is the multiply-adds of the supernet forward (convolutions, the projections under the
-plan each layer picks, and the orthogonality penalty; counted by FlopCounterMode) over those of the
+plan each layer picks) and of the orthogonality penalty (Gram matrices and their gradient), counted by
+FlopCounterMode, over those of the
 subnet: no implementation of dense projections can beat it. The projections and the penalty cost
 the same at any batch, so the ratio falls as the batch grows; a last table gives it, with and
 without the penalty, for a few batch sizes without running them. Memory is measured exactly
@@ -43,7 +44,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from aps_zoo.aps import APSConv2d
+from aps_zoo.aps import APSConv2d, add_orthogonality_grad_, renormalize_projections
 from aps_zoo.aps.sharing import PROJECTION_MOMENTUM
 from aps_zoo.models import create_model_from_config
 from aps_zoo.spaces import APSSupernet, build_space
@@ -82,14 +83,19 @@ def sgd(params, projections=()):
     return torch.optim.SGD(groups, lr=0.05, momentum=0.9, nesterov=True, weight_decay=5e-4)
 
 
-def train_step(forward, opt, y, autocast=nullcontext):
-    """One SGD step of ``forward()`` -> (logits, penalty), the forward inside ``autocast()``."""
+def train_step(forward, opt, y, autocast=nullcontext, penalised=None):
+    """One SGD step of ``forward()`` -> logits, the forward inside ``autocast()``; with a ``penalised``
+    supernet, the search's penalty step too: its gradient added after the backward, then the column
+    renormalisation of the projections."""
     def step():
         with autocast():
-            logits, penalty = forward()
-            loss = F.cross_entropy(logits, y) + 5e-3 * penalty
+            loss = F.cross_entropy(forward(), y)
         loss.backward()
+        if penalised is not None:
+            add_orthogonality_grad_(penalised, 5e-3)
         opt.step()
+        if penalised is not None:
+            renormalize_projections(penalised, only_updated=True)
         opt.zero_grad()
     return step
 
@@ -109,23 +115,30 @@ def kernel_only(supernet):
 
 def forward_mac_ratio(supernet, choices, batch: int, plan_kernel_only: bool = False, penalty: bool = True) -> float:
     """Multiply-adds of one forward of ``supernet`` (on the meta device, so nothing is computed):
-    convolutions, projections and, with ``penalty``, the orthogonality penalty, counted by torch's
-    FlopCounterMode, over the subnet's analytic MACs at ``batch``: the floor for dense projections."""
+    convolutions, projections and, with ``penalty``, the orthogonality penalty (its Gram matrices and
+    their gradient), counted by torch's FlopCounterMode, over the subnet's analytic MACs at ``batch``:
+    the floor for dense projections."""
     space = supernet.space
     x = torch.empty(batch, *space.input_size, device='meta')
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         with kernel_only(supernet) if plan_kernel_only else nullcontext():
-            supernet(x, space.widths(choices), return_penalty=penalty)
+            supernet(x, space.widths(choices))
+        if penalty:
+            add_orthogonality_grad_(supernet, 1.0)
+            supernet.zero_grad(set_to_none=True)
     return counter.get_total_flops() / 2 / (batch * space.macs(choices))
 
 
-def saved_activation_bytes(forward) -> int:
-    """Bytes of the distinct tensors autograd saves for backward during ``forward()``."""
+def saved_activation_bytes(forward, held=()) -> int:
+    """Bytes of the distinct tensors autograd saves for backward during ``forward()``, leaving out the
+    storages of ``held`` (the parameters: a saved parameter, or a view of one, costs nothing extra)."""
+    held = {t.untyped_storage()._cdata for t in held}
     seen = {}
 
     def pack(t):
         storage = t.untyped_storage()  # views share it; _cdata identifies it on the meta device too
-        seen[storage._cdata] = storage.nbytes()
+        if storage._cdata not in held:
+            seen[storage._cdata] = storage.nbytes()
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
@@ -168,7 +181,6 @@ def main() -> None:
     opt = sgd(supernet.meta_parameters(), supernet.projection_parameters())
     x = torch.randn(args.batch, 3, args.size, args.size, device=device).contiguous(memory_format=memory_format)
     y = torch.randint(space.num_classes, (args.batch,), device=device)
-    zero = torch.zeros((), device=device)
     with torch.device('meta'):
         counting = APSSupernet(space)  # the same supernet on the meta device, for MAC counts
     rows, floors = [], []
@@ -176,17 +188,16 @@ def main() -> None:
         choices = space.random_choices(rng)
         widths = space.widths(choices)
         model = create_model_from_config(space.config(choices)).to(device, memory_format=memory_format)
-        super_fwd = lambda: supernet(x, widths, return_penalty=True)  # noqa: E731
-        alone_fwd = lambda: (model(x), zero)  # noqa: E731
-        super_step = train_step(super_fwd, opt, y, autocast)
-        unpenalised_fwd = lambda: (supernet(x, widths), zero)  # noqa: E731
+        super_fwd = lambda: supernet(x, widths)  # noqa: E731
+        alone_fwd = lambda: model(x)  # noqa: E731
+        super_step = train_step(super_fwd, opt, y, autocast, penalised=supernet)
 
         def kernel_step():
             with kernel_only(supernet):
                 super_step()
 
         ms = interleaved_ms({'supernet': super_step, 'kernel': kernel_step,
-                             'no penalty': train_step(unpenalised_fwd, opt, y, autocast),
+                             'no penalty': train_step(super_fwd, opt, y, autocast),
                              'standalone': train_step(alone_fwd, sgd(model.parameters()), y, autocast)},
                             args.steps, device)
         if args.profile and not rows:
@@ -197,7 +208,8 @@ def main() -> None:
             print(prof.key_averages().table(sort_by=f'self_{"device" if device.type == "cuda" else "cpu"}_time_total',
                                             row_limit=args.profile))
         with autocast():
-            saved = saved_activation_bytes(super_fwd), saved_activation_bytes(alone_fwd)
+            saved = (saved_activation_bytes(super_fwd, supernet.parameters()),
+                     saved_activation_bytes(alone_fwd, model.parameters()))
         rows.append((space.macs(choices), ms, forward_mac_ratio(counting, choices, args.batch),
                      forward_mac_ratio(counting, choices, args.batch, plan_kernel_only=True), *saved))
         floors.append([(forward_mac_ratio(counting, choices, b), forward_mac_ratio(counting, choices, b, penalty=False))

@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from aps_zoo.aps import APSConv2d, orthogonality_loss, renormalize_projections, sharing_levels
+from aps_zoo.aps import APSConv2d, add_orthogonality_grad_, renormalize_projections, sharing_levels
 from aps_zoo.aps.sharing import PROJECTION_MOMENTUM, TRANSITION_LR_WEIGHT_UPDATES
 from aps_zoo.spaces import APSSupernet, build_space
 
@@ -48,7 +48,7 @@ def simulate(model, lr: float, weight: float, updates: int, every: int):
     curve = [(0, sharing_mean(model))]
     for t in range(1, updates + 1):
         opt.zero_grad()
-        (weight * orthogonality_loss(model)).backward()
+        add_orthogonality_grad_(model, weight)  # as the search step does it
         opt.step()
         renormalize_projections(model)
         if t % every == 0:

@@ -4,8 +4,8 @@ Each space is the one of a search recipe (``recipes/search_*_imagenet*.yaml``) w
 set to each ``--meta-widths`` value. A fresh child process per setting builds the supernet with
 projections detached from the forward (``search.projection_grad: penalty``), gives every parameter
 an SGD momentum buffer (the steady state of a search that has sampled every candidate pair), and
-runs training steps the way the search loop does on a penalised step (forward with the grouped
-orthogonality penalty, backward, SGD step with the search's groups, column renormalisation): first
+runs training steps the way the search loop does on a penalised step (forward, backward, the grouped
+orthogonality penalty's gradient added, SGD step with the search's groups, column renormalisation): first
 on the space's largest architecture (the memory worst case), then on ``--steps`` random ones. Peak
 RSS is the child's ``ru_maxrss``. A setting whose parameters and momentum alone exceed
 ``--limit-gib`` or the memory available is reported, not run.
@@ -13,9 +13,10 @@ RSS is the child's ``ru_maxrss``. A setting whose parameters and momentum alone 
 ``--per-device`` instead counts, on the meta device (nothing is computed), what one process of each
 recipe holds at the recipe's own ``data.batch_size`` and meta width, in float32: parameters, their
 gradients, SGD momentum, DistributedDataParallel's gradient buckets (one more copy of the
-gradients), and the tensors autograd saves for backward in a penalised step on the largest
-architecture (activations and the penalty's concatenated groups and Gram matrices). Not counted:
-the allocator's cache and the backward's transient gradients of activations.
+gradients), the tensors autograd saves for backward on the largest architecture, and the penalty's
+largest transient (the Gram matrices and gradient of one run of groups of one bank, computed outside
+autograd after the backward). Not counted: the allocator's cache and the backward's transient
+gradients of activations.
 
     python benchmarks/supernet_memory.py [--spaces resnet50 resnet18 mobilenetv2] [--meta-widths sum max]
                                          [--batch 8] [--steps 2] [--threads 1] [--limit-gib 24]
@@ -35,7 +36,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import renormalize_projections
+from aps_zoo.aps import add_orthogonality_grad_, aps_modules, renormalize_projections
 from aps_zoo.aps.sharing import PROJECTION_MOMENTUM
 from aps_zoo.recipe import load_recipe
 from aps_zoo.spaces import APSSupernet, space_from_recipe
@@ -60,13 +61,18 @@ def per_device_gib(name: str) -> dict:
         x = torch.empty(recipe.data.batch_size, 3, 224, 224)
     params = nbytes(net.parameters())
     widths = space.widths(space.largest())
-    saved = saved_activation_bytes(lambda: net(x, widths, return_penalty=True))
     parts = {'parameters': params, 'grads + momentum + DDP buckets': 3 * params, 'BN buffers': nbytes(net.buffers()),
-             'saved for backward': saved}
-    penalty = saved - saved_activation_bytes(lambda: net(x, widths))
+             'saved for backward': saved_activation_bytes(lambda: net(x, widths), net.parameters()),
+             'penalty transient': penalty_transient_bytes(net)}
     return {'batch': recipe.data.batch_size, 'meta_width': recipe.space.meta_width,
-            **{k: v / GIB for k, v in parts.items()}, 'of which the penalty': penalty / GIB,
-            'total': sum(parts.values()) / GIB}
+            **{k: v / GIB for k, v in parts.items()}, 'total': sum(parts.values()) / GIB}
+
+
+def penalty_transient_bytes(net) -> int:
+    """The largest temporary of ``add_orthogonality_grad_``: one bank's gradient buffer plus the Gram
+    matrices of one of its runs of equal-width groups (float32)."""
+    return 4 * max(bank.weight.numel() + max(slab.shape[0] * slab.shape[1] ** 2 for slab in bank.group_slabs())
+                   for m in aps_modules(net).values() for bank in m.banks())
 
 
 def counts(supernet) -> dict:
@@ -100,9 +106,8 @@ def run_child(args) -> None:
 
     def step(choices) -> float:
         start = time.perf_counter()
-        logits, penalty = net(x, space.widths(choices), return_penalty=True)
-        loss = F.cross_entropy(logits, y) + s.orthogonal_weight * penalty
-        loss.backward()
+        F.cross_entropy(net(x, space.widths(choices)), y).backward()
+        add_orthogonality_grad_(net, s.orthogonal_weight)
         opt.step()
         opt.zero_grad()
         renormalize_projections(net)

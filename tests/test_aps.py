@@ -6,8 +6,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, attach_projections, layer_sharing_level,
-                         orthogonality_loss, orthogonality_terms, renormalize_projections, sharing_levels)
+from aps_zoo.aps import (APSConv2d, APSLinear, add_orthogonality_grad_, aps_modules, attach_projections,
+                         layer_sharing_level, orthogonality_loss, orthogonality_terms, renormalize_projections, sharing_levels)
 from aps_zoo.aps.projection import off_diagonal_l1, overlap_offsets, required_meta_width
 from aps_zoo.spaces import APSSupernet, SearchSpaceError, build_space
 
@@ -81,10 +81,9 @@ def test_gradients_reach_meta_weights_then_projections():
     attach_projections(net, True)
     net.zero_grad()
     F.cross_entropy(net(x, widths), y).backward()
-    used = net.stem.conv.out_proj[f'3_{widths[0]}']
-    assert used.grad is not None and used.grad.abs().sum() > 0
-    unused = net.stem.conv.out_proj[f'3_{CANDS[0] if widths[0] != CANDS[0] else CANDS[1]}']
-    assert unused.grad is None
+    stem = net.stem.conv.out_proj
+    assert stem.pair_grad(f'3_{widths[0]}').abs().sum() > 0
+    assert stem.pair_grad(f'3_{CANDS[0] if widths[0] != CANDS[0] else CANDS[1]}').abs().sum() == 0  # unused pair
 
 
 @pytest.mark.parametrize('family, depth, size', [('resnet_cifar', 8, 8), ('resnet', 18, 32), ('resnet', 50, 32),
@@ -135,9 +134,11 @@ def test_renormalize_only_updated_projections():
             p.mul_(2.0)
     net(torch.randn(2, 3, 8, 8), space.widths([0] * space.num_decisions)).sum().backward()
     renormalize_projections(net, only_updated=True)
-    for p in net.projection_parameters():
-        norms = p.norm(dim=0)
-        target = torch.ones_like(norms) * (1.0 if p.grad is not None else 2.0)
+    banks = [bank for m in aps_modules(net).values() for bank in m.banks()]
+    assert any(b.weight.grad is None for b in banks) and any(b.weight.grad is not None for b in banks)
+    for bank in banks:
+        norms = torch.cat([bank[key].norm(dim=0) for key in bank.keys()])  # every projection column
+        target = torch.ones_like(norms) * (1.0 if bank.weight.grad is not None else 2.0)
         assert torch.allclose(norms, target, atol=0.05)
 
 
@@ -242,19 +243,16 @@ def learning_supernet():
     return net, space.widths([1] * space.num_decisions), torch.randn(4, 3, 8, 8), torch.tensor([0, 1, 2, 0])
 
 
-def test_penalty_only_when_asked():
-    """``return_penalty`` returns the grouped penalty of the whole model, and the gradient of the loss
-    plus it is exactly the task's plus the penalty's."""
+def test_penalty_gradient_adds_to_the_task_gradient():
+    """``add_orthogonality_grad_`` after the task's backward leaves every projection with exactly the
+    gradient autograd gives the task loss plus the weighted penalty, and returns the penalty."""
     net, widths, x, y = learning_supernet()
-    used = net.stem.conv.out_proj[f'3_{widths[0]}']
+    banks = net.projection_parameters()
+    expected = torch.autograd.grad(F.cross_entropy(net(x, widths), y) + 0.5 * orthogonality_loss(net), banks)
     F.cross_entropy(net(x, widths), y).backward()
-    plain = used.grad.clone()
-    net.zero_grad()
-    logits, penalty = net(x, widths, return_penalty=True)
-    (F.cross_entropy(logits, y) + 0.5 * penalty).backward()
+    penalty = add_orthogonality_grad_(net, 0.5)
     assert penalty.item() == pytest.approx(orthogonality_loss(net).item())
-    penalty_grad, = torch.autograd.grad(0.5 * orthogonality_loss(net), used)
-    assert torch.allclose(used.grad, plain + penalty_grad, atol=1e-6)
+    assert all(torch.allclose(p.grad, e, atol=1e-6) for p, e in zip(banks, expected))
 
 
 @pytest.mark.parametrize('batch', [1, 64])
@@ -275,13 +273,15 @@ def test_linear_applies_its_projection_where_cheaper(batch):
 def test_supernet_trains_under_bf16_autocast():
     """Mixed precision (Accelerate's bf16 autocast): the step runs and the penalty stays float32."""
     net, widths, x, y = learning_supernet()
-    _, reference = net(x, widths, return_penalty=True)
+    reference = orthogonality_loss(net)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        logits, penalty = net(x, widths, return_penalty=True)
-        loss = F.cross_entropy(logits, y) + 5e-3 * penalty
+        logits = net(x, widths)
+        loss = F.cross_entropy(logits, y)
+        assert orthogonality_loss(net).dtype == torch.float32  # the Gram stays in the projections' precision
     loss.backward()
+    penalty = add_orthogonality_grad_(net, 5e-3)
     assert logits.dtype == torch.bfloat16 and penalty.dtype == torch.float32
     assert penalty.item() == pytest.approx(reference.item(), rel=1e-5)
-    used = net.stem.conv.out_proj[f'3_{widths[0]}'].grad
+    used = net.stem.conv.out_proj.pair_grad(f'3_{widths[0]}')
     assert used.dtype == torch.float32 and torch.isfinite(used).all() and used.abs().sum() > 0
     assert net.stem.conv.weight.grad.abs().sum() > 0

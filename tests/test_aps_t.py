@@ -9,8 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from aps_zoo.aps import (APSConv2d, APSLinear, aps_modules, attach_projections, grouped_orthogonality,
-                         layer_sharing_level, orthogonality_loss, orthogonality_terms)
+from aps_zoo.aps import (APSConv2d, APSLinear, add_orthogonality_grad_, aps_modules, attach_projections,
+                         grouped_orthogonality, layer_sharing_level, orthogonality_loss, orthogonality_terms)
 from aps_zoo.aps.sharing import MAX_LR_WEIGHT, TRANSITION_LR_WEIGHT_UPDATES, transition_projection_lr
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.search.loop import _Searcher, make_accelerator, search
@@ -92,6 +92,24 @@ def test_grouped_penalty_sees_sharing():
     assert shared == 208 and per_group[1.0] - per_group[0.0] == pytest.approx(shared, abs=2)
 
 
+@pytest.mark.parametrize('skip_equal', [False, True])
+def test_projection_bank_keeps_each_group_contiguous(skip_equal):
+    """One parameter per layer axis; each penalty group is one contiguous slab of it, equal to the group's
+    projections concatenated side by side (transposed); equal-width groups share one batched slab."""
+    torch.manual_seed(0)
+    layer = APSConv2d(RESNET20, RESNET20, 124, 124, 1, overlap=0.5, skip_equal=skip_equal)
+    assert [n for n, _ in layer.named_parameters()] == ['weight', 'out_proj.weight', 'in_proj.weight']
+    for bank in layer.banks():
+        slabs = list(bank.group_slabs())
+        assert all(slab.is_contiguous() for slab in slabs)
+        assert len(slabs) == (5 if skip_equal else 1)  # skip_equal: every group a different width
+        per_group = [g for slab in slabs for g in slab.unbind()]
+        groups = list(bank.groups().values())
+        assert len(per_group) == len(groups) == 5
+        assert all(torch.equal(g, torch.cat(ps, dim=1).t()) for g, ps in zip(per_group, groups))
+        assert sum(p.shape[1] for _, p in bank.items()) == bank.weight.shape[0]
+
+
 def small_net():
     space = build_space('resnet_cifar', 8, [4, 8, 16], num_classes=3, input_size=(3, 8, 8), overlap=1.0)
     torch.manual_seed(0)
@@ -107,20 +125,21 @@ def test_projection_grad_penalty_gives_projections_only_the_penalty_gradient():
     assert all(p.grad is None for p in net.projection_parameters())
     assert net.stem.conv.weight.grad.abs().sum() > 0
     net.zero_grad()
-    logits, penalty = net(x, widths, return_penalty=True)
-    (F.cross_entropy(logits, y) + 5e-3 * penalty).backward()
+    F.cross_entropy(net(x, widths), y).backward()
+    add_orthogonality_grad_(net, 5e-3)  # as the search step does it
     got = [p.grad.clone() for p in net.projection_parameters()]
     expected = torch.autograd.grad(5e-3 * orthogonality_loss(net), net.projection_parameters())
-    assert all(g.abs().sum() > 0 for g in got)  # the gradient reaches every projection of every group
     assert all(torch.allclose(g, e, atol=1e-7) for g, e in zip(got, expected))
+    # the gradient reaches every projection of every group
+    assert all(bank.pair_grad(key).abs().sum() > 0 for m in aps_modules(net).values() for bank in m.banks()
+               for key in bank.keys())
 
 
 def test_projection_grad_task_and_penalty_lets_the_task_loss_through():
     net, widths, x, y = small_net()
     attach_projections(net, True)
     F.cross_entropy(net(x, widths), y).backward()
-    used = net.stem.conv.out_proj[f'3_{widths[0]}']
-    assert used.grad is not None and used.grad.abs().sum() > 0
+    assert net.stem.conv.out_proj.pair_grad(f'3_{widths[0]}').abs().sum() > 0
 
 
 @pytest.fixture(scope='module')

@@ -92,9 +92,10 @@ def _exact_supernet(space, parent):
     noise), so the child must be the truncated parent to float precision."""
     space = inherit_space(space, parent)
     supernet = APSSupernet(space)
-    for layer in aps_modules(supernet).values():
-        for _, _, p in layer.projections():
-            p.data = (p.data.abs() > 0.5).float()
+    with torch.no_grad():
+        for layer in aps_modules(supernet).values():
+            for _, _, p in layer.projections():
+                p.copy_((p.abs() > 0.5).float())
     load_parent_into(supernet, parent)
     return space, supernet
 

@@ -34,6 +34,7 @@ def test_recipes_load(sq, name):
     ({'seeds': [0, 1], 'budget_fraction': 1.5}, 'budget_fraction'),
     ({'seeds': [0, 1], 'random_samples': 0}, 'random_samples'),
     ({'seeds': [0, 1], 'methods': ['aps', 'darts']}, 'quality.methods'),
+    ({'seeds': [0, 1], 'independent_warmup_epochs': 0}, 'independent_warmup_epochs'),
 ])
 def test_bad_settings(sq, section, match):
     with pytest.raises(sq.QualityError, match=match):
@@ -46,6 +47,18 @@ def test_bad_recipe_names_file(sq, tmp_path):
     with pytest.raises(sq.QualityError, match=r'q\.yaml.*search\.overlap'):
         sq.load_quality_recipe(path)
     assert sq.main([str(path), '--out', str(tmp_path / 'out')]) == 2
+
+
+def test_independent_gets_its_own_warmup(sq, tmp_path):
+    """``quality.independent_warmup_epochs`` lengthens only the independent search's warm-up; the search
+    epochs after it stay the recipe's."""
+    recipe, q = sq.load_quality_recipe(ROOT / 'recipes' / 'quality_resnet20_digits_10.yaml')
+    s = recipe.search
+    for method in sq.SEARCHES:
+        r = sq.method_recipe(recipe, method, tmp_path, q).search
+        warm = q.independent_warmup_epochs if method == 'independent' else s.warmup_epochs
+        assert (r.warmup_epochs, r.epochs - r.warmup_epochs) == (warm, s.epochs - s.warmup_epochs)
+    assert q.independent_warmup_epochs > s.warmup_epochs
 
 
 def test_methods_keep_canonical_order(sq):

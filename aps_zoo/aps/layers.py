@@ -15,7 +15,6 @@ task_and_penalty`` after warm-up): by default they learn from the grouped orthog
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from itertools import product
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
@@ -24,7 +23,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..channels import conv_out_size
-from .projection import init_projection, overlap_offsets
+from .projection import ProjectionBank, overlap_offsets
 
 Pair = Tuple[int, int]
 # Where each projection is applied: (P side, Q side), each 'weight' or 'activation'; Q side None
@@ -40,12 +39,15 @@ def pair_key(c_in: int, c_out: int) -> str:
     return f'{c_in}_{c_out}'
 
 
-def _projection_dict(meta: int, widths: Sequence[int], pairs: Sequence[Pair], axis: int, overlap: float,
-                     noise: float) -> nn.ParameterDict:
+def _projection_bank(meta: int, widths: Sequence[int], pairs: Sequence[Pair], axis: int, overlap: float,
+                     noise: float, one_group: bool = False) -> ProjectionBank:
+    """The projections of one axis (0: in, Q; 1: out, P) of ``pairs``, grouped as the penalty sets them
+    against each other (DESIGN §3): on the out axis the P of every output candidate of one input width, on
+    the in axis the Q of every input candidate of one output width; ``one_group``: all of them in one."""
     offsets = dict(zip(widths, overlap_offsets(widths, overlap)))
-    return nn.ParameterDict({
-        pair_key(*pair): nn.Parameter(init_projection(meta, pair[axis], offsets[pair[axis]], noise))
-        for pair in pairs})
+    name = ('in', 'out')[axis]
+    return ProjectionBank(meta, [((name, 0 if one_group else pair[1 - axis]), pair_key(*pair), pair[axis],
+                                  offsets[pair[axis]]) for pair in pairs], noise)
 
 
 class APSConv2d(nn.Module):
@@ -75,28 +77,28 @@ class APSConv2d(nn.Module):
         self.pairs = pairs
         self.weight = nn.Parameter(torch.empty(meta_out, 1 if depthwise else meta_in, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
-        self.out_proj = _projection_dict(meta_out, list(out_candidates), pairs, 1, overlap, noise)
+        self.out_proj = _projection_bank(meta_out, list(out_candidates), pairs, 1, overlap, noise, one_group=depthwise)
         self.in_proj = None if (self.fixed_in or depthwise) else \
-            _projection_dict(meta_in, list(in_candidates), pairs, 0, overlap, noise)
+            _projection_bank(meta_in, list(in_candidates), pairs, 0, overlap, noise)
         self.projections_attached = False
         self.plan: Optional[Plan] = None  # where the projections go; None: the cheapest for each call
 
+    def banks(self) -> List[ProjectionBank]:
+        """The projection banks of this layer: the out axis (P), then the in axis (Q) if searched."""
+        return [self.out_proj] + ([] if self.in_proj is None else [self.in_proj])
+
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
-        """(axis, pair key, matrix) of every projection of this layer."""
-        for key, p in self.out_proj.items():
-            yield 'out', key, p
-        if self.in_proj is not None:
-            for key, q in self.in_proj.items():
-                yield 'in', key, q
+        """(axis, pair key, matrix) of every projection of this layer (views into its banks)."""
+        return _projections(self.banks())
 
     def projection_groups(self) -> Dict[GroupKey, List[torch.Tensor]]:
         """The candidates the orthogonality penalty sets against each other (DESIGN §3): on the out
         axis, for each input width the P of every output candidate; on the in axis, for each output
         width the Q of every input candidate; a depthwise conv (one projection per width) and the
         stem (one input width) form one group of all their candidates."""
-        return _groups(self.pairs, self.out_proj, self.in_proj, one_out_group=self.depthwise)
+        return _groups(self.banks())
 
-    def _proj(self, table: nn.ParameterDict, key: str) -> torch.Tensor:
+    def _proj(self, table: ProjectionBank, key: str) -> torch.Tensor:
         p = table[key]
         return p if self.projections_attached else p.detach()
 
@@ -183,16 +185,15 @@ class APSConv2d(nn.Module):
         return y if p is None else mix_channels(y, p)  # project down: P^T y
 
 
-def _groups(pairs: Sequence[Pair], out_proj: Optional[nn.ParameterDict], in_proj: Optional[nn.ParameterDict],
-            one_out_group: bool) -> Dict[GroupKey, List[torch.Tensor]]:
-    groups = defaultdict(list)
-    for pair in pairs:
-        key = pair_key(*pair)
-        if out_proj is not None:
-            groups[('out', 0 if one_out_group else pair[0])].append(out_proj[key])
-        if in_proj is not None:
-            groups[('in', pair[1])].append(in_proj[key])
-    return dict(groups)
+def _projections(banks: Sequence[ProjectionBank]) -> Iterator[Tuple[str, str, torch.Tensor]]:
+    for bank in banks:
+        for (axis, _), keys in bank.members.items():
+            for key in keys:
+                yield axis, key, bank[key]
+
+
+def _groups(banks: Sequence[ProjectionBank]) -> Dict[GroupKey, List[torch.Tensor]]:
+    return {group: ps for bank in banks for group, ps in bank.groups().items()}
 
 
 def mix_channels(x: torch.Tensor, m: torch.Tensor) -> torch.Tensor:
@@ -214,17 +215,20 @@ class APSLinear(nn.Module):
         bound = 1 / math.sqrt(max(in_candidates))
         nn.init.uniform_(self.weight, -bound, bound)
         self.pairs = [(c, out_features) for c in in_candidates]
-        self.in_proj = _projection_dict(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
+        self.in_proj = _projection_bank(meta_in, list(in_candidates), self.pairs, 0, overlap, noise)
         self.projections_attached = False
 
+    def banks(self) -> List[ProjectionBank]:
+        """The projection bank of this layer (its in axis, Q)."""
+        return [self.in_proj]
+
     def projections(self) -> Iterator[Tuple[str, str, torch.Tensor]]:
-        """(axis, pair key, matrix) of every projection of this layer."""
-        for key, q in self.in_proj.items():
-            yield 'in', key, q
+        """(axis, pair key, matrix) of every projection of this layer (views into its bank)."""
+        return _projections(self.banks())
 
     def projection_groups(self) -> Dict[GroupKey, List[torch.Tensor]]:
         """One group: the Q of every input candidate (one output width)."""
-        return _groups(self.pairs, None, self.in_proj, one_out_group=False)
+        return _groups(self.banks())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits of the classifier for the input width x.shape[1]."""

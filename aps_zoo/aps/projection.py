@@ -8,9 +8,10 @@ gives disjoint blocks (independent weights). Both are special cases of APS.
 from __future__ import annotations
 
 from contextlib import nullcontext
-from typing import Sequence
+from typing import Dict, Hashable, Iterator, List, Sequence, Tuple
 
 import torch
+import torch.nn as nn
 
 INIT_NOISE = 1e-3
 
@@ -49,6 +50,101 @@ def renormalize_columns_(p: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     return p
 
 
+class ProjectionBank(nn.Module):
+    """Every projection of one layer axis in one parameter, stored transposed: ``weight: (total width,
+    meta_width)``, one row per projection column.
+
+    Each candidate pair's ``(meta_width, c)`` matrix is the transpose of a block of ``c`` rows
+    (``bank[key]``, a view), and the blocks of one penalty group are consecutive, so a group is one
+    contiguous ``(width, meta_width)`` slab: its Gram and the penalty's gradient are plain batched matmuls
+    on contiguous memory, and the optimizer, the renormalisation and the gradient touch one tensor per
+    axis instead of one per pair. ``blocks``: (group, pair key, width, row offset of its identity block),
+    in the order the initial noise is drawn.
+    """
+
+    def __init__(self, meta_width: int, blocks: Sequence[Tuple[Hashable, str, int, int]], noise: float = INIT_NOISE):
+        super().__init__()
+        drawn = {key: init_projection(meta_width, width, offset, noise) for _, key, width, offset in blocks}
+        self.members: Dict[Hashable, List[str]] = {}  # group -> its pair keys, in row order
+        for group, key, *_ in blocks:
+            self.members.setdefault(group, []).append(key)
+        self.spans: Dict[str, Tuple[int, int]] = {}  # pair key -> its rows
+        start, group_spans = 0, []
+        for keys in self.members.values():
+            group_spans.append((start, start + sum(drawn[k].shape[1] for k in keys)))
+            for key in keys:
+                self.spans[key] = (start, start + drawn[key].shape[1])
+                start += drawn[key].shape[1]
+        self.weight = nn.Parameter(torch.cat([drawn[key].t() for key in self.spans]))
+        self.batches = _equal_width_runs(group_spans)
+
+    def __getitem__(self, key: str) -> torch.Tensor:
+        start, stop = self.spans[key]
+        return self.weight[start:stop].t()
+
+    def pair_grad(self, key: str) -> torch.Tensor:
+        """The gradient of one pair's matrix (a view of ``weight.grad``); None before any backward."""
+        start, stop = self.spans[key]
+        return None if self.weight.grad is None else self.weight.grad[start:stop].t()
+
+    def __contains__(self, key: str) -> bool:
+        return key in self.spans
+
+    def keys(self) -> List[str]:
+        return list(self.spans)
+
+    def items(self) -> Iterator[Tuple[str, torch.Tensor]]:
+        return ((key, self[key]) for key in self.spans)
+
+    def groups(self) -> Dict[Hashable, List[torch.Tensor]]:
+        """The pair matrices of each penalty group (views), groups in row order."""
+        return {group: [self[key] for key in keys] for group, keys in self.members.items()}
+
+    def group_slabs(self, tensor: torch.Tensor = None) -> Iterator[torch.Tensor]:
+        """Each run of consecutive equal-width groups of ``tensor`` (default ``weight``; its gradient
+        works too) as one contiguous ``(groups, width, meta_width)`` view: group ``g``'s concatenated
+        projections, transposed."""
+        tensor = self.weight if tensor is None else tensor
+        for start, count, width in self.batches:
+            yield tensor[start:start + count * width].view(count, width, -1)
+
+    @torch.no_grad()
+    def renormalize_(self) -> None:
+        """Scale every projection column (a row of ``weight``) to unit L2 norm."""
+        renormalize_columns_(self.weight.t())
+
+
+def _equal_width_runs(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int, int]]:
+    """(start row, number of groups, width) of each run of consecutive groups of one width."""
+    runs: List[List[int]] = []
+    for start, stop in spans:
+        if runs and runs[-1][2] == stop - start:
+            runs[-1][1] += 1
+        else:
+            runs.append([start, 1, stop - start])
+    return [tuple(r) for r in runs]
+
+
+def off_diagonal_l1_grad_(slab: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+    """:func:`off_diagonal_l1` of the transposed batch ``slab: (G, cols, rows)`` (one value per matrix,
+    without autograd); ``scale`` times its gradient, ``2 S slab`` for the sign pattern ``S`` of the
+    off-diagonal Gram, is written into ``out`` (contiguous, the shape of ``slab``)."""
+    gram = _off_diagonal_gram(slab.transpose(1, 2))
+    value = gram.abs().sum((1, 2))
+    torch.bmm(gram.sign_().mul_(2 * scale), slab, out=out)
+    return value
+
+
+def _off_diagonal_gram(a: torch.Tensor) -> torch.Tensor:
+    """``a_g^T a_g`` of each matrix of a batch with its diagonal zeroed, in ``a``'s precision (also
+    under mixed precision)."""
+    device = a.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        gram = a.transpose(1, 2) @ a
+    gram.diagonal(dim1=1, dim2=2).zero_()
+    return gram
+
+
 class _OffDiagonalL1(torch.autograd.Function):
     """L1 norm of the off-diagonal of ``a_g^T a_g`` for each matrix of a batch ``a: (G, rows, cols)``,
     with a one-matmul backward.
@@ -60,10 +156,7 @@ class _OffDiagonalL1(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, a: torch.Tensor) -> torch.Tensor:
-        device = a.device.type
-        with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
-            gram = a.transpose(1, 2) @ a  # in a's precision under mixed precision too
-        gram.diagonal(dim1=1, dim2=2).zero_()
+        gram = _off_diagonal_gram(a)
         ctx.save_for_backward(a, gram)
         return gram.abs().sum((1, 2))
 

@@ -1,15 +1,14 @@
 """Sharing level between candidates and the grouped orthogonality penalty that moves it (APS-T)."""
 from __future__ import annotations
 
-from collections import defaultdict
 from itertools import combinations
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict
 
 import torch
 import torch.nn as nn
 
 from .layers import aps_modules
-from .projection import basis_overlap, off_diagonal_l1, orthonormal_basis, renormalize_columns_
+from .projection import basis_overlap, off_diagonal_l1, off_diagonal_l1_grad_, orthonormal_basis
 
 # The projections' own SGD group (the reference code's momentum; no Nesterov, no weight decay).
 PROJECTION_MOMENTUM = 0.9
@@ -49,48 +48,39 @@ def sharing_levels(model: nn.Module) -> Dict[str, float]:
     return {k: v for k, v in levels.items() if v == v}
 
 
-def grouped_off_diagonal_l1(groups: Sequence[Sequence[torch.Tensor]]) -> torch.Tensor:
-    """For each group, the L1 norm of the off-diagonal of the Gram matrix of its projections
-    concatenated side by side: one Gram per group, groups of one shape in one batched matmul."""
-    by_shape: Dict[Tuple[int, int], List[int]] = defaultdict(list)
-    for i, ps in enumerate(groups):
-        by_shape[(ps[0].shape[0], sum(p.shape[1] for p in ps))].append(i)
-    terms: List[torch.Tensor] = [None] * len(groups)
-    for (rows, cols), index in by_shape.items():
-        # one copy: (rows, G*cols) -> (G, rows, cols) view, every group's columns side by side
-        flat = torch.cat([p for i in index for p in groups[i]], dim=1)
-        values = off_diagonal_l1(flat.view(rows, len(index), cols).transpose(0, 1))
-        for i, v in zip(index, values.unbind()):
-            terms[i] = v
-    return torch.stack(terms)
+def grouped_orthogonality(layer: nn.Module) -> torch.Tensor:
+    """The grouped orthogonality penalty of one APS layer, one value per group (in the order of
+    ``layer.projection_groups()``): one batched Gram per run of equal-width groups of each bank."""
+    return torch.cat([off_diagonal_l1(slab.transpose(1, 2)) for bank in layer.banks() for slab in bank.group_slabs()])
 
 
 def orthogonality_terms(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The grouped orthogonality penalty of every APS layer by module name (a function of the
     projections alone; DESIGN §3): each layer's sum over its groups."""
-    layers = aps_modules(model)
-    groups = {name: list(m.projection_groups().values()) for name, m in layers.items()}
-    flat = [g for gs in groups.values() for g in gs]
-    if not flat:
-        return {}
-    values, start, out = grouped_off_diagonal_l1(flat), 0, {}
-    for name, gs in groups.items():
-        out[name] = values[start:start + len(gs)].sum()
-        start += len(gs)
-    return out
-
-
-def grouped_orthogonality(layer: nn.Module) -> torch.Tensor:
-    """The grouped orthogonality penalty of one APS layer, one value per group (in the order of
-    ``layer.projection_groups()``)."""
-    return grouped_off_diagonal_l1(list(layer.projection_groups().values()))
+    return {name: grouped_orthogonality(m).sum() for name, m in aps_modules(model).items()}
 
 
 def orthogonality_loss(model: nn.Module) -> torch.Tensor:
     """The grouped orthogonality penalty summed over every APS layer of ``model`` (stem, every block
     conv and shortcut, depthwise convs, classifier: each once)."""
-    groups = [g for m in aps_modules(model).values() for g in m.projection_groups().values()]
-    return grouped_off_diagonal_l1(groups).sum() if groups else torch.zeros(())
+    terms = list(orthogonality_terms(model).values())
+    return torch.stack(terms).sum() if terms else torch.zeros(())
+
+
+@torch.no_grad()
+def add_orthogonality_grad_(model: nn.Module, weight: float) -> torch.Tensor:
+    """Add ``weight`` x the gradient of :func:`orthogonality_loss` to every projection bank's ``.grad``
+    (computed directly, ``2 a S`` per group into one buffer per bank: no autograd graph, so it can follow the task loss's backward
+    under DistributedDataParallel, where it is the same on every rank); returns the penalty."""
+    values = []
+    for m in aps_modules(model).values():
+        for bank in m.banks():
+            grad = torch.empty_like(bank.weight)
+            for slab, out in zip(bank.group_slabs(), bank.group_slabs(grad)):
+                values.append(off_diagonal_l1_grad_(slab, weight, out).sum())
+            p = bank.weight
+            p.grad = grad if p.grad is None else p.grad.add_(grad)
+    return torch.stack(values).sum() if values else torch.zeros(())
 
 
 @torch.no_grad()
@@ -101,6 +91,6 @@ def renormalize_projections(model: nn.Module, only_updated: bool = False) -> Non
     (the optimizer leaves projections without a gradient untouched).
     """
     for m in aps_modules(model).values():
-        for _, _, p in m.projections():
-            if not only_updated or p.grad is not None:
-                renormalize_columns_(p)
+        for bank in m.banks():
+            if not only_updated or bank.weight.grad is not None:
+                bank.renormalize_()

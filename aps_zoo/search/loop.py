@@ -28,7 +28,8 @@ from tqdm.auto import tqdm
 from .. import __version__
 from .._io import atomic_write_text
 from .._memory import check_supernet_memory
-from ..aps import attach_projections, orthogonality_loss, renormalize_projections, sharing_levels
+from ..aps import (add_orthogonality_grad_, attach_projections, orthogonality_loss, renormalize_projections,
+                   sharing_levels)
 from ..aps.sharing import PROJECTION_MOMENTUM, transition_projection_lr
 from ..channels import ChannelConfig
 from ..data import build_loaders
@@ -154,23 +155,20 @@ class _Searcher:
             self.step += 1
             # the grouped penalty (and so the projections' update under projection_grad: penalty) every k-th step
             penalised = learn and s.orthogonal_weight > 0 and self.step % s.orthogonal_every == 0
-            widths = self.space.widths(choices)
-            if penalised:
-                logits, penalty = self.model(x, widths, return_penalty=True)
-                task = F.cross_entropy(logits, y)
-                loss = task + s.orthogonal_weight * penalty
-            else:
-                logits = self.model(x, widths)
-                loss = task = F.cross_entropy(logits, y)
+            logits = self.model(x, self.space.widths(choices))
+            loss = F.cross_entropy(logits, y)
             if not check_finite(loss, self.step, s.on_nonfinite_loss):
                 self.optimizer.zero_grad()
                 continue
             self.acc.backward(loss)
+            if penalised:  # added to the task's (synchronised, fp16-unscaled) gradient: the same on every rank
+                self.acc.unscale_gradients()
+                add_orthogonality_grad_(self.supernet, s.orthogonal_weight)
             self.optimizer.step()
             if learn and s.renormalize_projections:
                 renormalize_projections(self.supernet, only_updated=True)
             self.optimizer.zero_grad()
-            losses.append(task.item())  # the task loss: the penalty is logged per epoch ('orthogonality')
+            losses.append(loss.item())  # the task loss: the penalty is logged per epoch ('orthogonality')
             correct += (logits.argmax(-1) == y).sum().item()
             seen += y.numel()
             bar.set_postfix(loss=f'{losses[-1]:.3f}')

@@ -14,7 +14,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
-from ..aps.sharing import orthogonality_loss
 from ..channels import BlockSpec, shortcut_kind
 from .space import SearchSpace
 
@@ -96,11 +95,9 @@ class APSSupernet(nn.Module):
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
 
-    def forward(self, x: torch.Tensor, widths: Sequence[int], return_penalty: bool = False):
-        """Logits of the subnet with per-entry ``widths``; with ``return_penalty`` also the grouped
-        orthogonality penalty of every projection (``aps_zoo.aps.orthogonality_loss``). The penalty
-        depends on the projections alone; it is computed here so that under DistributedDataParallel
-        the projections count as used on the steps that penalise them.
+    def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
+        """Logits of the subnet with per-entry ``widths`` (the orthogonality penalty depends on the
+        projections alone: ``aps_zoo.aps.orthogonality_loss``, its gradient ``add_orthogonality_grad_``).
 
         Runs channels_last: candidate kernels come out of their matmuls in that layout, and
         projections applied to activations are plain matmuls over the channels-last view."""
@@ -112,7 +109,7 @@ class APSSupernet(nn.Module):
         if self.head is not None:
             x = self.head(x, widths[self.space.layout.head_entry])
         logits = self.fc(x.mean((2, 3)))
-        return (logits, orthogonality_loss(self)) if return_penalty else logits
+        return logits
 
     def meta_parameters(self) -> List[nn.Parameter]:
         """Meta weights and classifier bias (the SGD group)."""
