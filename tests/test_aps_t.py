@@ -11,7 +11,8 @@ import torch.nn.functional as F
 
 from aps_zoo.aps import (APSConv2d, APSLinear, add_orthogonality_grad_, aps_modules, attach_projections,
                          grouped_orthogonality, layer_sharing_level, orthogonality_loss, orthogonality_terms)
-from aps_zoo.aps.sharing import MAX_LR_WEIGHT, TRANSITION_LR_WEIGHT_UPDATES, transition_projection_lr
+from aps_zoo.aps.sharing import (MAX_LR_WEIGHT, REFERENCE_PROJECTION_LR, TRANSITION_LR_WEIGHT_UPDATES,
+                                 transition_projection_lr)
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.search.loop import _Searcher, make_accelerator, search
 from aps_zoo.spaces import APSSupernet, build_space
@@ -175,13 +176,16 @@ def tiny(tmp_path, **search):
 
 
 def test_projection_lr_precedence(tmp_path):
-    """An explicit ``projection_lr`` wins; otherwise it is derived from ``sharing_transition`` over the
-    search's post-warm-up projection updates (3 epochs x 4 steps / orthogonal_every)."""
+    """An explicit ``projection_lr`` wins; otherwise under ``penalty`` it is derived from ``sharing_transition``
+    over the search's post-warm-up projection updates (3 epochs x 4 steps / orthogonal_every), under
+    ``task_and_penalty`` it is the reference's."""
     acc = make_accelerator(cpu=True)
     derived = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, orthogonal_every=2)), acc, tmp_path)
     assert derived.projection_lr == pytest.approx(transition_projection_lr(0.25, 3 * 4 // 2, 5e-3))
     explicit = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, projection_lr=0.01)), acc, tmp_path)
     assert explicit.projection_lr == 0.01
+    with_task = _Searcher(recipe_from_dict(tiny(tmp_path, projection_grad='task_and_penalty')), acc, tmp_path)
+    assert with_task.projection_lr == REFERENCE_PROJECTION_LR == 1e-3  # the law is for penalty-only updates
 
 
 @pytest.mark.parametrize('key, value, match', [

@@ -21,6 +21,9 @@ TRANSITION_LR_WEIGHT_UPDATES = 0.10
 # Above lr x weight = 5e-4 per update the steps overshoot: at 1e-3 the transition ends late (0.127),
 # at 2e-3 sharing stalls near 0.2 (same measurement). Derived learning rates stop there.
 MAX_LR_WEIGHT = 5e-4
+# The reference code's projection lr; the default under projection_grad: task_and_penalty, where the task
+# gradient reaches the projections and the penalty-only law above does not hold.
+REFERENCE_PROJECTION_LR = 1e-3
 
 
 def transition_projection_lr(fraction: float, updates: int, weight: float) -> float:

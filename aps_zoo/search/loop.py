@@ -30,7 +30,7 @@ from .._io import atomic_write_text
 from .._memory import check_supernet_memory
 from ..aps import (add_orthogonality_grad_, attach_projections, orthogonality_loss, renormalize_projections,
                    sharing_levels)
-from ..aps.sharing import PROJECTION_MOMENTUM, transition_projection_lr
+from ..aps.sharing import PROJECTION_MOMENTUM, REFERENCE_PROJECTION_LR, transition_projection_lr
 from ..channels import ChannelConfig
 from ..data import build_loaders
 from ..flops import count_macs, count_params, uniform_like
@@ -115,12 +115,16 @@ class _Searcher:
         return len(self.train_loader) if steps is None else min(len(self.train_loader), steps)
 
     def _projection_lr(self) -> float:
-        """``search.projection_lr`` when set; else the lr that completes the sharing transition after
-        ``search.sharing_transition`` of the post-warm-up projection updates (0 without a penalty
-        under ``projection_grad: penalty``: nothing moves the projections then)."""
+        """``search.projection_lr`` when set; under ``projection_grad: task_and_penalty`` the reference's
+        lr (the transition law is for penalty-only updates: the derived lr, applied to the task gradient
+        too, wrecks the supernet); else the lr that completes the sharing transition after
+        ``search.sharing_transition`` of the post-warm-up projection updates (0 without a penalty:
+        nothing moves the projections then)."""
         s = self.recipe.search
         if s.projection_lr is not None:
             return s.projection_lr
+        if s.projection_grad == 'task_and_penalty':
+            return REFERENCE_PROJECTION_LR
         if s.orthogonal_weight == 0:
             return 0.0
         updates = (s.epochs - s.warmup_epochs) * self._steps_per_epoch() // s.orthogonal_every
