@@ -130,8 +130,8 @@ def off_diagonal_l1_grad_(slab: torch.Tensor, scale: float, out: torch.Tensor) -
     without autograd); ``scale`` times its gradient, ``2 S slab`` for the sign pattern ``S`` of the
     off-diagonal Gram, is written into ``out`` (contiguous, the shape of ``slab``)."""
     gram = _off_diagonal_gram(slab.transpose(1, 2))
-    value = gram.abs().sum((1, 2))
-    torch.bmm(gram.sign_().mul_(2 * scale), slab, out=out)
+    value = torch.linalg.vector_norm(gram, 1, dim=(1, 2))
+    torch.baddbmm(out, gram.sign_(), slab, beta=0, alpha=2 * scale, out=out)  # beta 0: out's contents ignored
     return value
 
 
