@@ -340,8 +340,11 @@ def test_ctrl_c_exits_130_with_the_resume_command(tmp_path):
     recipe['data'].update(max_train_samples=128)
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
     env = {**os.environ, 'PYTHONPATH': os.getcwd(), 'HF_HUB_OFFLINE': '1', 'HF_DATASETS_OFFLINE': '1'}
+    # as from a terminal: a shell's background job (`cmd &`) inherits SIGINT ignored, and Python then never raises
+    # KeyboardInterrupt
     proc = subprocess.Popen([sys.executable, '-m', 'aps_zoo.cli', 'search', 'r.yaml', '--cpu'], cwd=tmp_path,
-                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True)
+                            env=env, stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     run = tmp_path / 'runs' / 'x' / 'search'
     deadline = time.time() + 240
     while not list_checkpoints(run) and proc.poll() is None and time.time() < deadline:
