@@ -105,18 +105,21 @@ def parse_quality(section) -> Quality:
                                           not isinstance(q.budget_fraction, (int, float)) or
                                           not 0 < q.budget_fraction <= 1):
         raise QualityError(f"quality.budget_fraction must be in (0, 1], got {q.budget_fraction!r}")
-    for key in ('random_samples', 'random_proxy_epochs', 'independent_warmup_epochs'):
-        value = getattr(q, key)
-        if key == 'independent_warmup_epochs' and value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise QualityError(f"quality.{key} must be a positive integer, got {value!r}")
+    for key in ('random_samples', 'random_proxy_epochs'):
+        _check_positive_int(key, getattr(q, key))
+    if q.independent_warmup_epochs is not None:  # None: the recipe's own warm-up
+        _check_positive_int('independent_warmup_epochs', q.independent_warmup_epochs)
     if not isinstance(q.methods, list) or not q.methods or not set(q.methods) <= set(METHODS) \
             or len(set(q.methods)) != len(q.methods):
         raise QualityError(f"quality.methods must be a non-empty list of distinct names from {', '.join(METHODS)}, "
                            f"got {q.methods!r}")
     q.methods = [m for m in METHODS if m in q.methods]
     return q
+
+
+def _check_positive_int(key: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise QualityError(f"quality.{key} must be a positive integer, got {value!r}")
 
 
 def load_quality_recipe(path) -> tuple:

@@ -4,7 +4,8 @@ For each sampled architecture of a space (default: the ResNet-20 CIFAR space, ca
 4,8,16,32,64, meta width 124) it times a full SGD step (forward, backward, optimizer) of the APS
 supernet as the search runs it after warm-up under ``search.projection_grad: penalty`` (projections
 detached from the forward; on every step, as ``orthogonal_every: 1``, the gradient of the grouped
-orthogonality penalty of every projection added after the backward, then the column renormalisation), of the same supernet with every projection forced onto the kernel
+orthogonality penalty of every projection added after the backward, then the column
+renormalisation), of the same supernet with every projection forced onto the kernel
 (``P^T W Q``, the reference formulation), of the supernet without the penalty (warm-up, and the
 steps ``search.orthogonal_every`` skips), and of the timm model built from the same
 ChannelConfig trained the same way. The steps run interleaved, round after round, and each is
@@ -13,9 +14,8 @@ channels_last; so does the standalone model by default (``--no-channels-last``: 
 faster memory format for it on CPU too.
 
 "MAC ratio" is the multiply-adds of the supernet forward (convolutions, the projections under the
-plan each layer picks) and of the orthogonality penalty (Gram matrices and their gradient), counted by
-FlopCounterMode, over those of the
-subnet: no implementation of dense projections can beat it. The projections and the penalty cost
+plan each layer picks) and of the orthogonality penalty (Gram matrices and their gradient), counted
+by FlopCounterMode, over those of the subnet: no implementation of dense projections can beat it. The projections and the penalty cost
 the same at any batch, so the ratio falls as the batch grows; a last table gives it, with and
 without the penalty, for a few batch sizes without running them. Memory is measured exactly
 rather than through the allocator: the tensors autograd saves for backward in one step, and the

@@ -145,31 +145,13 @@ def _off_diagonal_gram(a: torch.Tensor) -> torch.Tensor:
     return gram
 
 
-class _OffDiagonalL1(torch.autograd.Function):
-    """L1 norm of the off-diagonal of ``a_g^T a_g`` for each matrix of a batch ``a: (G, rows, cols)``,
-    with a one-matmul backward.
-
-    The Gram matrix is symmetric, so the gradient ``a (S + S^T)`` of its sign pattern ``S`` is
-    ``2 a S``: one batched ``(rows, cols) x (cols, cols)`` product where autograd's generic rule
-    takes two.
-    """
-
-    @staticmethod
-    def forward(ctx, a: torch.Tensor) -> torch.Tensor:
-        gram = _off_diagonal_gram(a)
-        ctx.save_for_backward(a, gram)
-        return gram.abs().sum((1, 2))
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        a, off_diagonal = ctx.saved_tensors
-        return a @ off_diagonal.sign().mul_(2 * grad[:, None, None])
-
-
 def off_diagonal_l1(a: torch.Tensor) -> torch.Tensor:
     """L1 norm of the off-diagonal of ``a^T a`` (zero iff the columns are mutually orthogonal);
-    for a batch ``(G, rows, cols)`` one value per matrix."""
-    return _OffDiagonalL1.apply(a) if a.dim() == 3 else _OffDiagonalL1.apply(a[None])[0]
+    for a batch ``(G, rows, cols)`` one value per matrix. Plain autograd: the search's step uses
+    :func:`off_diagonal_l1_grad_` instead, so this stays the definition its gradient is checked against."""
+    gram = _off_diagonal_gram(a if a.dim() == 3 else a[None])
+    values = gram.abs().sum((1, 2))
+    return values if a.dim() == 3 else values[0]
 
 
 def subspace_overlap(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

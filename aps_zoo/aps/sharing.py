@@ -73,8 +73,9 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def add_orthogonality_grad_(model: nn.Module, weight: float) -> torch.Tensor:
     """Add ``weight`` x the gradient of :func:`orthogonality_loss` to every projection bank's ``.grad``
-    (computed directly, ``2 a S`` per group into one buffer per bank: no autograd graph, so it can follow the task loss's backward
-    under DistributedDataParallel, where it is the same on every rank); returns the penalty."""
+    (computed directly, ``2 a S`` per group into one buffer per bank: no autograd graph, so it can
+    follow the task loss's backward under DistributedDataParallel, where it is the same on every rank);
+    returns the penalty."""
     values = []
     for m in aps_modules(model).values():
         for bank in m.banks():
