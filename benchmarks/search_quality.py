@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import json
 import math
 import os
@@ -402,25 +403,30 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     """Mean sharing of every search (left) and APS's per-layer sharing (right), against the epoch."""
     sharing = summary['sharing']
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'wspace': 0.35})
-    for method, s in sharing.items():
+    for marker, (method, s) in zip(itertools.cycle('osx^'), sharing.items()):  # open markers: curves that coincide stay visible
         # a longer warm-up (quality.independent_warmup_epochs) is aligned on its end; its start is cut off
         shift = sum(p['phase'] == 'warmup' for p in s['records']) - summary['warmup_epochs']
         pts = [p for p in s['records'] if p['epoch'] >= shift]
-        label = method + (f" (last {summary['warmup_epochs']} of {summary['warmup_epochs'] + shift} warm-up epochs)"
+        label = LABELS[method] + (f" (last {summary['warmup_epochs']} of {summary['warmup_epochs'] + shift} warm-up epochs)"
                           if shift else '')
-        axes[0].plot([p['epoch'] - shift for p in pts], [p['sharing_mean'] for p in pts], marker='.', label=label)
+        axes[0].plot([p['epoch'] - shift for p in pts], [p['sharing_mean'] for p in pts], marker=marker, ms=5,
+                     mfc='none', lw=1, label=label)
     axes[0].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1, label='end of warm-up')
     axes[0].set_title('mean sharing level')
-    axes[0].legend(fontsize=8)
+    axes[0].legend(fontsize=8, loc='upper left', bbox_to_anchor=(0, -0.17))
     if 'aps' in sharing:
         pts = sharing['aps']['records']
         layers = list(pts[-1]['sharing'])
-        cmap = plt.get_cmap('viridis')
-        for i, layer in enumerate(layers):
-            axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8,
-                         color=cmap(i / max(1, len(layers) - 1)))
+        roles = {}  # a layer's role is its name with the block/position indices replaced by '#'
+        for layer in layers:
+            roles.setdefault('.'.join('#' if part.isdigit() else part for part in layer.split('.')), []).append(layer)
+        for color, (role, members) in zip(plt.get_cmap('tab10').colors, roles.items()):
+            for j, layer in enumerate(members):
+                axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8, alpha=0.7,
+                             color=color, label=f'{role} ({len(members)})' if j == 0 else None)
         axes[1].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1)
-        axes[1].set_title(f'APS: sharing per layer ({len(layers)} layers, dark = first, light = last)')
+        axes[1].set_title(f'APS: sharing per layer ({len(layers)} layers)')
+        axes[1].legend(fontsize=8, title='layer (count)', title_fontsize=8)
     for ax in axes:
         ax.set_xlabel('search epoch')
         ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
