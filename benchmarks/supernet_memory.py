@@ -14,8 +14,8 @@ RSS is the child's ``ru_maxrss``. A setting whose parameters and momentum alone 
 recipe holds at the recipe's own ``data.batch_size`` and meta width, in float32: parameters, their
 gradients, SGD momentum, DistributedDataParallel's gradient buckets (one more copy of the
 gradients), the tensors autograd saves for backward on the largest architecture, and the penalty's
-largest transient (the Gram matrices and gradient of one run of groups of one bank, computed outside
-autograd after the backward). Not counted: the allocator's cache and the backward's transient
+largest transient (the Gram matrices of one run of groups of one bank, computed outside autograd
+after the backward; the gradient is accumulated in place). Not counted: the allocator's cache and the backward's transient
 gradients of activations.
 
     python benchmarks/supernet_memory.py [--spaces resnet50 resnet18 mobilenetv2] [--meta-widths sum max]
@@ -69,10 +69,10 @@ def per_device_gib(name: str) -> dict:
 
 
 def penalty_transient_bytes(net) -> int:
-    """The largest temporary of ``add_orthogonality_grad_``: one bank's gradient buffer plus the Gram
-    matrices of one of its runs of equal-width groups (float32)."""
-    return 4 * max(bank.weight.numel() + max(slab.shape[0] * slab.shape[1] ** 2 for slab in bank.group_slabs())
-                   for m in aps_modules(net).values() for bank in m.banks())
+    """The largest temporary of ``add_orthogonality_grad_``: the Gram matrices of one run of equal-width
+    groups of one bank (float32; the gradient goes into the bank's ``.grad``, counted with the gradients)."""
+    return 4 * max(slab.shape[0] * slab.shape[1] ** 2 for m in aps_modules(net).values() for bank in m.banks()
+                   for slab in bank.group_slabs())
 
 
 def counts(supernet) -> dict:

@@ -125,13 +125,14 @@ def _equal_width_runs(spans: Sequence[Tuple[int, int]]) -> List[Tuple[int, int, 
     return [tuple(r) for r in runs]
 
 
-def off_diagonal_l1_grad_(slab: torch.Tensor, scale: float, out: torch.Tensor) -> torch.Tensor:
+def off_diagonal_l1_grad_(slab: torch.Tensor, scale: float, out: torch.Tensor, accumulate: bool) -> torch.Tensor:
     """:func:`off_diagonal_l1` of the transposed batch ``slab: (G, cols, rows)`` (one value per matrix,
     without autograd); ``scale`` times its gradient, ``2 S slab`` for the sign pattern ``S`` of the
-    off-diagonal Gram, is written into ``out`` (contiguous, the shape of ``slab``)."""
+    off-diagonal Gram, is added to ``out`` (contiguous, the shape of ``slab``), or written into it
+    without ``accumulate`` (its contents ignored)."""
     gram = _off_diagonal_gram(slab.transpose(1, 2))
     value = torch.linalg.vector_norm(gram, 1, dim=(1, 2))
-    torch.baddbmm(out, gram.sign_(), slab, beta=0, alpha=2 * scale, out=out)  # beta 0: out's contents ignored
+    torch.baddbmm(out, gram.sign_(), slab, beta=1 if accumulate else 0, alpha=2 * scale, out=out)
     return value
 
 

@@ -73,17 +73,17 @@ def orthogonality_loss(model: nn.Module) -> torch.Tensor:
 @torch.no_grad()
 def add_orthogonality_grad_(model: nn.Module, weight: float) -> torch.Tensor:
     """Add ``weight`` x the gradient of :func:`orthogonality_loss` to every projection bank's ``.grad``
-    (computed directly, ``2 a S`` per group into one buffer per bank: no autograd graph, so it can
-    follow the task loss's backward under DistributedDataParallel, where it is the same on every rank);
-    returns the penalty."""
+    (computed directly, ``2 a S`` per group, accumulated in place: no autograd graph, so it can follow
+    the task loss's backward under DistributedDataParallel, where it is the same on every rank); returns
+    the penalty."""
     values = []
     for m in aps_modules(model).values():
         for bank in m.banks():
-            grad = torch.empty_like(bank.weight)
-            for slab, out in zip(bank.group_slabs(), bank.group_slabs(grad)):
-                values.append(off_diagonal_l1_grad_(slab, weight, out).sum())
-            p = bank.weight
-            p.grad = grad if p.grad is None else p.grad.add_(grad)
+            p, accumulate = bank.weight, bank.weight.grad is not None
+            if not accumulate:
+                p.grad = torch.empty_like(p)  # every row is in a group, so every entry gets written
+            for slab, out in zip(bank.group_slabs(), bank.group_slabs(p.grad)):
+                values.append(off_diagonal_l1_grad_(slab, weight, out, accumulate).sum())
     return torch.stack(values).sum() if values else torch.zeros(())
 
 
