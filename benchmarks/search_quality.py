@@ -321,7 +321,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
             out_dir = runs / method / f'train_seed{seed}'
             res = train_run(dataclasses.replace(recipe, seed=seed), config, out_dir, cpu)
             seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s'],
-                           'correct': test_correctness(out_dir, data.test)}
+                           'correct': ''.join(map(str, test_correctness(out_dir, data.test)))}  # '0'/'1' per image
             now['reused' if res['reused'] else 'ran'] += 1
         summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
                                       'params': count_params(config), 'search_s': found['search_s'],
@@ -376,7 +376,7 @@ def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
     rows = {r['method']: r for r in method_rows(summary)}
     if 'aps' not in rows:
         return {}
-    correct = {m: [v['correct'] for v in r['seeds'].values()] for m, r in rows.items()}
+    correct = {m: [[int(c) for c in v['correct']] for v in r['seeds'].values()] for m, r in rows.items()}
     return {m: paired_bootstrap(correct['aps'], c) for m, c in correct.items() if m != 'aps'}
 
 
@@ -403,12 +403,13 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     """Mean sharing of every search (left) and APS's per-layer sharing (right), against the epoch."""
     sharing = summary['sharing']
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'wspace': 0.35})
-    for marker, (method, s) in zip(itertools.cycle('osx^'), sharing.items()):  # open markers: curves that coincide stay visible
+    # open markers, one shape per method: curves that coincide stay visible
+    for marker, (method, s) in zip(itertools.cycle('osx^'), sharing.items()):
         # a longer warm-up (quality.independent_warmup_epochs) is aligned on its end; its start is cut off
         shift = sum(p['phase'] == 'warmup' for p in s['records']) - summary['warmup_epochs']
         pts = [p for p in s['records'] if p['epoch'] >= shift]
-        label = LABELS[method] + (f" (last {summary['warmup_epochs']} of {summary['warmup_epochs'] + shift} warm-up epochs)"
-                          if shift else '')
+        label = LABELS[method] + (f" (last {summary['warmup_epochs']} of {summary['warmup_epochs'] + shift} "
+                                  "warm-up epochs)" if shift else '')
         axes[0].plot([p['epoch'] - shift for p in pts], [p['sharing_mean'] for p in pts], marker=marker, ms=5,
                      mfc='none', lw=1, label=label)
     axes[0].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1, label='end of warm-up')

@@ -96,8 +96,8 @@ def test_sharing_trend(sq):
 
 
 def test_outputs_from_a_partial_summary(sq, tmp_path):
-    seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0, 'correct': [1] * 9 + [0]},
-             1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0, 'correct': [1] * 9 + [0]}}
+    seeds = {0: {'top1': 90.0, 'top5': 99.0, 'train_s': 1.0, 'correct': '1' * 9 + '0'},
+             1: {'top1': 92.0, 'top5': 99.0, 'train_s': 1.0, 'correct': '1' * 9 + '0'}}
     summary = {
         'setting': 'toy', 'recipe': 'recipes/toy.yaml', 'command': 'python benchmarks/search_quality.py toy',
         'dataset': 'digits', 'test_images': 10, 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'widest_macs': 4e6,
