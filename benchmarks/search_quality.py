@@ -37,7 +37,6 @@ import argparse
 import dataclasses
 import itertools
 import json
-import math
 import os
 import shlex
 import statistics
