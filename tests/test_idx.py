@@ -184,3 +184,10 @@ def test_search_on_an_idx_folder(tmp_path):
     config = ChannelConfig.load(tmp_path / 'runs' / 'idx' / 'search' / 'channel_config.json')
     assert config == result.config and config.num_classes == 4
     assert config.provenance['dataset'].startswith(f"IDX folder {tmp_path / 'm'} (4 classes; train 144, val 16")
+
+
+def test_fashion_mnist_names_the_hub_dataset(tmp_path, monkeypatch):
+    from aps_zoo.data import DataError
+    monkeypatch.chdir(tmp_path)  # no local folder of that name
+    with pytest.raises(DataError, match=r"'fashion_mnist': Couldn't reach 'zalando-datasets/fashion_mnist'"):
+        build_loaders(DataSection(dataset='fashion_mnist'), seed=0, holdout=True)  # offline in tests
