@@ -1,6 +1,7 @@
 """ChannelConfig: the per-layer output widths of a network, plus the block layout of each family.
 
-A config lists the output width of every searchable conv in forward order (DESIGN §4):
+A config lists the output width of every searchable conv in forward order
+(docs/design.md#published-channel-configs):
 
 * ``resnet_cifar`` (depth 6n+2): stem, then (mid, out) per basic block; 3 stages.
 * ``resnet`` (depth 18/34: basic, 50/101/152: bottleneck): ImageNet stem, then
@@ -351,7 +352,7 @@ def uniform_widths(family: str, depth: int = 0, multiplier: float = 1.0) -> List
 
 
 def shortcut_kind(block: BlockSpec, in_width: int, out_width: int) -> Optional[str]:
-    """The shortcut rule shared by supernet and models (DESIGN §3).
+    """The shortcut rule shared by supernet and models (docs/design.md#shortcuts).
 
     ``None``: no residual; ``'identity'``; ``'conv_bn'``: 1x1 conv + BN where widths differ at
     stride 1; ``'pool_conv'``: 2x2 avg-pool + 1x1 conv (no BN) at stride 2.

@@ -10,6 +10,8 @@ process; images are decoded and transformed in the DataLoader workers. The train
 seeded sampler whose order depends only on (seed, epoch): call ``loader.set_epoch(epoch)`` (an
 Accelerate-prepared loader forwards it) so that a resumed run sees the same batches as an
 uninterrupted one.
+A folder of MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST) is read by ``idx.py``;
+``fashion_mnist`` names the Hub's ``zalando-datasets/fashion_mnist``.
 """
 from __future__ import annotations
 
@@ -30,6 +32,7 @@ from PIL import Image as PILImage
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
+from .idx import HUB_IDS, idx_dataset, is_idx_folder
 from .recipe import DataSection
 
 logger = logging.getLogger(__name__)
@@ -127,7 +130,7 @@ def _saved_to_disk(path: Path) -> bool:
 
 
 def _open_source(data: DataSection):
-    """(dataset dict, kind, description of where it came from). ``kind`` is 'digits', 'disk', 'hub', or the
+    """(dataset dict, kind, description of where it came from). ``kind`` is 'digits', 'disk', 'idx', 'hub', or the
     ``datasets`` builder that read local files ('imagefolder', 'parquet', 'arrow', ...)."""
     if data.dataset == DIGITS:
         return digits_dataset(), DIGITS, 'scikit-learn digits'
@@ -135,6 +138,9 @@ def _open_source(data: DataSection):
     if path.is_dir() and _saved_to_disk(path):
         _refuse_load_kwargs(data, 'a save_to_disk folder')
         return _from_disk(path, data.streaming), 'disk', f'save_to_disk folder {path}'
+    if path.is_dir() and is_idx_folder(path):
+        _refuse_load_kwargs(data, 'an IDX folder')
+        return idx_dataset(path, data.streaming), 'idx', f'IDX folder {path}'
     if path.is_file():
         if path.suffix not in FILE_BUILDERS:
             raise DataError(f"data.dataset {data.dataset!r} is a file but not {' or '.join(FILE_BUILDERS)}; give "
@@ -147,12 +153,13 @@ def _open_source(data: DataSection):
         raise DataError(f"data.dataset {data.dataset!r} does not exist; give 'digits', a folder (imagefolder, "
                         f"parquet files, save_to_disk), a parquet/arrow file, or a Hugging Face Hub dataset id")
     kwargs = _load_kwargs(data)
-    dd = _load_dataset(data.dataset, data.dataset, streaming=data.streaming, **kwargs)
+    hub_id = data.dataset if path.is_dir() else HUB_IDS.get(data.dataset, data.dataset)
+    dd = _load_dataset(data.dataset, hub_id, streaming=data.streaming, **kwargs)
     builder = next(iter(dd.values())).info.builder_name
     if path.is_dir() or builder == data.dataset:  # local files read by a builder datasets picked or was named
         return dd, builder, f"{builder} {path if path.is_dir() else kwargs.get('data_files')}"
     details = ''.join(f', {k} {v}' for k, v in kwargs.items() if k != 'data_files')
-    return dd, 'hub', f'{data.dataset} (Hugging Face Hub{details})'
+    return dd, 'hub', f'{hub_id} (Hugging Face Hub{details})'
 
 
 @dataclass

@@ -42,8 +42,9 @@ def pair_key(c_in: int, c_out: int) -> str:
 def _projection_bank(meta: int, widths: Sequence[int], pairs: Sequence[Pair], axis: int, overlap: float,
                      noise: float, one_group: bool = False) -> ProjectionBank:
     """The projections of one axis (0: in, Q; 1: out, P) of ``pairs``, grouped as the penalty sets them
-    against each other (DESIGN §3): on the out axis the P of every output candidate of one input width, on
-    the in axis the Q of every input candidate of one output width; ``one_group``: all of them in one."""
+    against each other (docs/design.md#grouped-orthogonality-penalty): on the out axis the P of every output
+    candidate of one input width, on the in axis the Q of every input candidate of one output width;
+    ``one_group``: all of them in one."""
     offsets = dict(zip(widths, overlap_offsets(widths, overlap)))
     name = ('in', 'out')[axis]
     return ProjectionBank(meta, [((name, 0 if one_group else pair[1 - axis]), pair_key(*pair), pair[axis],
@@ -92,10 +93,11 @@ class APSConv2d(nn.Module):
         return _projections(self.banks())
 
     def projection_groups(self) -> Dict[GroupKey, List[torch.Tensor]]:
-        """The candidates the orthogonality penalty sets against each other (DESIGN §3): on the out
-        axis, for each input width the P of every output candidate; on the in axis, for each output
-        width the Q of every input candidate; a depthwise conv (one projection per width) and the
-        stem (one input width) form one group of all their candidates."""
+        """The candidates the orthogonality penalty sets against each other
+        (docs/design.md#grouped-orthogonality-penalty): on the out axis, for each input width the P of
+        every output candidate; on the in axis, for each output width the Q of every input candidate; a
+        depthwise conv (one projection per width) and the stem (one input width) form one group of all
+        their candidates."""
         return _groups(self.banks())
 
     def _proj(self, table: ProjectionBank, key: str) -> torch.Tensor:

@@ -16,7 +16,7 @@ PROJECTION_MOMENTUM = 0.9
 # renormalisation) take a ResNet-20 CIFAR layer (candidates 4..64, meta 124) from ordinal sharing
 # (overlap 1) to mean sharing 0.05, measured with benchmarks/sharing_transition.py at weight 5e-3:
 # 0.1007 at lr 1e-2 (2,014 updates), 0.1032 at 4e-2, 0.108 at 0.1; sharing 0.54 comes at ~0.05
-# (DESIGN §3 / the issue: 19,600 updates at lr 1e-3, i.e. 0.098).
+# (docs/design.md#how-the-projections-learn: 19,600 updates at lr 1e-3, i.e. 0.098).
 TRANSITION_LR_WEIGHT_UPDATES = 0.10
 # Above lr x weight = 5e-4 per update the steps overshoot: at 1e-3 the transition ends late (0.127),
 # at 2e-3 sharing stalls near 0.2 (same measurement). Derived learning rates stop there.
@@ -59,7 +59,7 @@ def grouped_orthogonality(layer: nn.Module) -> torch.Tensor:
 
 def orthogonality_terms(model: nn.Module) -> Dict[str, torch.Tensor]:
     """The grouped orthogonality penalty of every APS layer by module name (a function of the
-    projections alone; DESIGN §3): each layer's sum over its groups."""
+    projections alone; docs/design.md#how-the-projections-learn): each layer's sum over its groups."""
     return {name: grouped_orthogonality(m).sum() for name, m in aps_modules(model).items()}
 
 

@@ -33,7 +33,8 @@ PAPER_CITATION = """@inproceedings{wang2020aps,
   volume    = {33},
   year      = {2020}
 }"""
-# ImageNet top-1 of peer channel-search methods, as published in those projects' own READMEs (DESIGN §4).
+# ImageNet top-1 of peer channel-search methods, as published in those projects' own READMEs
+# (docs/design.md#peer-results).
 # Keyed by (family, depth); each row is (method, MACs, top-1 as published).
 PEER_RESULTS = {
     ('resnet', 50): (('Uniform ResNet-50 0.75x', 2.3e9, '74.8'), ('MetaPruning', 2.0e9, '75.4'),

@@ -3,8 +3,8 @@
 Two families share this file: ``resnet_cifar`` (3x3 stride-1 stem, 3 stages of basic blocks, depth 6n+2)
 and ``resnet`` (7x7 stride-2 stem + max-pool, 4 stages, basic blocks for depth 18/34, bottlenecks for 50+).
 Every block has a residual: identity where its input and output widths match, else a 1x1 conv + BN, or at
-stride 2 a 2x2 average pool + 1x1 conv (DESIGN §3). ``aps_resnet_cifar`` and ``aps_resnet`` build any
-widths (``widths=``, ``depth=``); the other names are fixed networks from ``configs/<name>.json``.
+stride 2 a 2x2 average pool + 1x1 conv (docs/design.md#shortcuts). ``aps_resnet_cifar`` and ``aps_resnet``
+build any widths (``widths=``, ``depth=``); the other names are fixed networks from ``configs/<name>.json``.
 """
 from typing import Sequence
 
