@@ -390,12 +390,16 @@ def _holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: b
 
 
 def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: bool):
-    """(train, val, sizes) of a stream: val is its first examples (needs the split's size), train shuffled."""
+    """(train, val, sizes) of a stream: val is its first ``data.val_size`` examples (else ``data.val_fraction``
+    of the split's size, when the dataset declares it), train the rest, shuffled."""
     total = _num_examples(train, data.train_split)
-    n_val = round(data.val_fraction * total) if holdout and total else 0
+    n_val = 0
+    if holdout:
+        n_val = data.val_size or (round(data.val_fraction * total) if total else 0)
     if holdout and not n_val:
         raise DataError(f"streaming {src.description}: the size of the {data.train_split} split is unknown, so "
-                        f"data.val_fraction cannot be carved; use a non-streaming dataset")
+                        f"data.val_fraction cannot be carved; set data.val_size (images taken from the head of "
+                        f"the stream as the held-out split)")
     val = None
     if n_val:
         val, train = train.take(n_val), train.skip(n_val)

@@ -155,3 +155,17 @@ def device_loaders(accelerator: Accelerator, bundle, seed: int, *, val: Any = BU
     return tuple(None if loader is None else DeviceLoader(_prepare(accelerator, loader, train=i == 0),
                                                           bundle.mean, bundle.std, accelerator.device)
                  for i, loader in enumerate(loaders))
+
+
+def steps_per_epoch(loader, cap: Optional[int], key: str) -> int:
+    """Batches of one epoch: the loader's length, or ``cap`` when smaller. A stream has no length: then ``cap``
+    is required, and its absence is an error naming the recipe ``key`` that sets it."""
+    try:
+        length = len(loader)
+    except TypeError:  # an IterableDataset
+        if cap is None:
+            from .data import DataError
+            raise DataError(f"data.streaming: true: a stream has no length, so an epoch needs a number of steps; "
+                            f"set {key}") from None
+        return cap
+    return length if cap is None else min(length, cap)
