@@ -386,3 +386,41 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
     line = _one_error_line(done, 'train')
     assert f'checkpoint {checkpoint} does not match this run or is corrupted' in line, line
     assert _files(target) == before  # refused, not continued and not overwritten
+
+
+# ------------------------------------------------------------------------------------ preemption (SIGTERM)
+def _cli_train(tmp_path, name, *args, **popen):
+    path = tmp_path / f'{name}.yaml'
+    recipe = _recipe(tmp_path, name, epochs=3, steps_per_epoch=15)
+    recipe['data']['augment'] = False  # no random draws in the data: a resumed epoch can match exactly
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, '-m', 'aps_zoo.cli', 'train', str(path), '--cpu', *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, **popen)
+
+
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path):
+    """A preempted job: SIGTERM during epoch 1 ends the command (exit 143, one line naming the checkpoint) with
+    a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
+    uninterrupted run fresh, as there was no checkpoint) continues it to the weights of the uninterrupted run."""
+    full = _cli_train(tmp_path, 'full', '--resume', 'auto')
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    job = _cli_train(tmp_path, 'job', '--resume', 'auto')
+    log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
+    while not (log.is_file() and log.read_text().strip()) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # epoch 0 is logged: the run is in epoch 1
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('aps-zoo train: stopped by SIGTERM after ') and '--resume auto' in last, last
+    state = json.loads((list_checkpoints(tmp_path / 'job' / 'train')[-1][1] / 'state.json').read_text())
+    assert 'batches_done' in json.dumps(state)
+    resumed = _cli_train(tmp_path, 'job', '--resume', 'auto')
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    out = {name: tmp_path / name / 'train' for name in ('full', 'job')}
+    a, b = (load_file(str(out[n] / 'checkpoints' / 'epoch_0002' / 'model.safetensors')) for n in out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['epoch'] for r in _metrics(out['job'])] == [0, 1, 2]
+    assert [r['train_loss'] for r in _metrics(out['job'])] == pytest.approx([r['train_loss'] for r in
+                                                                             _metrics(out['full'])], rel=1e-6)
