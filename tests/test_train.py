@@ -250,3 +250,35 @@ def test_mixed_precision_from_the_launcher_unless_the_recipe_sets_it(tmp_path):
         results[name] = json.loads((tmp_path / name / 'train' / 'results.json').read_text())
     assert results['launched']['mixed_precision'] == 'bf16' and results['explicit']['mixed_precision'] == 'no'
     assert load_recipe(tmp_path / 'launched' / 'train' / 'recipe.yaml').train.mixed_precision is None
+
+
+def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, capsys):
+    """A batch job's log (stderr not a terminal) gets one line per interval and one per epoch, as timm's
+    train.py logs, instead of tqdm's carriage-return frames; on a terminal the bar stays tqdm."""
+    import io
+    from tqdm.auto import tqdm
+    from aps_zoo.runs import Progress, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(progress(range(2), file=Terminal()), tqdm)
+    log = io.StringIO()
+    bar = progress(range(4), desc='epoch 0', file=log, interval_s=0)  # interval 0: a line per step
+    assert isinstance(bar, Progress) and list(bar) == [0, 1, 2, 3]
+    lines = log.getvalue().splitlines()
+    assert [line.split(' (')[0] for line in lines] == ['epoch 0: 1/4', 'epoch 0: 2/4', 'epoch 0: 3/4',
+                                                       'epoch 0: 4/4', 'epoch 0: 4/4']
+    log = io.StringIO()
+    bar = progress(total=10, initial=3, desc='epoch 1', file=log)  # the default interval: a minute
+    bar.update()
+    bar.set_postfix(loss='0.5')
+    bar.close()
+    assert log.getvalue().count('\n') == 1 and log.getvalue().startswith('epoch 1: 4/10 (')
+    assert log.getvalue().rstrip().endswith('; loss=0.5')
+
+    train(_recipe(tmp_path, epochs=2, steps_per_epoch=3))
+    err = capsys.readouterr().err
+    assert '\r' not in err and [line.split(' (')[0] for line in err.splitlines() if line.startswith('epoch')] == [
+        'epoch 0/1: 3/3', 'epoch 1/1: 3/3']
