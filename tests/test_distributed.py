@@ -3,13 +3,13 @@ read different images; the projections stay out of DDP's buckets under projectio
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 from safetensors.torch import load_file
 
+from aps_zoo.data import digits_dataset
 from aps_zoo.recipe import recipe_from_dict
 from conftest import launch_command
 
@@ -31,8 +31,8 @@ def _recipe(tmp_path, name, **data):
     path = tmp_path / f'{name}.yaml'
     path.write_text(yaml.safe_dump(recipe_from_dict({
         'name': name, 'seed': 0, 'output_dir': str(tmp_path),
-        'data': dict(dataset='digits', image_size=8, batch_size=32, crop_pct=1.0, crop_scale=[0.6, 1.0],
-                     max_train_samples=512, **data),
+        'data': {'dataset': 'digits', 'image_size': 8, 'batch_size': 32, 'crop_pct': 1.0, 'crop_scale': [0.6, 1.0],
+                 'max_train_samples': 512, **data},
         'train': {'config': 'aps_resnet20_cifar_20m', 'epochs': 2, 'lr': 0.1, 'steps_per_epoch': 4},
     }).to_dict()))
     return path
@@ -51,6 +51,24 @@ def test_two_rank_retrain_with_workers_identical_weights_different_images(tmp_pa
         assert len(r0['images'][epoch]) == len(r1['images'][epoch]) == 4 * 32  # per-process batch 32
         assert not set(r0['images'][epoch]) & set(r1['images'][epoch])
     assert json.loads((tmp_path / 'workers' / 'train' / 'results.json').read_text())['num_processes'] == 2
+
+
+@pytest.mark.slow
+def test_two_rank_retrain_on_a_stream_each_rank_decodes_its_own_part(tmp_path):
+    """A training stream is split by rank (datasets' split_dataset_by_node), not dispatched from rank 0: the
+    ranks train on different images, and the weights stay identical."""
+    parts = digits_dataset()['train'].train_test_split(test_size=0.2, seed=0)
+    (tmp_path / 'pq').mkdir()
+    for split, ds in parts.items():
+        ds.to_parquet(str(tmp_path / 'pq' / f'{split}.parquet'))
+    path = _recipe(tmp_path, 'stream', dataset=str(tmp_path / 'pq'), streaming=True, max_train_samples=None,
+                   val_size=128, augment=False)
+    proc = _launch('train', path, tmp_path / 'seen')
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _ranks(tmp_path / 'seen')
+    assert r0['weights'] == r1['weights']
+    assert len(r0['images']['0']) == len(r1['images']['0']) == 4 * 32
+    assert not set(r0['images']['0']) & set(r1['images']['0'])
 
 
 @pytest.mark.slow
