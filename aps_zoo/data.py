@@ -14,9 +14,10 @@ batches as an uninterrupted one.
 
 The input pipeline is timm's: transforms end in uint8 tensors, batches are collated as uint8 (timm's
 ``fast_collate``, a quarter of float32's bytes through the worker queues and the host-to-device copy).
-:func:`aps_zoo.prefetch.device_loaders` prepares loaders for a run: Accelerate shards them, timm's ``PrefetchLoader`` copies
-each batch from pinned memory (``non_blocking``) and normalises it on the device, on a side stream ahead of
-the step on CUDA. The loaders of a :class:`DataBundle` used on their own normalise on the CPU.
+:func:`aps_zoo.prefetch.device_loaders` prepares loaders for a run: Accelerate shards them, timm's
+``PrefetchLoader`` copies each batch from pinned memory (``non_blocking``) and normalises it on the device,
+on a side stream ahead of the step on CUDA. The loaders of a :class:`DataBundle` used on their own
+normalise on the CPU.
 """
 from __future__ import annotations
 

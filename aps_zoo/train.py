@@ -370,7 +370,8 @@ class _Trainer:
         test = evaluate(self.model, self.test_loader, acc, data.num_classes)
         name = self.config_ref or self.config.name
         results = dict(
-            dataset=data.dataset_name, split='test', top1=100 * test['top1'], top5=100 * test['top5'], loss=test['loss'],
+            dataset=data.dataset_name, split='test', top1=100 * test['top1'], top5=100 * test['top5'],
+            loss=test['loss'],
             epochs=self.epochs, best_epoch=state['best_epoch'], weights=state['best_weights'],
             selected_on=f"val top-1 {state['best_top1']:.4f}" if self.tr.select_best else 'final epoch',
             params=self.params, macs=count_macs(self.config), config=name, num_classes=data.num_classes,
@@ -393,8 +394,8 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     """Train ``config`` (default ``recipe.train.config``) on ``recipe.data`` and write the run folder.
 
     ``resume`` continues from the newest usable checkpoint in ``out_dir`` (default ``<run_dir>/train``);
-    'auto' does when one exists and starts fresh otherwise; a fresh run refuses a folder that already holds checkpoints, and one folder is trained by one process
-    at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
+    'auto' does when one exists and starts fresh otherwise; a fresh run refuses a folder that already holds
+    checkpoints, and one folder is trained by one process at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
     applied); otherwise one is made, on CPU if ``cpu``.
     ``init`` (default ``recipe.train.init``): 'random', or 'inherited' to start from the weights the recipe's
     search wrote with ``space.init_from`` (``<run_dir>/search/inherited``).
