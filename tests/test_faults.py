@@ -424,3 +424,28 @@ def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_pa
     assert [r['epoch'] for r in _metrics(out['job'])] == [0, 1, 2]
     assert [r['train_loss'] for r in _metrics(out['job'])] == pytest.approx([r['train_loss'] for r in
                                                                              _metrics(out['full'])], rel=1e-6)
+
+
+def test_search_sigterm_checkpoints_at_the_epoch_end_and_resume_auto_completes(tmp_path):
+    """The search stops on SIGTERM after checkpointing the epoch it is in (exit 143, one line naming the
+    checkpoint); `--resume auto` continues it to the end."""
+    from test_search import tiny
+    path = tmp_path / 'r.yaml'
+    path.write_text(yaml.safe_dump(tiny(tmp_path, epochs=4, steps_per_epoch=15)))
+    cmd = [sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu', '--resume', 'auto']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = tmp_path / 'tiny' / 'search'
+    while not list_checkpoints(run) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('aps-zoo search: stopped by SIGTERM; checkpoint ') and 'epoch_000' in last, last
+    stopped_at = list_checkpoints(run)[-1][0]
+    assert stopped_at < 3 and not (run / 'channel_config.json').exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)['epoch'] for line in (run / 'metrics.jsonl').open()] == [0, 1, 2, 3]
+    assert (run / 'channel_config.json').is_file()
