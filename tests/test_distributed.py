@@ -90,6 +90,22 @@ def test_two_rank_resume_matches_the_uninterrupted_run(tmp_path):
 
 
 @pytest.mark.slow
+def test_nonfinite_loss_on_one_rank_is_skipped_by_both(tmp_path):
+    """on_nonfinite_loss: skip with a NaN loss on rank 1 only: the ranks agree (an all-reduce of the flag), both
+    skip the backward, so no collective waits for the other; the run ends with identical weights."""
+    path = _recipe(tmp_path, 'nan')
+    recipe = yaml.safe_load(path.read_text())
+    recipe['train']['on_nonfinite_loss'] = 'skip'
+    path.write_text(yaml.safe_dump(recipe))
+    proc = _launch('train', path, tmp_path / 'seen', '--nan-on-rank1-step', 6)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _ranks(tmp_path / 'seen')
+    assert r0['weights'] == r1['weights']
+    records = [json.loads(line) for line in (tmp_path / 'nan' / 'train' / 'metrics.jsonl').open()]
+    assert [r['skipped_steps'] for r in records] == [0, 1]
+
+
+@pytest.mark.slow
 def test_detached_projections_stay_out_of_ddp_buckets(tmp_path):
     """DDP buckets every parameter by default; with keep_projections_out_of_ddp exactly the meta weights (the
     bytes counted independently from the supernet). The projections, updated by the penalty alone, stay

@@ -1,9 +1,10 @@
 """Run under `accelerate launch` by tests/test_distributed.py: what each rank saw and holds, one JSON per rank.
 
-    two_ranks.py train RECIPE OUT_DIR [--resume] [--kill-after-epoch N]
+    two_ranks.py train RECIPE OUT_DIR [--resume] [--kill-after-epoch N] [--nan-on-rank1-step N]
         aps_zoo.train.train on CPU; each rank writes OUT_DIR/rank<i>.json: a digest per image it trained on
         (per epoch), its random seed after the loaders were prepared, and a digest of its weights at the end
-        of training (before the kept weights are reloaded).
+        of training (before the kept weights are reloaded). --nan-on-rank1-step: rank 1 alone gets a NaN
+        loss at that step.
     two_ranks.py buckets OUT_DIR
         the tiny search space's supernet wrapped by DDP with and without keep_projections_out_of_ddp: the
         bytes DDP buckets, the bytes of the meta weights and of the projections, and a digest of the
@@ -36,13 +37,15 @@ def _write(out: Path, record) -> None:
     (out / f'rank{PartialState().process_index}.json').write_text(json.dumps(record))
 
 
-def run_train(recipe_path: str, out: Path, resume: bool, kill_after: int) -> None:
+def run_train(recipe_path: str, out: Path, resume: bool, kill_after: int, nan_step: int) -> None:
     seen, record = {}, {}
     step, train_epoch, finish = train_mod._Trainer._step, train_mod._Trainer.train_epoch, train_mod._Trainer.finish
 
     def recording_step(self, images, labels):
         epoch = str(self.state['epoch'])
         seen.setdefault(epoch, []).extend(zlib.crc32(x.numpy().tobytes()) for x in images.float())
+        if self.accelerator.process_index == 1 and self.state['step'] + 1 == nan_step:
+            images = images * float('nan')
         return step(self, images, labels)
 
     def seeded_epoch(self, epoch):
@@ -104,7 +107,9 @@ def run_buckets(out: Path) -> None:
 if __name__ == '__main__':
     args = sys.argv[1:]
     if args[0] == 'train':
-        kill = int(args[args.index('--kill-after-epoch') + 1]) if '--kill-after-epoch' in args else -1
-        run_train(args[1], Path(args[2]), '--resume' in args, kill)
+        def option(name):
+            return int(args[args.index(name) + 1]) if name in args else -1
+        run_train(args[1], Path(args[2]), '--resume' in args, option('--kill-after-epoch'),
+                  option('--nan-on-rank1-step'))
     else:
         run_buckets(Path(args[1]))
