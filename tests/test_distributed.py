@@ -6,11 +6,14 @@ import subprocess
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from safetensors.torch import load_file
 
-from aps_zoo.data import digits_dataset
-from aps_zoo.recipe import recipe_from_dict
+from aps_zoo.channels import ChannelConfig
+from aps_zoo.data import build_loaders, digits_dataset
+from aps_zoo.models import create_model_from_config
+from aps_zoo.recipe import load_recipe, recipe_from_dict
 from conftest import launch_command
 
 SCRIPT = str(Path(__file__).with_name('two_ranks.py'))
@@ -42,7 +45,8 @@ def _recipe(tmp_path, name, **data):
 def test_two_rank_retrain_with_workers_identical_weights_different_images(tmp_path):
     """Each rank trains on its own shard (no image read twice in an epoch) through a DataLoader worker, with its
     own random seed (so its own augmentations), and DDP keeps the weights identical."""
-    proc = _launch('train', _recipe(tmp_path, 'workers', num_workers=1), tmp_path / 'seen')
+    path = _recipe(tmp_path, 'workers', num_workers=1, eval_batch_size=64)
+    proc = _launch('train', path, tmp_path / 'seen')
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = _ranks(tmp_path / 'seen')
     assert r0['weights'] == r1['weights']
@@ -50,7 +54,17 @@ def test_two_rank_retrain_with_workers_identical_weights_different_images(tmp_pa
     for epoch in ('0', '1'):
         assert len(r0['images'][epoch]) == len(r1['images'][epoch]) == 4 * 32  # per-process batch 32
         assert not set(r0['images'][epoch]) & set(r1['images'][epoch])
-    assert json.loads((tmp_path / 'workers' / 'train' / 'results.json').read_text())['num_processes'] == 2
+    # the two ranks' test accuracy counts each of the 360 test images once (6 batches of 64, the last one
+    # padded by Accelerate and cut again by gather_for_metrics): the count of one process over the split
+    out = tmp_path / 'workers' / 'train'
+    results = json.loads((out / 'results.json').read_text())
+    model = create_model_from_config(ChannelConfig.load(out / 'channel_config.json')).eval()
+    model.load_state_dict(load_file(str(out / 'model.safetensors')))
+    recipe = load_recipe(path)
+    with torch.no_grad():
+        correct = sum((model(x).argmax(1) == y).sum().item()
+                      for x, y in build_loaders(recipe.data, recipe.seed, holdout=True).test)
+    assert results['num_processes'] == 2 and 100 * correct / 360 == pytest.approx(results['top1'], abs=1e-6)
 
 
 @pytest.mark.slow

@@ -93,7 +93,7 @@ def test_lock_in_one_process_refuses_a_second_owner(tmp_path):
 
 @pytest.fixture(scope='module')
 def full_and_killed(tmp_path_factory):
-    """A full 3-epoch run, and the same run killed after epoch 2 (checkpoints 1 and 2)."""
+    """A full 3-epoch run, and the same run killed after its second epoch (checkpoints 0 and 1)."""
     root = tmp_path_factory.mktemp('resume')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tests that resume (single_thread): the same float sums
@@ -102,7 +102,7 @@ def full_and_killed(tmp_path_factory):
 
     def save_then_die(accelerator, run_dir, epoch, extra):
         real_save(accelerator, run_dir, epoch, extra)
-        if epoch == 2:
+        if epoch == 1:
             raise KeyboardInterrupt
 
     runs_mod.save_checkpoint = save_then_die
@@ -136,9 +136,9 @@ def test_resume_falls_back_when_rng_or_optimizer_state_does_not_restore(full_and
     capsys.readouterr()
     train(recipe_from_dict(_recipe(tmp_path, 'damaged', epochs=3)), resume=True)
     out = capsys.readouterr().out
-    assert 'trying an older checkpoint' in out and 'resumed from epoch 1' in out
+    assert 'trying an older checkpoint' in out and 'resumed from the checkpoint of epoch 0' in out
     assert ('random_states_0.pkl' in out) == (damage != 'foreign_optimizer')
-    assert _metrics(run) == _metrics(full)  # the fallback reran epoch 2 exactly
+    assert _metrics(run) == _metrics(full)  # the fallback reran epoch 1 exactly
 
 
 def test_resume_with_no_restorable_checkpoint_ends_in_one_line(full_and_killed, tmp_path):
@@ -278,7 +278,7 @@ def _used_bytes(folder: Path) -> int:
 
 @pytest.fixture(scope='module')
 def one_epoch(tmp_path_factory):
-    """A training run folder after one epoch (checkpoint epoch_0001), and its channel config."""
+    """A training run folder after one epoch (checkpoint epoch_0000), and its channel config."""
     root = tmp_path_factory.mktemp('first')
     config_path = CONFIG.save(root / 'config.json')
     threads = torch.get_num_threads()
@@ -319,15 +319,15 @@ def test_disk_full_keeps_earlier_checkpoints_and_removes_partial_files(one_epoch
         assert ('No space left on device' if mounted else 'File too large') in line, line
         assert 'the disk is full' in line and str(disk / 'runs' / 'run' / 'train' / 'checkpoints') in line
         kept = disk / 'runs' / 'run' / 'train'
-        assert [e for e, _ in list_checkpoints(kept)] == [1]
-        assert _files(kept / 'checkpoints') == before  # the epoch-1 checkpoint is untouched
+        assert [e for e, _ in list_checkpoints(kept)] == [0]
+        assert _files(kept / 'checkpoints') == before  # the epoch-0 checkpoint is untouched
         _no_partial_files(kept)
         records = [json.loads(line) for line in (kept / 'metrics.jsonl').read_text().splitlines()]
-        assert [r['epoch'] for r in records][0] == 1
+        assert [r['epoch'] for r in records][0] == 0
         shutil.copytree(kept, tmp_path / 'after' / 'run' / 'train')
     # with room again, the run resumes from the kept checkpoint and finishes
     result = train(recipe_from_dict(_recipe_data(tmp_path / 'after', 2)), str(config_path), resume=True)
-    assert [e for e, _ in list_checkpoints(result.out_dir)] == [1, 2]
+    assert [e for e, _ in list_checkpoints(result.out_dir)] == [0, 1]
     assert all(torch.isfinite(t).all() for t in load_file(str(result.out_dir / 'model.safetensors')).values())
 
 
@@ -377,7 +377,7 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
     target = Path(shutil.copytree(runs, tmp_path / 'runs'))
     foreign = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
     foreign.step()
-    checkpoint = target / 'run' / 'train' / 'checkpoints' / 'epoch_0001'
+    checkpoint = target / 'run' / 'train' / 'checkpoints' / 'epoch_0000'
     torch.save(foreign.state_dict(), checkpoint / 'optimizer.bin')
     before = _files(target)
     recipe = tmp_path / 'recipe.yaml'
