@@ -455,10 +455,12 @@ class Progress:
         self._start = self._last = time.perf_counter()
 
     def __iter__(self):
-        for item in self.iterable:
-            yield item
-            self.update()
-        self.close()
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:  # also when the loop breaks out early (the generator is closed)
+            self.close()
 
     def update(self, n: int = 1) -> None:
         """Count ``n`` more steps; writes a line when ``interval_s`` passed since the last."""

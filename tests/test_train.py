@@ -271,6 +271,11 @@ def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, caps
     assert [line.split(' (')[0] for line in lines] == ['epoch 0: 1/4', 'epoch 0: 2/4', 'epoch 0: 3/4',
                                                        'epoch 0: 4/4', 'epoch 0: 4/4']
     log = io.StringIO()
+    for i in progress(range(10), desc='search', file=log):  # a loop left early still ends in one line
+        if i == 2:
+            break
+    assert log.getvalue().startswith('search: 2/10 (') and log.getvalue().count('\n') == 1
+    log = io.StringIO()
     bar = progress(total=10, initial=3, desc='epoch 1', file=log)  # the default interval: a minute
     bar.update()
     bar.set_postfix(loss='0.5')
