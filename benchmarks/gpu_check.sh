@@ -19,7 +19,7 @@ else
   cpu=0 size=32 budget=2.08e7 batch=256 step_args="--device cuda --batch 256 --archs 3 --steps 5 --floor-batches 256"
   # bf16 for the retraining too: one process holds one Accelerate state, and the search's is bf16 on a GPU
   schedule="search.epochs=8 search.warmup_epochs=3 train.epochs=3 train.mixed_precision=bf16"
-  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+  nvidia-smi --query-gpu=name,memory.total --format=csv,noheader || true
 fi
 out=$(mktemp -d)
 trap 'rm -rf "$out"' EXIT
