@@ -2,7 +2,9 @@
 
 Runs the same under ``python -m aps_zoo.cli`` and ``accelerate launch -m aps_zoo.cli``.
 Errors in user input end with one clear line (exit code 2), never a traceback; Ctrl-C ends with
-exit code 130 and the command that resumes the run.
+exit code 130 and the command that resumes the run; a SIGTERM (a preempted job) with a checkpoint of where
+the run was and exit code 143. ``--resume auto`` resumes a run that has a checkpoint and starts it
+otherwise, so one command serves the first submission and every requeue.
 """
 from __future__ import annotations
 
@@ -17,6 +19,7 @@ import yaml
 from .channels import ChannelConfig
 
 INTERRUPTED = 130  # the shell's code for a process ended by SIGINT
+PREEMPTED = 143  # the shell's code for a process ended by SIGTERM
 
 
 class UsageError(ValueError):
@@ -195,7 +198,9 @@ def build_parser() -> argparse.ArgumentParser:
     def recipe_command(name, func, help_text):
         p = sub.add_parser(name, help=help_text)
         p.add_argument('recipe', help='YAML recipe (see recipes/)')
-        p.add_argument('--resume', action='store_true', help='continue from the newest checkpoint of the run')
+        p.add_argument('--resume', nargs='?', const=True, default=False, type=_resume_value, metavar='auto',
+                       help="continue from the newest checkpoint of the run; '--resume auto': continue if the run "
+                            "has a checkpoint, else start it (one command for a job and its requeues)")
         p.add_argument('--cpu', action='store_true', help='run on CPU even if a GPU is present')
         p.add_argument('--set', action='append', default=[], metavar='SECTION.KEY=VALUE',
                        help='override a recipe value (repeatable)')
@@ -238,13 +243,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _resume_value(text: str):
+    if text not in ('auto', RESUME_LATEST):
+        raise argparse.ArgumentTypeError(f"invalid value {text!r}: give --resume or --resume auto")
+    return 'auto' if text == 'auto' else True
+
+
+RESUME_LATEST = 'latest'
+
+
+def _bare_resume(argv: List[str]) -> List[str]:
+    """``argv`` with a bare ``--resume`` written ``--resume=latest``, so the recipe may follow it
+    (``--resume recipe.yaml``) as before ``--resume auto`` existed."""
+    return [f'--resume={RESUME_LATEST}' if tok == '--resume' and argv[i + 1:i + 2] != ['auto'] else tok
+            for i, tok in enumerate(argv)]
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     """Entry point of the `aps-zoo` command."""
-    args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(_bare_resume(sys.argv[1:] if argv is None else list(argv)))
     from .hub import HubError
-    from .runs import CheckpointError, NonFiniteLossError
+    from .runs import CheckpointError, NonFiniteLossError, Preempted
     try:
         args.func(args)
+    except Preempted as e:
+        if _launch_rank() == 0:
+            print(f"aps-zoo {args.command}: {e}", file=sys.stderr)
+        return PREEMPTED
     except (ValueError, HubError, CheckpointError, NonFiniteLossError, OSError) as e:
         # RecipeError, ChannelConfigError, SearchSpaceError, HubConfigError and DataError are ValueErrors;
         # OSError: files that cannot be read or written (the message names the file)

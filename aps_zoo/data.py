@@ -6,10 +6,19 @@
 ``ILSVRC/imagenet-1k``, which needs network or a local cache, or a builder name such as ``parquet`` with
 ``data.data_files``), with ``config_name``, ``revision`` and ``data_files`` passed through. Splits are names or
 ``datasets`` split expressions (``train[:90%]``). Every source becomes a ``datasets`` dataset, opened once per
-process; images are decoded and transformed in the DataLoader workers. The training loader shuffles with a
-seeded sampler whose order depends only on (seed, epoch): call ``loader.set_epoch(epoch)`` (an
-Accelerate-prepared loader forwards it) so that a resumed run sees the same batches as an
-uninterrupted one.
+node (the local main process first, so an imagefolder is scanned and cached once and the other ranks read
+the cache); images are decoded and transformed in the DataLoader workers (persistent between epochs). The
+training loader shuffles with a seeded sampler whose order depends only on (seed, epoch): call
+``loader.set_epoch(epoch)`` (an Accelerate-prepared loader forwards it) so that a resumed run sees the same
+batches as an uninterrupted one.
+
+The input pipeline is timm's: transforms end in uint8 tensors, batches are collated as uint8 (timm's
+``fast_collate``, a quarter of float32's bytes through the worker queues and the host-to-device copy).
+:func:`aps_zoo.prefetch.device_loaders` prepares loaders for a run: Accelerate shards them, timm's
+``PrefetchLoader`` copies each batch from pinned memory (``non_blocking``) and normalises it on the device,
+on a side stream ahead of the step on CUDA. The loaders of a :class:`DataBundle` used on their own
+normalise on the CPU.
+
 A folder of MNIST-format IDX files (MNIST, Fashion-MNIST, KMNIST) is read by ``idx.py``;
 ``fashion_mnist`` names the Hub's ``zalando-datasets/fashion_mnist``.
 """
@@ -27,12 +36,14 @@ from typing import Any, Dict, List, Optional, Tuple
 import datasets
 import numpy as np
 import torch
+from accelerate import PartialState
 from accelerate.data_loader import SeedableRandomSampler
 from PIL import Image as PILImage
 from timm.data import create_transform
 from torch.utils.data import DataLoader
 
 from .idx import HUB_IDS, idx_dataset, is_idx_folder
+from .prefetch import NormalizedCollate
 from .recipe import DataSection
 
 logger = logging.getLogger(__name__)
@@ -180,10 +191,12 @@ class _Source:
 
 def _resolve(data: DataSection) -> _Source:
     """The dataset of ``data``, prepared once per process (a search and the training after it share it, so an
-    imagefolder is listed and checked once per run)."""
+    imagefolder is listed and checked once per run), by the node's main process first (the others then read
+    what it cached)."""
     key = json.dumps({k: getattr(data, k) for k in SOURCE_KEYS}, default=dataclasses.asdict, sort_keys=True)
     if key not in _SOURCES:
-        _SOURCES[key] = _prepare(data)
+        with PartialState().local_main_process_first():
+            _SOURCES[key] = _prepare(data)
     return _SOURCES[key]
 
 
@@ -315,14 +328,10 @@ def _apply_stream(batch: Dict[str, list], transform, image: str, label: str) -> 
     return out
 
 
-def _collate(items: List[Dict[str, Any]]) -> Tuple[torch.Tensor, torch.Tensor]:
-    return (torch.stack([torch.as_tensor(i['pixel_values']) for i in items]),
-            torch.tensor([int(i['label']) for i in items]))
-
-
 def _transforms(data: DataSection):
+    """(train, eval) timm transforms ending in uint8 tensors (normalisation comes after the collate)."""
     size = (3, data.image_size, data.image_size)
-    common = dict(interpolation=INTERPOLATION, mean=tuple(data.mean), std=tuple(data.std))
+    common = dict(interpolation=INTERPOLATION, use_prefetcher=True)
     eval_tf = create_transform(size, is_training=False, crop_pct=data.crop_pct, **common)
     if not data.augment:
         return eval_tf, eval_tf
@@ -390,12 +399,16 @@ def _holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: b
 
 
 def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, holdout: bool):
-    """(train, val, sizes) of a stream: val is its first examples (needs the split's size), train shuffled."""
+    """(train, val, sizes) of a stream: val is its first ``data.val_size`` examples (else ``data.val_fraction``
+    of the split's size, when the dataset declares it), train the rest, shuffled."""
     total = _num_examples(train, data.train_split)
-    n_val = round(data.val_fraction * total) if holdout and total else 0
+    n_val = 0
+    if holdout:
+        n_val = data.val_size or (round(data.val_fraction * total) if total else 0)
     if holdout and not n_val:
         raise DataError(f"streaming {src.description}: the size of the {data.train_split} split is unknown, so "
-                        f"data.val_fraction cannot be carved; use a non-streaming dataset")
+                        f"data.val_fraction cannot be carved; set data.val_size (images taken from the head of "
+                        f"the stream as the held-out split)")
     val = None
     if n_val:
         val, train = train.take(n_val), train.skip(n_val)
@@ -410,7 +423,8 @@ def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, hol
 def _loaders(src: _Source, data: DataSection, seed: int, train, val, test):
     """(train, val or None, test) DataLoaders; the training order depends only on (seed, epoch)."""
     train_tf, eval_tf = _transforms(data)
-    loader = partial(DataLoader, num_workers=data.num_workers, collate_fn=_collate,
+    loader = partial(DataLoader, num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                     collate_fn=NormalizedCollate(tuple(data.mean), tuple(data.std)),
                      pin_memory=torch.cuda.is_available())
     train_ds = _with_transform(train, train_tf, src.image, src.label, data.batch_size)
     sampler = None if src.streaming else SeedableRandomSampler(train_ds, data_seed=seed)

@@ -43,6 +43,7 @@ class DataSection:
     num_classes: Optional[int] = None       # needed when streaming labels that are not a ClassLabel
     image_size: int = 32
     val_fraction: float = 0.1
+    val_size: Optional[int] = None          # a stream: images taken from its head as the held-out split
     batch_size: int = 64
     eval_batch_size: int = 256
     num_workers: int = 0
@@ -233,6 +234,7 @@ def _check_ranges(r: Recipe) -> None:
          r.data.num_classes)
     need(r.data.max_train_samples is None or r.data.max_train_samples > 0, 'data.max_train_samples', 'positive',
          r.data.max_train_samples)
+    need(r.data.val_size is None or r.data.val_size > 0, 'data.val_size', 'positive', r.data.val_size)
     need(len(r.space.candidates) > 0 and all(c > 0 for c in r.space.candidates), 'space.candidates',
          'a non-empty list of positive widths', r.space.candidates)
     need(len(set(r.space.candidates)) == len(r.space.candidates), 'space.candidates', 'distinct widths',

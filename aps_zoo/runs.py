@@ -6,7 +6,9 @@ fresh run, cut back to the checkpoint on resume) and checkpoints. Checkpoints li
 ``<run_dir>/checkpoints/epoch_<n>``; each is written to a temp folder and renamed into place, so a crash
 never leaves a half-written checkpoint where ``--resume`` looks, and resuming checks that the model,
 optimizer and RNG states all restore (else it falls back to the previous checkpoint). Non-tensor state
-is saved without pickle (safetensors + JSON).
+is saved without pickle (safetensors + JSON). ``resume='auto'`` resumes when the folder holds a checkpoint and
+starts fresh otherwise (one requeue command for both). A SIGTERM (a scheduler preempting the job) is turned
+into a request to stop: the loop checkpoints where it is and the command ends with :class:`Preempted`.
 """
 from __future__ import annotations
 
@@ -16,13 +18,17 @@ import math
 import os
 import random
 import shutil
+import signal
+import sys
+import threading
+import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple, Union
 
 import numpy as np
 import torch
-from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs
-from accelerate.utils import broadcast_object_list, gather_object, set_seed
+from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+from accelerate.utils import broadcast_object_list, gather_object, reduce, set_seed
 from accelerate.utils import load as accelerate_load
 from accelerate.utils.constants import RNG_STATE_NAME
 from safetensors import SafetensorError
@@ -52,6 +58,17 @@ class NonFiniteLossError(FloatingPointError):
 
 class RunInUseError(CheckpointError):
     """The run folder is owned by another live process (it holds the folder's lock)."""
+
+
+class Preempted(RuntimeError):
+    """The run received SIGTERM, wrote a checkpoint where it was and stopped (``--resume`` continues it)."""
+
+
+def _any_process(flag: bool) -> bool:
+    """Whether ``flag`` is true on any process (an all-reduce under a launcher, so every rank agrees)."""
+    if PartialState().num_processes == 1:
+        return flag
+    return bool(reduce(torch.tensor([float(flag)], device=PartialState().device), 'sum').item())
 
 
 class MetricsLog:
@@ -97,13 +114,16 @@ class MetricsLog:
 
 
 def check_finite(loss: torch.Tensor, step: int, policy: str) -> bool:
-    """True if ``loss`` is finite; otherwise skip (False) or raise naming the step, per ``policy``."""
+    """True if ``loss`` is finite on every process; otherwise skip (False) or raise naming the step, per
+    ``policy``. The processes agree (an all-reduce of the flag), so all skip the backward together and no
+    collective waits for a rank that skipped."""
     value = loss.detach().float()
-    if torch.isfinite(value).all():
+    if not _any_process(not bool(torch.isfinite(value).all())):
         return True
     if policy == 'skip':
         return False
-    raise NonFiniteLossError(f"loss is {value.item()} at step {step}; stopping (set on_nonfinite_loss: skip "
+    what = f"loss is {value.item()}" if not torch.isfinite(value).all() else "loss is not finite on another process"
+    raise NonFiniteLossError(f"{what} at step {step}; stopping (set on_nonfinite_loss: skip "
                              f"to skip such steps). Checkpoints written before this step are kept.")
 
 
@@ -181,6 +201,13 @@ def list_checkpoints(run_dir) -> List[Tuple[int, Path]]:
         if p.is_dir() and p.name.startswith(CHECKPOINT_PREFIX) and p.name[len(CHECKPOINT_PREFIX):].isdigit():
             found.append((int(p.name[len(CHECKPOINT_PREFIX):]), p))
     return sorted(found)
+
+
+def resume_mode(resume: Union[bool, str], out_dir) -> bool:
+    """Whether a run resumes: ``resume`` True/False, or 'auto': when ``out_dir`` holds a checkpoint."""
+    if resume == 'auto':
+        return bool(list_checkpoints(out_dir))
+    return bool(resume)
 
 
 def check_fresh_run(out_dir, resume: bool) -> None:
@@ -271,19 +298,32 @@ def load_latest_checkpoint(accelerator, run_dir) -> Tuple[int, Dict[str, Any]]:
     raise CheckpointError('; '.join(errors))
 
 
+def _gpu_precision(cpu: Optional[bool], default: Optional[str]) -> Optional[str]:
+    """``default`` on a CUDA machine whose launcher chose no mixed precision (``accelerate launch`` writes 'no'
+    when none was asked for, so 'no' cannot be told from unset); None (the launcher's) otherwise."""
+    launcher = os.environ.get('ACCELERATE_MIXED_PRECISION', 'no')
+    if default is None or cpu or launcher != 'no' or not torch.cuda.is_available():
+        return None
+    return default if default != 'bf16' or torch.cuda.is_bf16_supported() else None
+
+
 def make_accelerator(*, cpu: Optional[bool] = None, mixed_precision: Optional[str] = None,
-                     grad_accum_steps: int = 1, split_batches: bool = False, seedable_sampler: bool = False,
-                     find_unused_parameters: bool = False) -> Accelerator:
-    """The Accelerator of a search or training run.
+                     gpu_mixed_precision: Optional[str] = None, grad_accum_steps: int = 1,
+                     seedable_sampler: bool = False, find_unused_parameters: bool = False) -> Accelerator:
+    """The Accelerator of a search or training run; each process's loaders hold ``data.batch_size`` images.
 
     ``mixed_precision`` None keeps the launcher's (``accelerate launch --mixed_precision`` or its config
-    file); ``split_batches``: the loaders' batch is the global batch; ``seedable_sampler``: the data order
-    depends on (seed, epoch) only; ``find_unused_parameters`` for a supernet, which uses one candidate per
-    layer and step."""
+    file); ``gpu_mixed_precision`` is used instead on a GPU when the launcher chose none (the search's bf16);
+    ``seedable_sampler``: the data order depends on (seed, epoch) only; ``find_unused_parameters`` for a
+    supernet, which uses one candidate per layer and step. TF32 matmuls are enabled on CUDA (Accelerate does
+    it only together with dynamo)."""
     kwargs = [DistributedDataParallelKwargs(find_unused_parameters=True)] if find_unused_parameters else []
-    return Accelerator(cpu=bool(cpu), mixed_precision=mixed_precision, gradient_accumulation_steps=grad_accum_steps,
-                       dataloader_config=DataLoaderConfiguration(split_batches=split_batches,
-                                                                 use_seedable_sampler=seedable_sampler),
+    if torch.cuda.is_available() and not cpu:
+        torch.set_float32_matmul_precision('high')
+        torch.backends.cudnn.allow_tf32 = True
+    return Accelerator(cpu=bool(cpu), mixed_precision=mixed_precision or _gpu_precision(cpu, gpu_mixed_precision),
+                       gradient_accumulation_steps=grad_accum_steps,
+                       dataloader_config=DataLoaderConfiguration(use_seedable_sampler=seedable_sampler),
                        kwargs_handlers=kwargs)
 
 
@@ -328,20 +368,24 @@ class RunLock:
 class Run:
     """The lifecycle of one search or training run in ``out_dir``, shared by both.
 
-    Constructed: the recipe's device count is checked and everything is seeded. ``with run:`` (entered once
-    the recipe's data and network are known to be valid, before anything is written) takes the folder's
-    lock, refuses a fresh run into a folder that holds checkpoints and empties the metrics log of a fresh
-    run; :meth:`resume` restores the newest good checkpoint and cuts the log back to it; :meth:`save`
-    writes a checkpoint. Leaving the block releases the lock.
+    Constructed: the recipe's device count is checked and everything is seeded (the same seed on every
+    process: the networks are built identical). ``resume`` True, False or 'auto' (:func:`resume_mode`).
+    ``with run:`` (entered once the recipe's data and network are known to be valid, before anything is
+    written) takes the folder's lock, refuses a fresh run into a folder that holds checkpoints, empties the
+    metrics log of a fresh run and turns SIGTERM into :meth:`stop_requested`; :meth:`resume` restores the
+    newest good checkpoint and cuts the log back to it; :meth:`save` writes a checkpoint, then raises
+    :class:`Preempted` if a SIGTERM came. Leaving the block releases the lock and the signal.
     """
 
-    def __init__(self, recipe, out_dir, accelerator: Accelerator, *, resume: bool):
+    def __init__(self, recipe, out_dir, accelerator: Accelerator, *, resume: Union[bool, str]):
         from .recipe import check_devices
         check_devices(recipe, accelerator.num_processes, accelerator.device.type == 'cuda')
         set_seed(recipe.seed)
-        self.out_dir, self.accelerator, self.resuming = Path(out_dir), accelerator, resume
+        self.out_dir, self.accelerator = Path(out_dir), accelerator
+        self.resuming = resume_mode(resume, out_dir)
         self.log = MetricsLog(self.out_dir / METRICS_LOG, enabled=accelerator.is_main_process)
         self._lock = RunLock(self.out_dir)
+        self._sigterm, self._previous_handler = False, None
 
     def __enter__(self) -> 'Run':
         self._acquire()
@@ -352,10 +396,21 @@ class Run:
             raise
         if not self.resuming:
             self.log.truncate_after(None)
+        if threading.current_thread() is threading.main_thread():  # where Python lets a handler be set
+            self._previous_handler = signal.signal(signal.SIGTERM, self._on_sigterm)
         return self
 
     def __exit__(self, *exc) -> None:
+        if self._previous_handler is not None:
+            signal.signal(signal.SIGTERM, self._previous_handler)
         self._lock.release()
+
+    def _on_sigterm(self, signum, frame) -> None:
+        self._sigterm = True
+
+    def stop_requested(self) -> bool:
+        """Whether a SIGTERM reached any process (agreed by all: call it at the same point on every rank)."""
+        return _any_process(self._sigterm)
 
     def _acquire(self) -> None:
         """The main process takes the lock; every process learns the outcome, so all fail together."""
@@ -378,6 +433,63 @@ class Run:
         self.log.truncate_after(epoch)
         return epoch, extra
 
-    def save(self, epoch: int, extra_state: Dict[str, Any]) -> Optional[Path]:
-        """Checkpoint ``epoch`` (Accelerate state plus ``extra_state``)."""
-        return save_checkpoint(self.accelerator, self.out_dir, epoch, extra_state)
+    def save(self, epoch: int, extra_state: Dict[str, Any], *, where: str = '') -> Optional[Path]:
+        """Checkpoint ``epoch`` (Accelerate state plus ``extra_state``); then, if a SIGTERM came, raise
+        :class:`Preempted` naming the checkpoint (``where``: the position, for the message)."""
+        folder = save_checkpoint(self.accelerator, self.out_dir, epoch, extra_state)
+        if self.stop_requested():
+            raise Preempted(f"stopped by SIGTERM{where}; checkpoint {folder} written; continue with --resume auto")
+        return folder
+
+
+class Progress:
+    """A drop-in for the ``tqdm(...)`` bars of the loops when the output is not a terminal (a batch job's log
+    file): no bar frames, one line per ``interval_s`` seconds and one when the bar closes, as timm's train.py
+    logs. :func:`progress` picks it or tqdm."""
+
+    def __init__(self, iterable=None, *, desc: str = '', total: Optional[int] = None, initial: int = 0,
+                 disable: bool = False, interval_s: float = 60.0, file=None, **_ignored):
+        self.iterable, self.desc, self.n, self.disable = iterable, desc, initial, disable
+        self.total = total if total is not None else (len(iterable) if hasattr(iterable, '__len__') else None)
+        self.interval_s, self.file, self.postfix = interval_s, file, ''
+        self._start = self._last = time.perf_counter()
+
+    def __iter__(self):
+        try:
+            for item in self.iterable:
+                yield item
+                self.update()
+        finally:  # also when the loop breaks out early (the generator is closed)
+            self.close()
+
+    def update(self, n: int = 1) -> None:
+        """Count ``n`` more steps; writes a line when ``interval_s`` passed since the last."""
+        self.n += n
+        if time.perf_counter() - self._last >= self.interval_s:
+            self._write()
+
+    def set_postfix(self, **values) -> None:
+        """The values shown after the count (as tqdm's ``set_postfix``)."""
+        self.postfix = ', '.join(f'{k}={v}' for k, v in values.items())
+
+    def close(self) -> None:
+        """Write the final line (once)."""
+        if self._last is not None:
+            self._write()
+            self._last = None
+
+    def _write(self) -> None:
+        self._last = time.perf_counter()
+        if self.disable:
+            return
+        count = f'{self.n}/{self.total}' if self.total else str(self.n)
+        print(f"{self.desc}: {count} ({self._last - self._start:.0f} s){'; ' + self.postfix if self.postfix else ''}",
+              file=self.file or sys.stderr, flush=True)
+
+
+def progress(iterable=None, **kwargs):
+    """``tqdm(iterable, **kwargs)`` on a terminal, else a :class:`Progress` writing one line per interval."""
+    if (kwargs.get('file') or sys.stderr).isatty():
+        from tqdm.auto import tqdm
+        return tqdm(iterable, **kwargs)
+    return Progress(iterable, **kwargs)

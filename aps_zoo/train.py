@@ -2,13 +2,19 @@
 
 The loop follows Accelerate's examples: ``accelerator.prepare`` and ``accelerator.backward`` are the
 only distributed code, so the same function runs on one CPU or under ``accelerate launch``. The
-recipe's batch size is the global batch (split across processes). Outputs, in ``<run_dir>/train``:
+recipe's batch size is per process, as in the search (the global batch is it times the number of
+processes). The metrics log uses the search's conventions: epochs from 0, accuracies as fractions.
+Outputs, in ``<run_dir>/train``:
 
     model.safetensors     best weights of the timm model (the exporter's input)
     channel_config.json   the trained network, with the data's classes and input size
-    results.json          test top-1/top-5 of those weights, epochs, best epoch, params, MACs, and the
-                          eval preprocessing (``data_config``: input size, mean/std, crop) for the model card
+    results.json          test top-1/top-5 (percent, as the Hub's model-index and hub configs) of those
+                          weights, epochs, best epoch, params, MACs, and the eval preprocessing
+                          (``data_config``: input size, mean/std, crop) for the model card
     recipe.yaml  metrics.jsonl  curves.png  checkpoints/
+
+A SIGTERM stops the run after the current step with a checkpoint of the position inside the epoch;
+``--resume`` (or ``--resume auto``) continues from there.
 """
 from __future__ import annotations
 
@@ -30,17 +36,16 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, get_optimizer_info
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy
-from tqdm.auto import tqdm
-
 from ._io import atomic_write, atomic_write_text
 from ._memory import check_model_memory
 from .channels import ChannelConfig, ChannelConfigError
 from .data import build_loaders
+from .prefetch import device_loaders
 from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection
-from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator
+from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator, progress
 from .slim import INHERITED_DIR, inherited_weights, load_inherited
 
 
@@ -58,7 +63,7 @@ class TrainResult:
 
     @property
     def top1(self) -> float:
-        """Test top-1 (%) of the kept weights."""
+        """Test top-1 (percent) of the kept weights."""
         return self.results['top1']
 
 
@@ -106,15 +111,15 @@ def check_train_section(tr: TrainSection) -> None:
 
 
 def make_train_accelerator(tr: TrainSection, cpu: Optional[bool] = None) -> Accelerator:
-    """The Accelerator of a training run: global batches, the recipe's accumulation, and its mixed precision
-    where the recipe sets one (else the launcher's: ``accelerate launch --mixed_precision`` / config)."""
-    return make_accelerator(cpu=cpu, mixed_precision=tr.mixed_precision, grad_accum_steps=tr.grad_accum_steps,
-                            split_batches=True)
+    """The Accelerator of a training run: the recipe's accumulation, and its mixed precision where the recipe
+    sets one (else the launcher's: ``accelerate launch --mixed_precision`` / config)."""
+    return make_accelerator(cpu=cpu, mixed_precision=tr.mixed_precision, grad_accum_steps=tr.grad_accum_steps)
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, accelerator: Accelerator, num_classes: int) -> Dict[str, float]:
-    """Mean cross-entropy, top-1 and top-5 (%) of ``model`` over ``loader`` (gathered over processes)."""
+    """Mean cross-entropy, top-1 and top-5 (fractions) of ``model`` over ``loader`` (gathered over processes,
+    each image counted once)."""
     model.eval()
     k = min(5, num_classes)
     loss = top1 = top5 = count = 0.0
@@ -128,7 +133,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, num_classes: in
         top1 += acc1.item() * n
         top5 += acc5.item() * n
         count += n
-    return {'loss': loss / count, 'top1': top1 / count, 'top5': top5 / count}
+    return {'loss': loss / count, 'top1': top1 / count / 100, 'top5': top5 / count / 100}  # timm's are percent
 
 
 def _save_weights(accelerator: Accelerator, module: nn.Module, path: Path) -> None:
@@ -138,11 +143,12 @@ def _save_weights(accelerator: Accelerator, module: nn.Module, path: Path) -> No
         atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
 
 
-def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int, tr: TrainSection) -> int:
+def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int, processes: int,
+                       tr: TrainSection) -> int:
     try:
         n = len(loader)
     except TypeError:  # a streaming dataset: its size comes from the dataset info
-        n = sizes['train'] // batch_size if sizes.get('train') else None
+        n = sizes['train'] // (batch_size * processes) if sizes.get('train') else None
     if tr.steps_per_epoch:
         n = min(n, tr.steps_per_epoch) if n else tr.steps_per_epoch
     if not n:
@@ -150,14 +156,12 @@ def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int,
     return n
 
 
-def _loss_and_mixup(tr: TrainSection, batch_size: int, num_processes: int, split_batches: bool,
-                    num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:
-    """The training loss and the (optional) timm Mixup/CutMix of the recipe."""
+def _loss_and_mixup(tr: TrainSection, batch_size: int, num_classes: int) -> Tuple[nn.Module, Optional[Mixup]]:
+    """The training loss and the (optional) timm Mixup/CutMix of the recipe (``batch_size``: per process)."""
     mixup = None
     if tr.mixup or tr.cutmix:
-        per_process = batch_size // num_processes if split_batches else batch_size
-        if per_process % 2:
-            raise TrainError(f"mixup/cutmix need an even batch per process, got {per_process}")
+        if batch_size % 2:
+            raise TrainError(f"mixup/cutmix need an even batch per process (data.batch_size), got {batch_size}")
         mixup = Mixup(mixup_alpha=tr.mixup, cutmix_alpha=tr.cutmix, label_smoothing=tr.label_smoothing,
                       num_classes=num_classes)
     if mixup:
@@ -188,16 +192,19 @@ class _Trainer:
         optimizer = create_optimizer_v2(model, opt=tr.opt, lr=tr.lr, weight_decay=tr.weight_decay,
                                         momentum=tr.momentum, **_nesterov(tr))
         self.ema = ModelEmaV3(model, decay=tr.ema_decay) if tr.ema_decay else None
-        self.loss_fn, self.mixup = _loss_and_mixup(tr, self.batch_size, accelerator.num_processes,
-                                                   accelerator.split_batches, data.num_classes)
+        self.loss_fn, self.mixup = _loss_and_mixup(tr, self.batch_size, data.num_classes)
         self.eval_split = 'val' if tr.select_best else 'test'
-        self.model, self.optimizer, self.train_loader, self.eval_loader = accelerator.prepare(
-            model, optimizer, data.train, data.val if tr.select_best else data.test)
-        self.test_loader = accelerator.prepare(data.test) if tr.select_best else self.eval_loader
-        self.batches = _batches_per_epoch(self.train_loader, data.sizes, self.batch_size, tr)
+        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self.train_loader, val_loader, self.test_loader = device_loaders(accelerator, data, recipe.seed)
+        self.eval_loader = val_loader if tr.select_best else self.test_loader
+        self.batches = _batches_per_epoch(self.train_loader, data.sizes, self.batch_size, accelerator.num_processes,
+                                          tr)
         self.scheduler, self.epochs = _scheduler(self.optimizer, tr,
                                                  updates_per_epoch=math.ceil(self.batches / tr.grad_accum_steps))
-        self.state = dict(epoch=0, step=0, num_updates=0, best_top1=-math.inf, best_epoch=0, best_weights='model')
+        # epoch: epochs completed (the next one's 0-based index); batches_done and the epoch_* sums: the position
+        # inside that epoch when a SIGTERM stopped the run (0 at epoch ends)
+        self.state = dict(epoch=0, step=0, num_updates=0, best_top1=-math.inf, best_epoch=-1, best_weights='model',
+                          batches_done=0, epoch_loss_sum=0.0, epoch_loss_count=0, epoch_skipped=0)
 
     def _inherit(self, model: nn.Module) -> None:
         """Start ``model`` from the child weights the recipe's search wrote with ``space.init_from``."""
@@ -215,17 +222,19 @@ class _Trainer:
         if saved_epochs == self.tr.epochs:
             self.scheduler.load_state_dict(extra.pop('scheduler'))
         else:
-            self._reschedule(last, saved_epochs)
+            self._reschedule(extra['epoch'], saved_epochs)
         if self.ema is not None:
             if 'ema' not in extra:
                 raise TrainError(f"checkpoint of epoch {last} has no EMA weights but train.ema_decay is set")
             self.ema.load_state_dict(extra.pop('ema'))
-        self.state.update({k: extra[k] for k in self.state})
-        self.accelerator.print(f"resumed from epoch {last} ({self.out_dir / 'checkpoints'})")
+        self.state.update({k: extra.get(k, v) for k, v in self.state.items()})
+        within = f", step {self.state['batches_done']} of epoch {self.state['epoch']}" if self.state['batches_done'] \
+            else ''
+        self.accelerator.print(f"resumed from the checkpoint of epoch {last}{within} ({self.out_dir / 'checkpoints'})")
 
     def _reschedule(self, last: int, saved_epochs: int) -> None:
-        """Put the LR on the new schedule at epoch ``last``, or refuse naming both epoch counts."""
-        where = f"checkpoint of epoch {last} in {self.out_dir} was written for train.epochs={saved_epochs}"
+        """Put the LR on the new schedule after ``last`` epochs, or refuse naming both epoch counts."""
+        where = f"checkpoint after {last} epochs in {self.out_dir} was written for train.epochs={saved_epochs}"
         if last >= self.tr.epochs:
             raise TrainError(f"{where}; train.epochs={self.tr.epochs} ends before it: raise train.epochs or start "
                              "a new run")
@@ -266,7 +275,7 @@ class _Trainer:
             images, targets = self.mixup(images, labels)
         with acc.accumulate(self.model):
             loss = self.loss_fn(self.model(images), targets)
-            finite = check_finite(acc.gather(loss.detach()), state['step'], self.tr.on_nonfinite_loss)
+            finite = check_finite(loss, state['step'], self.tr.on_nonfinite_loss)
             if finite:
                 acc.backward(loss)
             self.optimizer.step()
@@ -278,29 +287,47 @@ class _Trainer:
             self.scheduler.step_update(num_updates=state['num_updates'])
         return loss, finite
 
-    def train_epoch(self, epoch: int) -> Dict[str, Any]:
-        """Train one epoch; its record (lr at its start, mean train loss, skipped non-finite steps)."""
-        self.model.train()
+    def _epoch_batches(self, epoch: int):
+        """The training loader of ``epoch`` (from the batch a SIGTERM checkpoint stopped at) and a progress bar."""
         self.train_loader.set_epoch(epoch)
+        done = self.state['batches_done']
+        loader = self.train_loader.skip(self.accelerator, done, epoch) if done else self.train_loader
+        bar = progress(total=self.batches, initial=done, desc=f'epoch {epoch}/{self.epochs - 1}', leave=False,
+                       disable=not self.accelerator.is_local_main_process)
+        return enumerate(loader, done), loader, bar
+
+    def train_epoch(self, epoch: int) -> Dict[str, Any]:
+        """Train one epoch; its record (lr at its start, mean train loss, skipped non-finite steps). A SIGTERM
+        ends it after the current step with a checkpoint of the position (:class:`~aps_zoo.runs.Preempted`)."""
+        self.model.train()
+        state = self.state
         lr = self.optimizer.param_groups[0]['lr']
-        loss_sum, loss_count, skipped = 0.0, 0, 0
-        bar = tqdm(total=self.batches, desc=f'epoch {epoch + 1}/{self.epochs}', leave=False,
-                   disable=not self.accelerator.is_local_main_process)
-        for i, (images, labels) in enumerate(self.train_loader):
+        batches, loader, bar = self._epoch_batches(epoch)
+        for i, (images, labels) in batches:
             if i == self.batches:
-                self.train_loader.end()  # leaving the loader early: release it from Accelerate's gradient state
+                loader.end()  # leaving the loader early: release it from Accelerate's gradient state
                 break
             loss, finite = self._step(images, labels)
             if finite:
-                loss_sum, loss_count = loss_sum + loss.item(), loss_count + 1
+                state['epoch_loss_sum'] += loss.item()
+                state['epoch_loss_count'] += 1
             else:
-                skipped += 1
+                state['epoch_skipped'] += 1
             bar.update()
             bar.set_postfix(loss=f'{loss.item():.3f}', lr=f"{self.optimizer.param_groups[0]['lr']:.3g}")
+            if self.run.stop_requested():
+                loader.end()
+                bar.close()
+                state['batches_done'] = i + 1
+                self.run.save(epoch, self.extra_state(), where=f' after step {i + 1} of epoch {epoch}')
         bar.close()
         acc = self.accelerator
-        train_loss = acc.gather(torch.tensor([loss_sum / max(loss_count, 1)], device=acc.device)).mean().item()
-        return dict(epoch=epoch + 1, step=self.state['step'], lr=lr, train_loss=train_loss, skipped_steps=skipped)
+        mean_loss = state['epoch_loss_sum'] / max(state['epoch_loss_count'], 1)
+        train_loss = acc.gather(torch.tensor([mean_loss], device=acc.device)).mean().item()
+        record = dict(epoch=epoch, step=state['step'], lr=lr, train_loss=train_loss,
+                      skipped_steps=state['epoch_skipped'])
+        state.update(batches_done=0, epoch_loss_sum=0.0, epoch_loss_count=0, epoch_skipped=0)
+        return record
 
     def evaluate_epoch(self, epoch: int) -> Dict[str, Any]:
         """Evaluate model (and EMA), step the schedule, keep the best weights; the record's eval fields."""
@@ -316,7 +343,7 @@ class _Trainer:
             which, top1 = ('ema', ema_ev['top1']) if ema_ev else ('model', ev['top1'])
             improved = True
         if improved:
-            self.state.update(best_top1=top1, best_epoch=epoch + 1, best_weights=which)
+            self.state.update(best_top1=top1, best_epoch=epoch, best_weights=which)
             _save_weights(self.accelerator, self.model if which == 'model' else self.ema.module,
                           self.out_dir / RUN_WEIGHTS)
         record = dict(eval_split=self.eval_split, eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
@@ -343,31 +370,32 @@ class _Trainer:
         test = evaluate(self.model, self.test_loader, acc, data.num_classes)
         name = self.config_ref or self.config.name
         results = dict(
-            dataset=data.dataset_name, split='test', top1=test['top1'], top5=test['top5'], loss=test['loss'],
+            dataset=data.dataset_name, split='test', top1=100 * test['top1'], top5=100 * test['top5'],
+            loss=test['loss'],
             epochs=self.epochs, best_epoch=state['best_epoch'], weights=state['best_weights'],
-            selected_on=f"val top-1 {state['best_top1']:.2f}" if self.tr.select_best else 'final epoch',
+            selected_on=f"val top-1 {state['best_top1']:.4f}" if self.tr.select_best else 'final epoch',
             params=self.params, macs=count_macs(self.config), config=name, num_classes=data.num_classes,
             class_names=data.class_names, data_config=data.data_config, batch_size=self.batch_size,
             seed=self.recipe.seed, num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
         if acc.is_main_process:
             atomic_write_text(self.out_dir / RUN_RESULTS, json.dumps(results, indent=2) + '\n')
             plot_curves(self.run.log.read(), 'epoch', {'cross-entropy loss': ['train_loss', 'eval_loss'],
-                                                       f'{self.eval_split} top-1 (%)': ['eval_top1', 'ema_eval_top1']},
+                                                       f'{self.eval_split} top-1': ['eval_top1', 'ema_eval_top1']},
                         self.out_dir / 'curves.png', title=f"{name} on {data.dataset_name}")
-        acc.print(f"test top-1 {test['top1']:.2f}, top-5 {test['top5']:.2f} ({state['best_weights']} weights "
+        acc.print(f"test top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f} ({state['best_weights']} weights "
                   f"of epoch {state['best_epoch']}); wrote {self.out_dir}")
         acc.wait_for_everyone()
         return TrainResult(self.out_dir, weights, self.config, results)
 
 
-def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, *, resume: bool = False,
+def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, *, resume: Union[bool, str] = False,
           accelerator: Optional[Accelerator] = None, out_dir=None, cpu: Optional[bool] = None,
           init: Optional[str] = None) -> TrainResult:
     """Train ``config`` (default ``recipe.train.config``) on ``recipe.data`` and write the run folder.
 
     ``resume`` continues from the newest usable checkpoint in ``out_dir`` (default ``<run_dir>/train``);
-    a fresh run refuses a folder that already holds checkpoints, and one folder is trained by one process
-    at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
+    'auto' does when one exists and starts fresh otherwise; a fresh run refuses a folder that already holds
+    checkpoints, and one folder is trained by one process at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
     applied); otherwise one is made, on CPU if ``cpu``.
     ``init`` (default ``recipe.train.init``): 'random', or 'inherited' to start from the weights the recipe's
     search wrote with ``space.init_from`` (``<run_dir>/search/inherited``).
@@ -381,7 +409,7 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
     run = Run(recipe, out_dir, accelerator, resume=resume)
     trainer = _Trainer(recipe, channel_config, config_ref, accelerator, run, init or tr.init)
     with run:
-        if resume:
+        if run.resuming:
             trainer.restore()
         trainer.write_inputs()
         for epoch in range(trainer.state['epoch'], trainer.epochs):
@@ -390,8 +418,8 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
             record['time_s'] = round(time.perf_counter() - start, 2)
             run.log.write(**record)
             accelerator.print(
-                f"epoch {epoch + 1}/{trainer.epochs}: train loss {record['train_loss']:.4f}, {trainer.eval_split} "
-                f"top-1 {record['eval_top1']:.2f}" + (f" (EMA {record['ema_eval_top1']:.2f})" if trainer.ema else '')
+                f"epoch {epoch}/{trainer.epochs - 1}: train loss {record['train_loss']:.4f}, {trainer.eval_split} "
+                f"top-1 {record['eval_top1']:.4f}" + (f" (EMA {record['ema_eval_top1']:.4f})" if trainer.ema else '')
                 + (f", skipped {record['skipped_steps']} non-finite steps" if record['skipped_steps'] else ''))
-            run.save(epoch + 1, trainer.extra_state())
+            run.save(epoch, trainer.extra_state(), where=f' after epoch {epoch}')
         return trainer.finish()

@@ -104,7 +104,8 @@ def _test_top1(model, recipe) -> float:
 def _finetune(recipe, config, init: str, out_dir: Path, start_model) -> List[float]:
     """Test top-1 of ``start_model`` (epoch 0), then after each fine-tune epoch."""
     result = train(recipe, config, cpu=True, init=init, out_dir=out_dir)
-    curve = [json.loads(line)['eval_top1'] for line in (result.out_dir / 'metrics.jsonl').read_text().splitlines()]
+    curve = [100 * json.loads(line)['eval_top1']  # the training log's fractions, in percent as _test_top1
+             for line in (result.out_dir / 'metrics.jsonl').read_text().splitlines()]
     return [_test_top1(start_model, recipe)] + curve
 
 

@@ -224,7 +224,7 @@ def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -
         results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
     records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
     return {**results, 'reused': reused, 'train_s': sum(r['time_s'] for r in records),
-            'best_val_top1': max(r['eval_top1'] for r in records if r['eval_split'] == 'val')
+            'best_val_top1': 100 * max(r['eval_top1'] for r in records if r['eval_split'] == 'val')  # percent
             if records[0]['eval_split'] == 'val' else None}
 
 

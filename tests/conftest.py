@@ -1,7 +1,27 @@
-"""Shared test settings: no test touches the network; the Hub is offline unless a test serves it locally."""
+"""Shared test settings: no test touches the network; the Hub is offline unless a test serves it locally.
+
+:func:`launch_command` is the `accelerate launch` prefix of the multi-process tests: two gloo ranks on CPU
+(DESIGN §6), each launch on a free port (never Accelerate's default 29500, which another run may hold)."""
 import os
+import socket
+import sys
 
 os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+
+
+def free_port() -> int:
+    """A TCP port no process listens on now."""
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def launch_command(processes: int = 2, mixed_precision: str = 'no'):
+    """`accelerate launch` with ``processes`` CPU ranks on a free port (append the script and its arguments;
+    the script runs with ``Accelerator(cpu=True)``, e.g. ``aps_zoo.cli ... --cpu``)."""
+    multi = ['--multi_gpu', '--main_process_port', str(free_port())] if processes > 1 else []
+    return [sys.executable, '-m', 'accelerate.commands.launch', *multi, '--num_processes', str(processes),
+            '--num_machines', '1', '--mixed_precision', mixed_precision, '--dynamo_backend', 'no']

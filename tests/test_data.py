@@ -292,3 +292,48 @@ def test_16_bit_pngs_load_like_their_8_bit_equivalent(tmp_path):
                       for name in ('eight', 'sixteen')]
     x8, x16 = next(iter(eight.test))[0], next(iter(sixteen.test))[0]
     assert x16.std() > 0.5 and torch.allclose(x8, x16, atol=1e-6)  # not all white: the same pixels
+
+
+def test_device_loader_normalises_on_the_device_and_marks_only_the_last_batch():
+    """device_loaders: uint8 batches through Accelerate, normalised by timm's PrefetchLoader to what the loader
+    used on its own yields; although the prefetcher reads one batch ahead, Accelerate's end-of-data flag (read
+    by gather_for_metrics and gradient accumulation) is set for the last batch handed out and no other."""
+    from accelerate import Accelerator
+    from aps_zoo.prefetch import collate_uint8, device_loaders
+    accelerator = Accelerator(cpu=True)
+    bundle = build_loaders(DataSection(**{**DIGITS8, 'eval_batch_size': 100}, augment=False), seed=0, holdout=True)
+    train, val, test = device_loaders(accelerator, bundle, seed=0)
+    assert train.shard.collate_fn is collate_uint8 and next(iter(train.shard))[0].dtype == torch.uint8
+    train.end()  # left after one batch
+    flags, batches = [], []
+    for images, labels in test:
+        flags.append(accelerator.gradient_state.end_of_dataloader)
+        batches.append((images, labels))
+    assert flags == [False] * 3 + [True]  # 360 test images in batches of 100
+    assert not accelerator.gradient_state.in_dataloader
+    for (images, labels), (x, y) in zip(batches, bundle.test):
+        assert images.dtype == torch.float32 and torch.equal(labels, y)
+        torch.testing.assert_close(images, x)
+    assert sum(len(y) for _, y in val) == bundle.sizes['val'] and len(train) == len(bundle.train)
+
+
+def test_stream_holdout_takes_val_size_images_from_the_head(tmp_path):
+    rng = np.random.default_rng(4)
+    ds = datasets.Dataset.from_dict(
+        {'image': [Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)) for _ in range(20)],
+         'label': [i % 2 for i in range(20)]},
+        features=datasets.Features({'image': datasets.Image(), 'label': datasets.ClassLabel(names=['a', 'b'])}))
+    (tmp_path / 'pq').mkdir()
+    ds.to_parquet(str(tmp_path / 'pq' / 'train.parquet'))
+    ds.to_parquet(str(tmp_path / 'pq' / 'test.parquet'))
+    data = dict(dataset=str(tmp_path / 'pq'), image_size=8, batch_size=4, eval_batch_size=3, streaming=True,
+                augment=False)
+    with pytest.raises(DataError, match='set data.val_size'):
+        build_loaders(DataSection(**data), seed=0, holdout=True)
+    bundle = build_loaders(DataSection(**data, val_size=6), seed=0, holdout=True)
+    val = [x for x, _ in bundle.val]
+    train = [x for x, _ in bundle.train]
+    assert sum(len(x) for x in val) == 6 and bundle.sizes['val'] == 6
+    assert sum(len(x) for x in train) == 12  # 14 left, whole batches of 4
+    seen_val = {x.numpy().tobytes() for batch in val for x in batch}
+    assert not seen_val & {x.numpy().tobytes() for batch in train for x in batch}

@@ -93,7 +93,7 @@ def test_lock_in_one_process_refuses_a_second_owner(tmp_path):
 
 @pytest.fixture(scope='module')
 def full_and_killed(tmp_path_factory):
-    """A full 3-epoch run, and the same run killed after epoch 2 (checkpoints 1 and 2)."""
+    """A full 3-epoch run, and the same run killed after its second epoch (checkpoints 0 and 1)."""
     root = tmp_path_factory.mktemp('resume')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the tests that resume (single_thread): the same float sums
@@ -102,7 +102,7 @@ def full_and_killed(tmp_path_factory):
 
     def save_then_die(accelerator, run_dir, epoch, extra):
         real_save(accelerator, run_dir, epoch, extra)
-        if epoch == 2:
+        if epoch == 1:
             raise KeyboardInterrupt
 
     runs_mod.save_checkpoint = save_then_die
@@ -136,9 +136,9 @@ def test_resume_falls_back_when_rng_or_optimizer_state_does_not_restore(full_and
     capsys.readouterr()
     train(recipe_from_dict(_recipe(tmp_path, 'damaged', epochs=3)), resume=True)
     out = capsys.readouterr().out
-    assert 'trying an older checkpoint' in out and 'resumed from epoch 1' in out
+    assert 'trying an older checkpoint' in out and 'resumed from the checkpoint of epoch 0' in out
     assert ('random_states_0.pkl' in out) == (damage != 'foreign_optimizer')
-    assert _metrics(run) == _metrics(full)  # the fallback reran epoch 2 exactly
+    assert _metrics(run) == _metrics(full)  # the fallback reran epoch 1 exactly
 
 
 def test_resume_with_no_restorable_checkpoint_ends_in_one_line(full_and_killed, tmp_path):
@@ -278,7 +278,7 @@ def _used_bytes(folder: Path) -> int:
 
 @pytest.fixture(scope='module')
 def one_epoch(tmp_path_factory):
-    """A training run folder after one epoch (checkpoint epoch_0001), and its channel config."""
+    """A training run folder after one epoch (checkpoint epoch_0000), and its channel config."""
     root = tmp_path_factory.mktemp('first')
     config_path = CONFIG.save(root / 'config.json')
     threads = torch.get_num_threads()
@@ -319,15 +319,15 @@ def test_disk_full_keeps_earlier_checkpoints_and_removes_partial_files(one_epoch
         assert ('No space left on device' if mounted else 'File too large') in line, line
         assert 'the disk is full' in line and str(disk / 'runs' / 'run' / 'train' / 'checkpoints') in line
         kept = disk / 'runs' / 'run' / 'train'
-        assert [e for e, _ in list_checkpoints(kept)] == [1]
-        assert _files(kept / 'checkpoints') == before  # the epoch-1 checkpoint is untouched
+        assert [e for e, _ in list_checkpoints(kept)] == [0]
+        assert _files(kept / 'checkpoints') == before  # the epoch-0 checkpoint is untouched
         _no_partial_files(kept)
         records = [json.loads(line) for line in (kept / 'metrics.jsonl').read_text().splitlines()]
-        assert [r['epoch'] for r in records][0] == 1
+        assert [r['epoch'] for r in records][0] == 0
         shutil.copytree(kept, tmp_path / 'after' / 'run' / 'train')
     # with room again, the run resumes from the kept checkpoint and finishes
     result = train(recipe_from_dict(_recipe_data(tmp_path / 'after', 2)), str(config_path), resume=True)
-    assert [e for e, _ in list_checkpoints(result.out_dir)] == [1, 2]
+    assert [e for e, _ in list_checkpoints(result.out_dir)] == [0, 1]
     assert all(torch.isfinite(t).all() for t in load_file(str(result.out_dir / 'model.safetensors')).values())
 
 
@@ -377,7 +377,7 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
     target = Path(shutil.copytree(runs, tmp_path / 'runs'))
     foreign = torch.optim.Adam(torch.nn.Linear(3, 2).parameters())
     foreign.step()
-    checkpoint = target / 'run' / 'train' / 'checkpoints' / 'epoch_0001'
+    checkpoint = target / 'run' / 'train' / 'checkpoints' / 'epoch_0000'
     torch.save(foreign.state_dict(), checkpoint / 'optimizer.bin')
     before = _files(target)
     recipe = tmp_path / 'recipe.yaml'
@@ -386,3 +386,66 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
     line = _one_error_line(done, 'train')
     assert f'checkpoint {checkpoint} does not match this run or is corrupted' in line, line
     assert _files(target) == before  # refused, not continued and not overwritten
+
+
+# ------------------------------------------------------------------------------------ preemption (SIGTERM)
+def _cli_train(tmp_path, name, *args, **popen):
+    path = tmp_path / f'{name}.yaml'
+    recipe = _recipe(tmp_path, name, epochs=3, steps_per_epoch=15)
+    recipe['data']['augment'] = False  # no random draws in the data: a resumed epoch can match exactly
+    path.write_text(yaml.safe_dump(recipe))
+    cmd = [sys.executable, '-m', 'aps_zoo.cli', 'train', str(path), '--cpu', *args]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'}, **popen)
+
+
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path):
+    """A preempted job: SIGTERM during epoch 1 ends the command (exit 143, one line naming the checkpoint) with
+    a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
+    uninterrupted run fresh, as there was no checkpoint) continues it to the weights of the uninterrupted run."""
+    full = _cli_train(tmp_path, 'full', '--resume', 'auto')
+    assert full.wait(timeout=300) == 0, full.stderr.read()[-2000:]
+    job = _cli_train(tmp_path, 'job', '--resume', 'auto')
+    log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
+    while not (log.is_file() and log.read_text().strip()) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)  # epoch 0 is logged: the run is in epoch 1
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('aps-zoo train: stopped by SIGTERM after ') and '--resume auto' in last, last
+    state = json.loads((list_checkpoints(tmp_path / 'job' / 'train')[-1][1] / 'state.json').read_text())
+    assert 'batches_done' in json.dumps(state)
+    resumed = _cli_train(tmp_path, 'job', '--resume', 'auto')
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read()[-2000:]
+    out = {name: tmp_path / name / 'train' for name in ('full', 'job')}
+    a, b = (load_file(str(out[n] / 'checkpoints' / 'epoch_0002' / 'model.safetensors')) for n in out)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r['epoch'] for r in _metrics(out['job'])] == [0, 1, 2]
+    assert [r['train_loss'] for r in _metrics(out['job'])] == pytest.approx([r['train_loss'] for r in
+                                                                             _metrics(out['full'])], rel=1e-6)
+
+
+def test_search_sigterm_checkpoints_at_the_epoch_end_and_resume_auto_completes(tmp_path):
+    """The search stops on SIGTERM after checkpointing the epoch it is in (exit 143, one line naming the
+    checkpoint); `--resume auto` continues it to the end."""
+    from test_search import tiny
+    path = tmp_path / 'r.yaml'
+    path.write_text(yaml.safe_dump(tiny(tmp_path, epochs=4, steps_per_epoch=15)))
+    cmd = [sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu', '--resume', 'auto']
+    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
+    job = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    run = tmp_path / 'tiny' / 'search'
+    while not list_checkpoints(run) and job.poll() is None:
+        time.sleep(0.05)
+    job.send_signal(signal.SIGTERM)
+    _, err = job.communicate(timeout=300)
+    assert job.returncode == 143, err[-2000:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith('aps-zoo search: stopped by SIGTERM; checkpoint ') and 'epoch_000' in last, last
+    stopped_at = list_checkpoints(run)[-1][0]
+    assert stopped_at < 3 and not (run / 'channel_config.json').exists()
+    done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert [json.loads(line)['epoch'] for line in (run / 'metrics.jsonl').open()] == [0, 1, 2, 3]
+    assert (run / 'channel_config.json').is_file()

@@ -2,7 +2,6 @@
 import json
 import os
 import random
-import socket
 import subprocess
 import sys
 
@@ -27,6 +26,7 @@ from aps_zoo.spaces import APSSupernet, build_space
 from aps_zoo.spaces.inherit import inherit_space, load_parent_into, supernet_for
 from aps_zoo.spaces.parents import InheritError, load_parent
 from aps_zoo.train import train
+from conftest import launch_command
 
 DEPTH = 8  # resnet_cifar8: stem + 3 basic blocks, widths 16/32/64
 
@@ -305,12 +305,7 @@ def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
     _, path = parent
     recipe = _recipe(tmp_path, str(path))
     (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
-    with socket.socket() as s:  # a free port: other two-rank runs on this machine hold accelerate's default
-        s.bind(('127.0.0.1', 0))
-        port = s.getsockname()[1]
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no', '--main_process_port',
-           str(port), '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
+    cmd = [*launch_command(2), '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'},
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

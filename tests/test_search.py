@@ -16,6 +16,7 @@ from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
 from aps_zoo.search.loop import search
 from aps_zoo.spaces import SearchSpaceError
+from conftest import launch_command
 
 BUDGET = 2.0e5  # the space spans 31k-420k MACs: the band [0.9, 1] x budget binds
 
@@ -125,9 +126,7 @@ def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
     path = tmp_path / 'r.yaml'
     path.write_text(yaml.safe_dump(tiny(tmp_path)))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--multi_gpu', '--num_processes', '2',
-           '--num_machines', '1', '--mixed_precision', 'no', '--dynamo_backend', 'no',
-           '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
+    cmd = [*launch_command(2), '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     out = tmp_path / 'tiny' / 'search'

@@ -59,7 +59,7 @@ def test_digits_run_learns_and_writes_the_exporters_files(tmp_path):
     assert result.out_dir == out and {p.name for p in out.iterdir()} == OUTPUTS
     assert result.top1 > 70  # chance is 10%
     results = json.loads((out / 'results.json').read_text())
-    assert results['epochs'] == 4 and 1 <= results['best_epoch'] <= 4 and results['weights'] in ('model', 'ema')
+    assert results['epochs'] == 4 and 0 <= results['best_epoch'] <= 3 and results['weights'] in ('model', 'ema')
     assert results['dataset'].startswith('scikit-learn digits (1797 8x8 images')
     assert results['data_config']['input_size'] == [3, 8, 8] and results['data_config']['crop_pct'] == 1.0
     config = ChannelConfig.load(out / 'channel_config.json')
@@ -67,7 +67,8 @@ def test_digits_run_learns_and_writes_the_exporters_files(tmp_path):
     assert results['macs'] > 0 and results['params'] == sum(
         p.numel() for p in create_model_from_config(config).parameters())
     assert load_recipe(out / 'recipe.yaml').train.config == 'aps_resnet20_cifar_20m'
-    assert [r['epoch'] for r in _metrics(out)] == [1, 2, 3, 4]
+    assert [r['epoch'] for r in _metrics(out)] == [0, 1, 2, 3]  # as the search's log: from 0, fractions
+    assert all(0 <= r['eval_top1'] <= r['eval_top5'] <= 1 for r in _metrics(out))
     assert _metrics(out)[-1]['train_loss'] < _metrics(out)[0]['train_loss']
     assert (out / 'curves.png').read_bytes()[:4] == b'\x89PNG'
 
@@ -99,7 +100,7 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
 
     def save_then_die(accelerator, run_dir, epoch, extra):
         path = real_save(accelerator, run_dir, epoch, extra)
-        if epoch == 2:
+        if epoch == 1:
             raise _Killed
         return path
 
@@ -109,25 +110,25 @@ def test_killed_run_resumes_to_the_same_weights(tmp_path, monkeypatch, capsys):
         train(killed)
     monkeypatch.undo()
     run = tmp_path / 'killed' / 'train'
-    assert [e for e, _ in list_checkpoints(run)] == [1, 2]
+    assert [e for e, _ in list_checkpoints(run)] == [0, 1]
     shutil.copytree(run, tmp_path / 'corrupt' / 'train')
     with pytest.raises(CheckpointError, match='already holds a run .* --resume'):
         train(killed)
 
     resumed = train(killed, resume=True).out_dir
-    assert 'resumed from epoch 2' in capsys.readouterr().out
-    for name in ('checkpoints/epoch_0003/model.safetensors', 'checkpoints/epoch_0003/state.safetensors',
+    assert 'resumed from the checkpoint of epoch 1' in capsys.readouterr().out
+    for name in ('checkpoints/epoch_0002/model.safetensors', 'checkpoints/epoch_0002/state.safetensors',
                  'model.safetensors'):
         assert _tensors_equal(full / name, resumed / name), name
     assert _metrics(full) == _metrics(resumed)
 
     # a corrupted newest checkpoint: resume falls back to the previous one and still ends identical
     corrupt = tmp_path / 'corrupt' / 'train'
-    (corrupt / 'checkpoints/epoch_0002/model.safetensors').write_bytes(b'garbage')
+    (corrupt / 'checkpoints/epoch_0001/model.safetensors').write_bytes(b'garbage')
     train(_recipe(tmp_path, 'corrupt', **settings), resume=True)
     assert 'trying an older checkpoint' in capsys.readouterr().out
-    assert _tensors_equal(full / 'checkpoints/epoch_0003/model.safetensors',
-                          corrupt / 'checkpoints/epoch_0003/model.safetensors')
+    assert _tensors_equal(full / 'checkpoints/epoch_0002/model.safetensors',
+                          corrupt / 'checkpoints/epoch_0002/model.safetensors')
     assert _metrics(full) == _metrics(corrupt)
 
     for _, folder in list_checkpoints(corrupt):
@@ -159,11 +160,11 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_the_good_checkpoint(tmp_
     with pytest.raises(NonFiniteLossError, match='loss is nan at step 6'):
         train(recipe)
     run = tmp_path / 'run' / 'train'
-    assert [e for e, _ in list_checkpoints(run)] == [1]
+    assert [e for e, _ in list_checkpoints(run)] == [0]
     assert all(torch.isfinite(t).all() for t in load_file(str(run / 'model.safetensors')).values())
     monkeypatch.undo()
-    train(recipe, resume=True)  # the epoch-1 checkpoint is intact: the run completes from it
-    assert [e for e, _ in list_checkpoints(run)] == [1, 2]
+    train(recipe, resume=True)  # the epoch-0 checkpoint is intact: the run completes from it
+    assert [e for e, _ in list_checkpoints(run)] == [0, 1]
 
 
 def test_nonfinite_loss_skip_policy(tmp_path, monkeypatch):
@@ -178,7 +179,7 @@ def test_gradient_accumulation_counts_optimizer_updates(tmp_path):
                            select_best=False))
     state = load_plain_state(list_checkpoints(result.out_dir)[-1][1])
     assert (state['step'], state['num_updates']) == (4, 2)
-    assert result.results['selected_on'] == 'final epoch' and result.results['best_epoch'] == 1
+    assert result.results['selected_on'] == 'final epoch' and result.results['best_epoch'] == 0
 
 
 def test_bad_input_gives_clear_errors(tmp_path):
@@ -215,7 +216,7 @@ def test_changed_epochs_on_resume_continue_the_new_schedule(tmp_path, capsys):
     grown = train(_recipe(tmp_path, 'grown', epochs=5, steps_per_epoch=4), resume=True).out_dir
     assert 'train.epochs changed from 3 to 5: continuing from epoch 3' in capsys.readouterr().out
     lrs = {run: [r['lr'] for r in _metrics(run)] for run in (fresh, grown)}
-    assert [r['epoch'] for r in _metrics(grown)] == [1, 2, 3, 4, 5]
+    assert [r['epoch'] for r in _metrics(grown)] == [0, 1, 2, 3, 4]
     assert lrs[grown][3:] == pytest.approx(lrs[fresh][3:], rel=1e-12) and min(lrs[grown][3:]) > 0.005
     assert json.loads((grown / 'results.json').read_text())['epochs'] == 5
 
@@ -249,3 +250,40 @@ def test_mixed_precision_from_the_launcher_unless_the_recipe_sets_it(tmp_path):
         results[name] = json.loads((tmp_path / name / 'train' / 'results.json').read_text())
     assert results['launched']['mixed_precision'] == 'bf16' and results['explicit']['mixed_precision'] == 'no'
     assert load_recipe(tmp_path / 'launched' / 'train' / 'recipe.yaml').train.mixed_precision is None
+
+
+def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, capsys):
+    """A batch job's log (stderr not a terminal) gets one line per interval and one per epoch, as timm's
+    train.py logs, instead of tqdm's carriage-return frames; on a terminal the bar stays tqdm."""
+    import io
+    from tqdm.auto import tqdm
+    from aps_zoo.runs import Progress, progress
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    assert isinstance(progress(range(2), file=Terminal()), tqdm)
+    log = io.StringIO()
+    bar = progress(range(4), desc='epoch 0', file=log, interval_s=0)  # interval 0: a line per step
+    assert isinstance(bar, Progress) and list(bar) == [0, 1, 2, 3]
+    lines = log.getvalue().splitlines()
+    assert [line.split(' (')[0] for line in lines] == ['epoch 0: 1/4', 'epoch 0: 2/4', 'epoch 0: 3/4',
+                                                       'epoch 0: 4/4', 'epoch 0: 4/4']
+    log = io.StringIO()
+    for i in progress(range(10), desc='search', file=log):  # a loop left early still ends in one line
+        if i == 2:
+            break
+    assert log.getvalue().startswith('search: 2/10 (') and log.getvalue().count('\n') == 1
+    log = io.StringIO()
+    bar = progress(total=10, initial=3, desc='epoch 1', file=log)  # the default interval: a minute
+    bar.update()
+    bar.set_postfix(loss='0.5')
+    bar.close()
+    assert log.getvalue().count('\n') == 1 and log.getvalue().startswith('epoch 1: 4/10 (')
+    assert log.getvalue().rstrip().endswith('; loss=0.5')
+
+    train(_recipe(tmp_path, epochs=2, steps_per_epoch=3))
+    err = capsys.readouterr().err
+    assert '\r' not in err and [line.split(' (')[0] for line in err.splitlines() if line.startswith('epoch')] == [
+        'epoch 0/1: 3/3', 'epoch 1/1: 3/3']

@@ -33,6 +33,7 @@ from ..aps import (add_orthogonality_grad_, attach_projections, orthogonality_lo
 from ..aps.sharing import PROJECTION_MOMENTUM, REFERENCE_PROJECTION_LR, transition_projection_lr
 from ..channels import ChannelConfig
 from ..data import build_loaders
+from ..prefetch import device_loaders, steps_per_epoch
 from ..flops import count_macs, count_params, uniform_like
 from ..plots import plot_curves, plot_sharing, plot_widths
 from ..recipe import Recipe
@@ -40,6 +41,7 @@ from ..runs import RUN_CONFIG, RUN_RECIPE, Run, check_finite, make_accelerator
 from ..slim import inherited_model, write_inherited
 from ..spaces import space_from_recipe
 from ..spaces.inherit import supernet_for
+from ..spaces.supernet import keep_projections_out_of_ddp
 from . import evaluation
 from .controller import Controller, Reinforce, budget_reward
 
@@ -84,9 +86,10 @@ class _Searcher:
         val, test = self.data.val, self.data.test
         if s.evaluation == 'shuffle':
             val, test = evaluation.shuffled(val, recipe.seed), evaluation.shuffled(test, recipe.seed)
-        self.model, self.optimizer, self.train_loader, self.val_loader = accelerator.prepare(
-            self.supernet, self.optimizer, self.data.train, val)
-        self.test_loader = accelerator.prepare(test)
+        keep_projections_out_of_ddp(self.supernet, s.projection_grad, s.learn_projections)  # (issue 23)
+        self.model, self.optimizer = accelerator.prepare(self.supernet, self.optimizer)
+        self.train_loader, self.val_loader, self.test_loader = device_loaders(accelerator, self.data, recipe.seed,
+                                                                              val=val, test=test)
         self.calibration = evaluation.calibration_batches(self.data.train, s.calibration_batches, recipe.seed) \
             if s.evaluation == 'recalibrate' else None
         self.projection_lr = self._projection_lr()
@@ -111,8 +114,7 @@ class _Searcher:
     # -- supernet ------------------------------------------------------------------------------
     def _steps_per_epoch(self) -> int:
         """Supernet steps of one epoch: the loader's length, or ``search.steps_per_epoch`` if smaller."""
-        steps = self.recipe.search.steps_per_epoch
-        return len(self.train_loader) if steps is None else min(len(self.train_loader), steps)
+        return steps_per_epoch(self.train_loader, self.recipe.search.steps_per_epoch, 'search.steps_per_epoch')
 
     def _projection_lr(self) -> float:
         """``search.projection_lr`` when set; under ``projection_grad: task_and_penalty`` the reference's
@@ -310,6 +312,7 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
            cpu: Optional[bool] = None) -> SearchResult:
     """Run the APS search of ``recipe``; writes ``<run_dir>/search/`` and returns the searched config."""
     accelerator = accelerator or make_accelerator(cpu=cpu if cpu is not None else not torch.cuda.is_available(),
+                                                  gpu_mixed_precision='bf16',
                                                   seedable_sampler=True, find_unused_parameters=True)
     out_dir = recipe.run_dir / 'search'
     run = Run(recipe, out_dir, accelerator, resume=resume)  # device check and seeding

@@ -12,6 +12,7 @@ from typing import List, Sequence
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel
 
 from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
 from ..channels import BlockSpec, shortcut_kind
@@ -118,3 +119,20 @@ class APSSupernet(nn.Module):
     def projection_parameters(self) -> List[nn.Parameter]:
         """Projection matrices P and Q (their own SGD group: lr 0 in warm-up, then the projection lr)."""
         return [p for n, p in self.named_parameters() if '_proj.' in n]
+
+
+def keep_projections_out_of_ddp(supernet: APSSupernet, projection_grad: str, learn_projections: bool) -> List[str]:
+    """Name the projections in DDP's parameters to ignore (read when ``accelerator.prepare`` wraps the module)
+    unless the task gradient reaches them (``projection_grad: task_and_penalty`` with learned projections);
+    returns the names.
+
+    Under ``penalty`` they enter the forward detached: their only gradient is the grouped orthogonality
+    penalty's, a function of the projections alone and the same on every rank, so DDP would all-reduce the
+    task's zero gradient of every projection each step for nothing. Left out of DDP they are neither bucketed nor broadcast from rank 0 at wrap time, so every rank must
+    hold the same projections: built under the same seed (the search's :class:`~aps_zoo.runs.Run` seeds every
+    process alike before the supernet exists) and updated by the same penalty gradient on every rank."""
+    if projection_grad == 'task_and_penalty' and learn_projections:
+        return []
+    names = [n for n, _ in supernet.named_parameters() if '_proj.' in n]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(supernet, names)
+    return names
