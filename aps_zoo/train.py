@@ -41,7 +41,7 @@ from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection
 from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator
-from .slim import INHERITED_DIR, inherited_weights, load_inherited
+from .inherited import INHERITED_DIR, inherited_weights, load_inherited
 
 
 class TrainError(ValueError):

@@ -22,7 +22,7 @@ from aps_zoo.hub import export_run
 from aps_zoo.models import create_model_from_config
 from aps_zoo.recipe import recipe_from_dict
 from aps_zoo.search.loop import search
-from aps_zoo.slim import inherited_model
+from aps_zoo.inherited import inherited_model, recalibrate_bn
 from aps_zoo.spaces import APSSupernet, build_space
 from aps_zoo.spaces.inherit import inherit_space, load_parent_into, supernet_for
 from aps_zoo.spaces.parents import InheritError, load_parent
@@ -358,3 +358,24 @@ def test_timm_name_without_the_hub_fails_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(InheritError) as e:
         load_parent('no_such_model', 'resnet', 18)
     assert 'Unknown model' in _one_line(e)
+
+
+def test_recalibrate_bn_averages_the_batch_statistics_of_every_norm():
+    model = timm.create_model('aps_resnet20_cifar_20m', num_classes=10)
+    batches = [(torch.randn(4, 3, 32, 32) * (i + 1), torch.zeros(4)) for i in range(3)]
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    model.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    hook.remove()
+    mean = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
+    var = torch.stack([s.transpose(0, 1).flatten(1).var(1, unbiased=True) for s in seen]).mean(0)
+    assert recalibrate_bn(model, iter(batches)) == 3
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    before = bn.running_mean.clone()
+    assert recalibrate_bn(model, []) == 0
+    assert torch.equal(bn.running_mean, before)  # no batch: statistics untouched

@@ -8,7 +8,7 @@ BN projected by that pair's output projection (``P^T gamma``, ``P^T beta``, ``P^
 which at init is the parent's BN of those channels. Parent identity shortcuts start as identity kernels.
 
 The searched child inherits ``P^T W Q`` of every conv, ``W Q`` of the classifier and the BN of its pairs
-(:func:`inherited_state_dict`); ``aps_zoo.slim`` writes it as a run folder for ``aps-zoo export`` and
+(:func:`inherited_state_dict`); ``aps_zoo.inherited`` writes it as a run folder for ``aps-zoo export`` and
 ``aps-zoo train --init inherited``.
 """
 from __future__ import annotations
