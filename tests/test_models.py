@@ -165,21 +165,20 @@ def test_random_config_macs_params_and_layers(family, depth, size):
 
 
 def assert_layers_match_table(model: nn.Module, config: ChannelConfig) -> None:
-    """Every conv and the classifier sit where ``flops.layer_table`` says, with its shape; nothing else."""
+    """Every conv and the classifier sit where ``flops.layer_table`` says (its name is the conv's module), with
+    its shape, bias and BN; nothing else."""
     seen = set()
     for layer in layer_table(config):
-        module = owner = model.get_submodule(layer.name)
-        if isinstance(module, nn.Conv2d):  # 'stem.conv', 'head.conv': the owner is the conv-norm-act module
-            owner = model.get_submodule(layer.name.rsplit('.', 1)[0])
-        elif not isinstance(module, nn.Linear):
-            module = module.conv
+        module = model.get_submodule(layer.name)
         seen.add(id(module))
-        if layer.kernel == 0:
-            assert (module.in_features, module.out_features) == (layer.c_in, layer.c_out), layer.name
+        if isinstance(module, nn.Linear):
+            assert (module.in_features, module.out_features, layer.kernel, layer.bias) == \
+                (layer.c_in, layer.c_out, 1, True), layer.name
             continue
         assert (module.in_channels, module.out_channels, module.kernel_size, module.stride, module.groups) == \
             (layer.c_in, layer.c_out, (layer.kernel,) * 2, (layer.stride,) * 2, layer.groups), layer.name
-        assert module.bias is None, layer.name
+        assert (module.bias is not None) == layer.bias, layer.name
+        owner = model.get_submodule(layer.name.rsplit('.', 1)[0])
         assert isinstance(getattr(owner, 'bn', None), nn.BatchNorm2d) == layer.batchnorm, layer.name
     extra = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in seen]
     assert not extra, f'layers the analytic table does not count: {extra}'
