@@ -2,15 +2,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
-from .channels import (ChannelConfig, ConvSpec, conv_out_size, network_layout, shortcut_kind, tied_entries,
-                       uniform_widths)
+from .channels import ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
+from .layout import Layer
 
 
 @dataclass(frozen=True)
 class LayerCost:
-    """One conv or linear layer: shape, output resolution, MACs and parameters (BN included)."""
+    """One conv, squeeze-excitation conv or classifier (a 1x1 conv at 1x1): shape, output resolution, MACs and
+    parameters (BN or bias included), and the layout layer it is."""
     name: str
     c_in: int
     c_out: int
@@ -19,6 +20,8 @@ class LayerCost:
     groups: int
     out_hw: Tuple[int, int]
     batchnorm: bool
+    bias: bool = False
+    layer: Optional[Layer] = None
 
     @property
     def macs(self) -> int:
@@ -27,51 +30,54 @@ class LayerCost:
 
     @property
     def params(self) -> int:
-        """Weights, plus BN affine where present, plus bias for the classifier."""
-        if self.kernel == 0:  # linear layer with bias
-            return self.c_in * self.c_out + self.c_out
-        return self.c_in // self.groups * self.c_out * self.kernel ** 2 + (2 * self.c_out if self.batchnorm else 0)
+        """Weights, plus BN affine or bias where present."""
+        extra = 2 * self.c_out if self.batchnorm else self.c_out if self.bias else 0
+        return self.c_in // self.groups * self.c_out * self.kernel ** 2 + extra
 
 
 def layer_table(config: ChannelConfig) -> List[LayerCost]:
-    """Every conv and the classifier of the network ``config`` describes, in forward order (read from its
-    layout, with the module names of the timm models)."""
+    """Every conv, shortcut conv, squeeze-excitation conv and the classifier of the network ``config``
+    describes, in forward order (``NetworkLayout.layers``, named as in the timm models: the conv's module)."""
     layout, w = config.layout, config.widths
     _, h, wd = config.input_size
     table: List[LayerCost] = []
-
-    def conv(name: str, spec: ConvSpec) -> None:
-        nonlocal h, wd
-        c_in = config.in_chans if spec.in_entry is None else w[spec.in_entry]
-        h, wd = conv_out_size(h, spec.kernel, spec.stride), conv_out_size(wd, spec.kernel, spec.stride)
-        table.append(LayerCost(name, c_in, w[spec.out_entry], spec.kernel, spec.stride, spec.groups(c_in), (h, wd),
-                               True))
-
-    conv(layout.stem.conv.name, layout.stem.conv)
-    if layout.stem.pool:
-        h, wd = (conv_out_size(v, *layout.stem.pool) for v in (h, wd))
-    for i, b in enumerate(layout.blocks):
-        for spec in b.convs:
-            conv(f'blocks.{i}.{spec.name}', spec)
-        c_in, c_out = w[b.in_entry], w[b.out_entry]
-        kind = shortcut_kind(b, c_in, c_out)
-        if kind in ('conv_bn', 'pool_conv'):
-            table.append(LayerCost(f'blocks.{i}.shortcut', c_in, c_out, 1, 1, 1, (h, wd), kind == 'conv_bn'))
-    if layout.head is not None:
-        conv(layout.head.name, layout.head)
-    if config.num_classes:
-        table.append(LayerCost('fc', w[layout.feature_entry], config.num_classes, 0, 1, 1, (1, 1), False))
+    for layer in layout.layers():
+        spec = layer.spec
+        if layer.role == 'classifier' and not config.num_classes:
+            continue
+        c_in, c_out = layer.channels(config.in_chans if spec.in_entry is None else w[spec.in_entry],
+                                     config.num_classes if layer.role == 'classifier' else w[spec.out_entry])
+        norm = spec.norm
+        if layer.role == 'shortcut':
+            kind = shortcut_kind(layout.blocks[layer.block], c_in, c_out)
+            if kind not in ('conv_bn', 'pool_conv'):
+                continue
+            norm = kind == 'conv_bn'
+        if spec.pooled:
+            out_hw = (1, 1)
+        else:
+            h, wd = conv_out_size(h, spec.kernel, spec.stride), conv_out_size(wd, spec.kernel, spec.stride)
+            out_hw = (h, wd)
+        table.append(LayerCost(layer.conv_key, c_in, c_out, spec.kernel, spec.stride, spec.groups(c_in), out_hw,
+                               norm, not spec.norm, layer))
+        if layer.name == 'stem' and layout.stem.pool:
+            h, wd = (conv_out_size(v, *layout.stem.pool) for v in (h, wd))
     return table
 
 
 def count_macs(config: ChannelConfig) -> int:
     """Multiply-accumulates of all convs and the classifier at ``config.input_size``."""
-    return sum(layer.macs if layer.kernel else layer.c_in * layer.c_out for layer in layer_table(config))
+    return sum(layer.macs for layer in layer_table(config))
 
 
 def count_params(config: ChannelConfig) -> int:
-    """Trainable parameters: conv weights, BN affine, classifier weight and bias."""
+    """Trainable parameters: conv weights, BN affine, biases, classifier weight and bias."""
     return sum(layer.params for layer in layer_table(config))
+
+
+def feature_size(config: ChannelConfig) -> Tuple[int, int]:
+    """Spatial size of the unpooled features (before global pooling) at ``config.input_size``."""
+    return [c for c in layer_table(config) if c.layer.role == 'conv' and not c.layer.spec.pooled][-1].out_hw
 
 
 def uniform_at_budget(family: str, depth: int, budget_macs: float, *, num_classes: int,

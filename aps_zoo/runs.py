@@ -262,6 +262,22 @@ def _first_line(e: BaseException) -> str:
     return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
 
 
+_STATE_FILES = ('input_sampler_file', 'input_scheduler_file', 'input_optimizer_file', 'input_model_file')
+
+
+def _failed_file(exc: BaseException) -> Optional[Path]:
+    """The file ``accelerator.load_state`` was restoring when ``exc`` was raised: its loader names each file
+    just before reading it (model, optimizers, schedulers, samplers, in that order), so the last one named
+    is the one that failed. None when the failure happened elsewhere."""
+    tb = exc.__traceback__
+    while tb is not None:
+        if tb.tb_frame.f_code.co_name == 'load_accelerator_state':
+            named = tb.tb_frame.f_locals
+            return next((Path(named[k]) for k in _STATE_FILES if k in named), None)
+        tb = tb.tb_next
+    return None
+
+
 def _try_load(accelerator, folder: Path) -> Tuple[Optional[Dict[str, Any]], Optional[str]]:
     """(extra state, None) if every part of ``folder`` restored on every process, else (None, reason)."""
     try:
@@ -272,7 +288,7 @@ def _try_load(accelerator, folder: Path) -> Tuple[Optional[Dict[str, Any]], Opti
     except CheckpointError as e:
         error = str(e)
     except Exception as e:  # noqa: BLE001 - model, optimizer, scheduler or sampler state that does not load
-        error = f"checkpoint {folder} does not match this run or is corrupted: {_first_line(e)}"
+        error = f"checkpoint {_failed_file(e) or folder} does not match this run or is corrupted: {_first_line(e)}"
     if accelerator.num_processes > 1:
         error = next((e for e in gather_object([error]) if e), None)  # every process falls back together
     return (None, error) if error else (extra, None)

@@ -45,8 +45,8 @@ from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection
+from .inherited import INHERITED_DIR, inherited_weights, load_inherited
 from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator, progress
-from .slim import INHERITED_DIR, inherited_weights, load_inherited
 
 
 class TrainError(ValueError):

@@ -39,7 +39,7 @@ from aps_zoo.plots import plt
 from aps_zoo.recipe import recipe_from_dict
 from aps_zoo.search.loop import BN_BATCHES, search
 from aps_zoo.runs import RUN_WEIGHTS
-from aps_zoo.slim import INHERITED_DIR, inherited_model, write_inherited
+from aps_zoo.inherited import INHERITED_DIR, inherited_model, write_inherited
 from aps_zoo.spaces import SearchSpace
 from aps_zoo.spaces.inherit import supernet_for
 from aps_zoo.train import train

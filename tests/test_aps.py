@@ -87,7 +87,7 @@ def test_gradients_reach_meta_weights_then_projections():
 
 
 @pytest.mark.parametrize('family, depth, size', [('resnet_cifar', 8, 8), ('resnet', 18, 32), ('resnet', 50, 32),
-                                                 ('mobilenetv2', 0, 32)])
+                                                 ('mobilenetv2', 0, 32), ('mobilenetv3_large', 0, 32)])
 def test_every_candidate_combination_runs(family, depth, size):
     """Every width pair the controller can produce for a layer is exercised at least once."""
     space = build_space(family, depth, [4, 8], num_classes=5, input_size=(3, size, size), blockwise=family != 'resnet_cifar')

@@ -14,7 +14,7 @@ import torch
 import yaml
 
 import aps_zoo  # noqa: F401  (registers the models)
-from aps_zoo.channels import ChannelConfig, ChannelConfigError
+from aps_zoo.channels import FAMILIES, ChannelConfig, ChannelConfigError
 from aps_zoo.hub import HubError, check_folder, export
 from aps_zoo.models import create_model_from_config
 from aps_zoo.recipe import RecipeError, load_recipe
@@ -40,7 +40,7 @@ def with_change(path: str, value):
 @pytest.mark.parametrize('key, value, message', [
     ('search.budget', 5, "unknown recipe key 'search.budget'; allowed in 'search': budget_macs"),
     ('colour', 'red', "unknown recipe key 'colour'"),
-    ('space.family', 'vgg', "'space.family' must be one of resnet_cifar, resnet, mobilenetv2, got 'vgg'"),
+    ('space.family', 'vgg', f"'space.family' must be one of {', '.join(FAMILIES)}, got 'vgg'"),
     ('space.depth', 21, "depth must be 6n"),
     ('space.candidates', [4, -8], "'space.candidates' must be a non-empty list of positive widths"),
     ('space.candidates', [], "'space.candidates' must be a non-empty list"),

@@ -32,6 +32,7 @@ def test_layout_lengths():
     assert network_layout('resnet', 18).num_entries == 17
     assert network_layout('resnet', 50).num_entries == 49
     assert network_layout('mobilenetv2').num_entries == 52
+    assert network_layout('mobilenetv3_large').num_entries == 47
 
 
 def test_json_round_trip(tmp_path):
@@ -76,14 +77,15 @@ def torch_macs(model, x, *args):
     return sum(v for op, v in counts.items() if 'convolution' in str(op) or 'addmm' in str(op)) // 2
 
 
-@pytest.mark.parametrize('depth', [20, 56])
-def test_analytic_macs_equal_flop_counter_on_random_configs(depth):
-    """The supernet runs the same layers as the exported network; its subnets must count the same.
+@pytest.mark.parametrize('family, depth', [('resnet_cifar', 20), ('resnet_cifar', 56), ('mobilenetv3_large', 0)])
+def test_analytic_macs_equal_flop_counter_on_random_configs(family, depth):
+    """The supernet runs the same layers as the exported network (squeeze-excitation and an efficient head
+    included); its subnets must count the same.
 
     Projections sit on the kernels (each conv's first plan; at batch 16 the classifier's own choice),
     so the convolutions run at the subnet's widths."""
     rng = random.Random(depth)
-    space = build_space('resnet_cifar', depth, [4, 8, 16, 32], num_classes=10, input_size=(3, 32, 32))
+    space = build_space(family, depth, [4, 8, 16, 32], num_classes=10, input_size=(3, 32, 32))
     net = APSSupernet(space).eval()
     for m in net.modules():
         if isinstance(m, APSConv2d):

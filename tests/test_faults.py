@@ -384,7 +384,7 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path):
     recipe.write_text(yaml.safe_dump(_recipe_data(target, 2)))
     done = _cli('train', recipe, '--config', config_path, '--cpu', '--resume')
     line = _one_error_line(done, 'train')
-    assert f'checkpoint {checkpoint} does not match this run or is corrupted' in line, line
+    assert f"checkpoint {checkpoint / 'optimizer.bin'} does not match this run or is corrupted" in line, line
     assert _files(target) == before  # refused, not continued and not overwritten
 
 

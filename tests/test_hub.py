@@ -421,6 +421,16 @@ def test_push_refuses_before_touching_the_network(exported, tmp_path):
     with pytest.raises(hub.HubError, match=r'recipe\.yaml contains your Hub token') as refused:
         hub.push(leaky, REPO, token=TOKEN)
     assert TOKEN not in str(refused.value)
+    broken = Path(shutil.copytree(exported, tmp_path / 'broken'))
+    card = (broken / 'README.md').read_text()
+    (broken / 'README.md').write_text(card.replace('license:', 'license: [apache', 1))
+    with pytest.raises(hub.HubError, match=r"README\.md: the YAML metadata block of the card is not valid") as bad:
+        hub.push(broken, REPO, token=TOKEN)  # before the Hub call that would fail offline
+    assert '\n' not in str(bad.value)
+    body = card.split('---\n', 2)[2]
+    (broken / 'README.md').write_text('---\n- a list, not a mapping\n---\n' + body)
+    with pytest.raises(hub.HubError, match=r"README\.md: the YAML metadata block .* should be a dict"):
+        hub.push(broken, REPO, token=TOKEN)
 
 
 # ------------------------------------------------------------------------------------------ hub configs

@@ -21,7 +21,7 @@ from aps_zoo.hub import export_run
 from aps_zoo.models import create_model_from_config
 from aps_zoo.recipe import recipe_from_dict
 from aps_zoo.search.loop import search
-from aps_zoo.slim import inherited_model
+from aps_zoo.inherited import inherited_model, recalibrate_bn
 from aps_zoo.spaces import APSSupernet, build_space
 from aps_zoo.spaces.inherit import inherit_space, load_parent_into, supernet_for
 from aps_zoo.spaces.parents import InheritError, load_parent
@@ -149,14 +149,20 @@ def test_importance_reordering_keeps_the_function_and_sorts_channels(parent, imp
     assert not torch.equal(found.state['blocks.0.conv1.conv.weight'], model.state_dict()['blocks.0.conv1.conv.weight'])
 
 
-def test_timm_mobilenetv2_checkpoint_is_read_exactly(tmp_path):
+def _timm_parent(name: str):
+    """timm's ``name`` (7 classes) with moved BN statistics and scales, as a trained network has."""
     torch.manual_seed(0)
-    model = timm.create_model('mobilenetv2_100', num_classes=7).eval()
+    model = timm.create_model(name, num_classes=7).eval()
     for m in model.modules():
         if isinstance(m, torch.nn.BatchNorm2d):
             m.running_mean.normal_(0, 0.1)
             m.running_var.uniform_(0.5, 1.5)
             m.weight.data.uniform_(0.5, 1.5)
+    return model
+
+
+def test_timm_mobilenetv2_checkpoint_is_read_exactly(tmp_path):
+    model = _timm_parent('mobilenetv2_100')
     path = _save(model, tmp_path / 'mbv2.safetensors')
     x = torch.randn(2, 3, 64, 64)
     for importance in ('none', 'bn_scale'):
@@ -166,6 +172,40 @@ def test_timm_mobilenetv2_checkpoint_is_read_exactly(tmp_path):
         zoo.load_state_dict(found.state, strict=False)
         assert torch.allclose(zoo(x), model(x), atol=1e-4, rtol=1e-4), importance
     assert found.provenance()['parent_architecture'] == 'timm MobileNetV2 mobilenetv2'
+
+
+def test_timm_mobilenetv3_parent_gives_children_that_are_the_truncated_parent(tmp_path):
+    """space.init_from a safetensors file of timm's mobilenetv3_large_100 (squeeze-excitation, hard-swish,
+    efficient head): read exactly (channels reordered too), and the inherited supernet's children are the
+    parent cut to their leading channels; the widest child is the parent."""
+    model = _timm_parent('mobilenetv3_large_100')
+    path = _save(model, tmp_path / 'mbv3.safetensors')
+    x = torch.randn(2, 3, 64, 64)
+    for importance in ('none', 'bn_scale', 'l1'):
+        found = load_parent(str(path), 'mobilenetv3_large', 0, importance)
+        assert found.widths == uniform_widths('mobilenetv3_large') and found.num_classes == 7
+        zoo = create_model_from_config(ChannelConfig('mobilenetv3_large', found.widths, 0, 7, (3, 64, 64))).eval()
+        missing, unexpected = zoo.load_state_dict(found.state, strict=False)
+        assert not unexpected and all(k.endswith('num_batches_tracked') for k in missing)
+        assert torch.allclose(zoo(x), model(x), atol=1e-4, rtol=1e-4), importance
+    assert found.provenance()['parent_architecture'] == 'timm MobileNetV3 mobilenetv3_large'
+    space = build_space('mobilenetv3_large', 0, [8, 16], num_classes=7, input_size=(3, 64, 64), meta_width='max',
+                        stage_multipliers=[1, 1.5, 2.5, 5, 7, 10, 60, 80])
+    found = load_parent(str(path), 'mobilenetv3_large', 0)
+    space, supernet = _exact_supernet(space, found)
+    parent = create_model_from_config(ChannelConfig('mobilenetv3_large', found.widths, 0, 7, (3, 64, 64))).eval()
+    parent.load_state_dict(found.state, strict=False)
+    with torch.no_grad():
+        for choices in _architectures(space, n=2):
+            config = space.config(choices)
+            expected = truncated_parent(parent, config)(x)
+            assert torch.allclose(inherited_model(supernet, config)(x), expected, atol=1e-4, rtol=1e-4), choices
+        assert torch.allclose(inherited_model(supernet, space.config(space.largest()))(x), model(x), atol=1e-4)
+        for layer in supernet.modules():  # the supernet itself runs the same subnets
+            if hasattr(layer, 'use_running_stats'):
+                layer.use_running_stats = True
+        config = space.config(space.smallest())
+        assert torch.allclose(supernet.eval()(x, config.widths), truncated_parent(parent, config)(x), atol=1e-4)
 
 
 @pytest.mark.parametrize('name,depth', [('resnet18', 18), ('resnet50', 50)])
@@ -353,3 +393,24 @@ def test_timm_name_without_the_hub_fails_in_one_line(tmp_path, monkeypatch):
     with pytest.raises(InheritError) as e:
         load_parent('no_such_model', 'resnet', 18)
     assert 'Unknown model' in _one_line(e)
+
+
+def test_recalibrate_bn_averages_the_batch_statistics_of_every_norm():
+    model = timm.create_model('aps_resnet20_cifar_20m', num_classes=10)
+    batches = [(torch.randn(4, 3, 32, 32) * (i + 1), torch.zeros(4)) for i in range(3)]
+    bn = next(m for m in model.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    seen = []
+    hook = bn.register_forward_hook(lambda m, inputs, out: seen.append(inputs[0].detach()))
+    model.train()
+    with torch.no_grad():
+        for x, _ in batches:
+            model(x)
+    hook.remove()
+    mean = torch.stack([s.mean((0, 2, 3)) for s in seen]).mean(0)
+    var = torch.stack([s.transpose(0, 1).flatten(1).var(1, unbiased=True) for s in seen]).mean(0)
+    assert recalibrate_bn(model, iter(batches)) == 3
+    torch.testing.assert_close(bn.running_mean, mean, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(bn.running_var, var, rtol=1e-4, atol=1e-5)
+    before = bn.running_mean.clone()
+    assert recalibrate_bn(model, []) == 0
+    assert torch.equal(bn.running_mean, before)  # no batch: statistics untouched

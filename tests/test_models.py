@@ -55,11 +55,11 @@ SEARCHED = {
         + [128, 128, 512] * 4 + [256, 256, 1024] * 3),
 }
 GENERIC = {'aps_resnet_cifar': ('resnet_cifar', 20), 'aps_resnet': ('resnet', 50),
-           'aps_mobilenetv2': ('mobilenetv2', 0)}
+           'aps_mobilenetv2': ('mobilenetv2', 0), 'aps_mobilenetv3_large_100': ('mobilenetv3_large', 0)}
 # Random configs of every family: (family, depth, input size); small inputs keep the ImageNet families fast,
 # odd sizes exercise the ceil-mode pooled shortcuts.
 RANDOM = [('resnet_cifar', 20, 32), ('resnet_cifar', 56, 30), ('resnet', 18, 64), ('resnet', 50, 57),
-          ('mobilenetv2', 0, 64), ('mobilenetv2', 0, 45)]
+          ('mobilenetv2', 0, 64), ('mobilenetv2', 0, 45), ('mobilenetv3_large', 0, 45)]
 
 
 def flop_counter_macs(model: nn.Module, input_size) -> int:
@@ -165,21 +165,20 @@ def test_random_config_macs_params_and_layers(family, depth, size):
 
 
 def assert_layers_match_table(model: nn.Module, config: ChannelConfig) -> None:
-    """Every conv and the classifier sit where ``flops.layer_table`` says, with its shape; nothing else."""
+    """Every conv and the classifier sit where ``flops.layer_table`` says (its name is the conv's module), with
+    its shape, bias and BN; nothing else."""
     seen = set()
     for layer in layer_table(config):
-        module = owner = model.get_submodule(layer.name)
-        if isinstance(module, nn.Conv2d):  # 'stem.conv', 'head.conv': the owner is the conv-norm-act module
-            owner = model.get_submodule(layer.name.rsplit('.', 1)[0])
-        elif not isinstance(module, nn.Linear):
-            module = module.conv
+        module = model.get_submodule(layer.name)
         seen.add(id(module))
-        if layer.kernel == 0:
-            assert (module.in_features, module.out_features) == (layer.c_in, layer.c_out), layer.name
+        if isinstance(module, nn.Linear):
+            assert (module.in_features, module.out_features, layer.kernel, layer.bias) == \
+                (layer.c_in, layer.c_out, 1, True), layer.name
             continue
         assert (module.in_channels, module.out_channels, module.kernel_size, module.stride, module.groups) == \
             (layer.c_in, layer.c_out, (layer.kernel,) * 2, (layer.stride,) * 2, layer.groups), layer.name
-        assert module.bias is None, layer.name
+        assert (module.bias is not None) == layer.bias, layer.name
+        owner = model.get_submodule(layer.name.rsplit('.', 1)[0])
         assert isinstance(getattr(owner, 'bn', None), nn.BatchNorm2d) == layer.batchnorm, layer.name
     extra = [n for n, m in model.named_modules() if isinstance(m, (nn.Conv2d, nn.Linear)) and id(m) not in seen]
     assert not extra, f'layers the analytic table does not count: {extra}'
@@ -195,6 +194,21 @@ def test_uniform_generic_models_equal_timm_counterparts():
     assert num_params(ours) == num_params(theirs) - 2 * (512 + 1024 + 2048)
     assert flop_counter_macs(ours, (3, 64, 64)) == flop_counter_macs(theirs, (3, 64, 64))
     assert list(timm.create_model('aps_resnet_cifar').channel_config.widths) == [16] * 7 + [32] * 6 + [64] * 6
+
+
+def test_mobilenetv3_at_timm_widths_is_timms_network():
+    """aps_mobilenetv3_large_100 is timm's mobilenetv3_large_100: the same MACs (counted on timm's model by
+    FlopCounterMode) and parameters, squeeze-excitation widths make_divisible(expanded * 0.25, 8)."""
+    ours, theirs = timm.create_model('aps_mobilenetv3_large_100'), timm.create_model('mobilenetv3_large_100')
+    config = ours.channel_config
+    assert flop_counter_macs(theirs, (3, 224, 224)) == count_macs(config) == 216_589_760
+    assert flop_counter_macs(ours, (3, 224, 224)) == count_macs(config)
+    assert num_params(ours) == num_params(theirs) == count_params(config) == 5_483_032
+    reduce = [m.conv_reduce.out_channels for m in theirs.modules() if type(m).__name__ == 'SqueezeExcite']
+    assert [m.conv_reduce.out_channels for m in ours.modules() if type(m).__name__ == 'SqueezeExcite'] == reduce
+    assert reduce == [24, 32, 32, 120, 168, 168, 240, 240]
+    assert (ours.num_features, ours.head_hidden_size) == (theirs.num_features, theirs.head_hidden_size) == (960, 1280)
+    assert ours.pretrained_cfg['interpolation'] == theirs.pretrained_cfg['interpolation'] == 'bicubic'
 
 
 # --- timm model API ---------------------------------------------------------------------------------------------
@@ -227,6 +241,7 @@ def test_forward_shapes_and_pretrained_cfg(name, paper_models):
     ('aps_resnet18_1g8', [48, 48, 96, 256, 640], [2, 4, 8, 16, 32]),
     ('aps_resnet', [64, 256, 512, 1024, 2048], [2, 4, 8, 16, 32]),
     ('aps_mobilenetv2_300m', [20, 30, 40, 120, 400], [2, 4, 8, 16, 32]),
+    ('aps_mobilenetv3_large_100', [16, 24, 40, 112, 960], [2, 4, 8, 16, 32]),  # timm's feature_info
 ])
 def test_features_only(name, channels, reductions):
     size = 32 if 'cifar' in name else 64
@@ -240,6 +255,24 @@ def test_features_only(name, channels, reductions):
         assert [tuple(o.shape) for o in outputs] == [(1, c, size // r, size // r) for c, r in zip(channels, reductions)]
     model = timm.create_model(name, features_only=True, out_indices=(1, 2)).eval()
     assert model.feature_info.channels() == channels[1:3]
+
+
+def test_mobilenetv3_intermediates_checkpointing_and_head():
+    """timm's forward_intermediates checks (features equal forward_features, also under grad checkpointing) and
+    the efficient head: pre-logits are the 1280 hidden features, removing the classifier keeps them."""
+    model = timm.create_model('aps_mobilenetv3_large_100', num_classes=5).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        final, intermediates = model.forward_intermediates(x)
+        assert torch.equal(final, model.forward_features(x)) and final.shape == (2, 960, 2, 2)
+        assert [t.shape[1] for t in intermediates] == [16, 24, 40, 112, 960]
+        logits = model(x)
+        model.set_grad_checkpointing()
+        assert torch.allclose(model.forward_intermediates(x)[0], final, atol=1e-5)
+        assert torch.allclose(model(x), logits, atol=1e-5)
+        assert model.forward_head(final, pre_logits=True).shape == (2, 1280)
+        model.reset_classifier(0)
+        assert model(x).shape == (2, 1280) and count_params(model.channel_config) == num_params(model)
 
 
 def test_forward_intermediates_and_pruning():
@@ -301,7 +334,8 @@ def test_torchscript_bottleneck():
 
 # --- export round trip: widths travel through model_args ---------------------------------------------------------
 
-@pytest.mark.parametrize('family,depth,size', [('resnet_cifar', 20, 32), ('resnet', 50, 48), ('mobilenetv2', 0, 40)])
+@pytest.mark.parametrize('family,depth,size', [('resnet_cifar', 20, 32), ('resnet', 50, 48), ('mobilenetv2', 0, 40),
+                                              ('mobilenetv3_large', 0, 40)])
 def test_save_for_hf_local_dir_rebuilds_same_network(tmp_path, family, depth, size):
     config = random_config(family, depth, size, seed=3)
     model = create_model_from_config(config).eval()

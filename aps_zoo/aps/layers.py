@@ -56,20 +56,26 @@ class APSConv2d(nn.Module):
 
     ``in_candidates=None`` marks a fixed input axis (the image): no Q. ``depthwise=True`` ties
     c_in == c_out and uses one projection per width. ``skip_equal`` leaves out the pairs with
-    c_in == c_out (a stride-1 shortcut is the identity there and never uses them). Each call
-    applies the projections where :meth:`cheapest_plan` says, unless ``plan`` is set to one of
-    :meth:`plans`.
+    c_in == c_out (a stride-1 shortcut is the identity there and never uses them); ``pairs`` lists the
+    candidate pairs instead of all (in, out) combinations (a squeeze-excitation, whose reduced width follows
+    its input). ``bias``: a meta bias, projected like the output axis (``P^T b``). Each call applies the
+    projections where :meth:`cheapest_plan` says, unless ``plan`` is set to one of :meth:`plans`.
     """
 
     def __init__(self, in_candidates: Optional[Sequence[int]], out_candidates: Sequence[int], meta_in: int,
                  meta_out: int, kernel_size: int, stride: int = 1, depthwise: bool = False,
-                 overlap: float = 1.0, noise: float = 1e-3, skip_equal: bool = False):
+                 overlap: float = 1.0, noise: float = 1e-3, skip_equal: bool = False,
+                 pairs: Optional[Sequence[Pair]] = None, bias: bool = False):
         super().__init__()
         self.kernel_size, self.stride, self.depthwise = kernel_size, stride, depthwise
         self.padding = kernel_size // 2
         self.meta_in, self.meta_out = meta_in, meta_out
         self.fixed_in = in_candidates is None
-        if depthwise:
+        out_candidates = list(dict.fromkeys(out_candidates))  # a squeeze-excitation's reduced widths can repeat
+        in_candidates = None if self.fixed_in else list(dict.fromkeys(in_candidates))
+        if pairs is not None:
+            pairs = list(dict.fromkeys(pairs))
+        elif depthwise:
             pairs = [(c, c) for c in out_candidates]
         elif self.fixed_in:
             pairs = [(meta_in, c) for c in out_candidates]
@@ -78,6 +84,7 @@ class APSConv2d(nn.Module):
         self.pairs = pairs
         self.weight = nn.Parameter(torch.empty(meta_out, 1 if depthwise else meta_in, kernel_size, kernel_size))
         nn.init.kaiming_normal_(self.weight, mode='fan_out', nonlinearity='relu')
+        self.bias = nn.Parameter(torch.zeros(meta_out)) if bias else None
         self.out_proj = _projection_bank(meta_out, list(out_candidates), pairs, 1, overlap, noise, one_group=depthwise)
         self.in_proj = None if (self.fixed_in or depthwise) else \
             _projection_bank(meta_in, list(in_candidates), pairs, 0, overlap, noise)
@@ -146,6 +153,12 @@ class APSConv2d(nn.Module):
         """The (c_out, c_in/groups, k, k) kernel of candidate (c_in, c_out)."""
         return self._kernel(self.plans()[0], self._check_pair(c_in, c_out), c_in, c_out)[0]
 
+    def candidate_bias(self, c_in: int, c_out: int) -> Optional[torch.Tensor]:
+        """The bias ``P^T b`` of candidate (c_in, c_out) (None without a bias)."""
+        if self.bias is None:
+            return None
+        return self._proj(self.out_proj, self._check_pair(c_in, c_out)).t() @ self.bias
+
     def _kernel(self, plan: Plan, key: str, c_in: int, c_out: int):
         """(kernel, P or None, Q or None): the kernel with the weight-side projections applied, and
         the projections left for the activations."""
@@ -184,7 +197,8 @@ class APSConv2d(nn.Module):
         if q is not None:  # lift the input to the meta width: z = Q x
             x = mix_channels(x, q.t())
         y = F.conv2d(x, w, None, self.stride, self.padding, 1, c_in if self.depthwise else 1)
-        return y if p is None else mix_channels(y, p)  # project down: P^T y
+        y = y if p is None else mix_channels(y, p)  # project down: P^T y
+        return y if self.bias is None else y + self.candidate_bias(c_in, c_out)[:, None, None]
 
 
 def _projections(banks: Sequence[ProjectionBank]) -> Iterator[Tuple[str, str, torch.Tensor]]:

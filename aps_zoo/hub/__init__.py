@@ -8,7 +8,7 @@ an exported folder, and loading), ``export`` and ``push``.
 """
 from ..models.zoo import provenance_label, provenance_summary
 from ..models.zoo import zoo_table as _zoo_table
-from .card import BASE_TAGS, PAPER_CITATION, PEER_RESULTS, build_card
+from .card import BASE_TAGS, PAPER_CITATION, build_card
 from .configs import DEFAULT_HUB_CONFIGS, DEFAULT_LICENSE, HubConfig, load_hub_config, load_hub_configs
 from .errors import HubConfigError, HubError
 from .export import export, export_run, load_line
@@ -19,7 +19,7 @@ from .results import DATASET_NAMES, IMAGENET_IDS, RESULT_KEYS, Result, parse_res
 
 __all__ = [
     'BASE_TAGS', 'CARD_NAME', 'CONFIG_NAME', 'DATASET_NAMES', 'DEFAULT_HUB_CONFIGS', 'DEFAULT_LICENSE',
-    'EXPORT_FILES', 'IMAGENET_IDS', 'PAPER_CITATION', 'PEER_RESULTS', 'PLOT_NAME', 'RECIPE_NAME', 'RESULT_KEYS',
+    'EXPORT_FILES', 'IMAGENET_IDS', 'PAPER_CITATION', 'PLOT_NAME', 'RECIPE_NAME', 'RESULT_KEYS',
     'WEIGHTS_NAME', 'CheckedFolder', 'HubConfig', 'HubConfigError', 'HubError', 'Result', 'build_card',
     'check_folder', 'export', 'export_run', 'load', 'load_hub_config', 'load_line', 'load_hub_configs', 'parse_result',
     'provenance_label', 'provenance_summary', 'push', 'push_all', 'zoo_table',

@@ -12,6 +12,7 @@ from huggingface_hub import EvalResult, ModelCard, ModelCardData
 from .. import __version__
 from ..channels import ChannelConfig, NetworkLayout, uniform_widths
 from ..data import DIGITS
+from ..families import get_family
 from ..flops import count_macs, count_params, uniform_like
 from ..models.zoo import family_label, fmt_count, provenance_summary
 from .configs import DEFAULT_LICENSE, hub_dataset_ids
@@ -33,21 +34,10 @@ PAPER_CITATION = """@inproceedings{wang2020aps,
   volume    = {33},
   year      = {2020}
 }"""
-# ImageNet top-1 of peer channel-search methods, as published in those projects' own READMEs
-# (docs/design.md#peer-results).
-# Keyed by (family, depth); each row is (method, MACs, top-1 as published).
-PEER_RESULTS = {
-    ('resnet', 50): (('Uniform ResNet-50 0.75x', 2.3e9, '74.8'), ('MetaPruning', 2.0e9, '75.4'),
-                     ('AutoSlim', 2.0e9, '75.6'), ('EagleEye', 2.06e9, '76.4'), ('DMCP', 2.2e9, '76.5')),
-    ('mobilenetv2', 0): (('Uniform MobileNetV2 1.0x', 3.0e8, '72.0-72.7'), ('DMCP', 3.0e8, '73.5'),
-                         ('AutoSlim', 3.05e8, '74.2')),
-    ('resnet', 18): (('DMCP', 1.04e9, '69.0'),),
-}
-
-
 def entry_layers(layout: NetworkLayout) -> List[Tuple[str, str]]:
     """(layer name, stage from 1, '' outside the blocks) of every width entry, in forward order."""
-    return [(name, '' if stage < 0 else str(stage + 1)) for name, stage, _ in layout.named_convs()]
+    return [(layer.spec.name if layer.block is None else layer.name, '' if layer.stage < 0 else str(layer.stage + 1))
+            for layer in layout.entry_layers()]
 
 
 def _card_data(config: ChannelConfig, architecture: str, name: str, results: Sequence[Result], license: str,
@@ -67,8 +57,9 @@ def _card_data(config: ChannelConfig, architecture: str, name: str, results: Seq
 
 
 def _comparison(config: ChannelConfig, results: Sequence[Result]) -> dict:
-    """Template fields of the peer comparison: shown only next to a measured ImageNet result."""
-    peers = PEER_RESULTS.get((config.family, config.depth))
+    """Template fields of the peer comparison (the family's published peers, DESIGN §4): shown only next to a
+    measured ImageNet result."""
+    peers = get_family(config.family).peers.get(config.depth)
     measured = [r for r in results if r.is_imagenet]
     if not peers or not measured:
         return {'peers': None, 'imagenet_top1': None}

@@ -9,7 +9,8 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, Dict, List, Optional, Sequence, Union
 
-from huggingface_hub import CommitOperationAdd, HfApi, get_token
+import yaml
+from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
 from .. import __version__
@@ -39,6 +40,19 @@ def _error_line(exc: BaseException, token: str) -> str:
     return text.replace(token, '***')
 
 
+def check_card(folder: Path) -> None:
+    """Parse the card's YAML front matter as the Hub will (``ModelCard``); a broken block is refused here,
+    before any Hub call, instead of by the server after the repo was created."""
+    card = folder / CARD_NAME
+    if not card.is_file():
+        return
+    try:
+        ModelCard.load(card)
+    except (yaml.YAMLError, ValueError, UnicodeDecodeError) as e:
+        raise HubError(f"{card}: the YAML metadata block of the card is not valid ({one_line(e)}); fix it "
+                       f"or re-export the folder") from None
+
+
 def _card_repo_ids(folder: Path) -> List[str]:
     text = (folder / CARD_NAME).read_text() if (folder / CARD_NAME).is_file() else ''
     return sorted(set(re.findall(r"hf-hub:([\w.-]+/[\w.-]+)", text)))
@@ -61,6 +75,7 @@ def push(folder: Union[str, Path, CheckedFolder], repo_id: str, *, private: bool
     for name in names:  # links checked before anything is read
         _inside(path, name)
     folder = (folder if isinstance(folder, CheckedFolder) else check_folder(path)).path
+    check_card(folder)
     if f'hf-hub:{UNNAMED_REPO}' in ((folder / CARD_NAME).read_text() if (folder / CARD_NAME).is_file() else ''):
         raise HubError(f"{folder} was exported without a repo id: re-export it with --repo-id {repo_id} "
                        f"(repo_id={repo_id!r}) so that its card names the repo")

@@ -1,14 +1,20 @@
 """timm model classes built from a ChannelConfig; importing this registers the aps_* models."""
 import dataclasses
+import importlib
+import pkgutil
 
 import timm
 import torch.nn as nn
 
 from ..channels import ChannelConfig, ChannelConfigError
+from ..families import get_family
 from ._base import (CONFIG_DIR, ApsNet, PretrainedWeightsNotFoundError, architecture_for, pool_size, train_recipe,
                     zoo_config)
 from .aps_mobilenetv2 import ApsMobileNetV2
 from .aps_resnet import ApsResNet
+
+for _module in sorted(m.name for m in pkgutil.iter_modules(__path__) if m.name.startswith('aps_')):
+    importlib.import_module(f'{__name__}.{_module}')  # every family's model module registers its models
 
 __all__ = [
     'ApsMobileNetV2', 'ApsNet', 'ApsResNet', 'PretrainedWeightsNotFoundError',
@@ -28,7 +34,7 @@ def create_model_from_config(config: ChannelConfig, pretrained: bool = False, **
         raise ChannelConfigError(f"{', '.join(fixed)} come(s) from the channel config; do not pass them as kwargs")
     args = dict(widths=list(config.widths), num_classes=config.num_classes, in_chans=config.in_chans,
                 img_size=config.input_size[1:])
-    if config.family != 'mobilenetv2':
+    if get_family(config.family).has_depth:
         args['depth'] = config.depth
     # the source checkpoint (if any) was trained on ``config``: its classes and input size
     overlay = dict(input_size=config.input_size, num_classes=config.num_classes, pool_size=pool_size(config))

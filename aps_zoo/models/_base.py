@@ -16,35 +16,20 @@ import torch.nn.functional as F
 from huggingface_hub import constants as hf_constants
 from huggingface_hub.errors import (EntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError,
                                     RevisionNotFoundError)
-from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
-from timm.layers import ConvNormAct, create_classifier, get_device_dtype
+from timm.layers import ConvNormAct, SelectAdaptivePool2d, create_classifier, get_act_layer, get_device_dtype
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from ..channels import BlockSpec, ChannelConfig, ChannelConfigError, NetworkLayout, uniform_widths
-from ..flops import layer_table
+from ..channels import BlockSpec, ChannelConfig, ChannelConfigError, ConvSpec, NetworkLayout, uniform_widths
+from ..families import get_family
+from ..flops import feature_size
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
 HUB_ORG = 'aps-zoo'
-CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
-CIFAR10_STD = (0.2470, 0.2435, 0.2616)
-DEFAULT_IMG_SIZE = {'resnet_cifar': 32, 'resnet': 224, 'mobilenetv2': 224}
-# Architecture used for any config of a family (exported searched models name it in config.json).
-GENERIC_ARCHITECTURES = {'resnet_cifar': 'aps_resnet_cifar', 'resnet': 'aps_resnet', 'mobilenetv2': 'aps_mobilenetv2'}
 _HUB_MISSING = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)
 # Zoo models whose trained weights are on the Hub at aps-zoo/<name>: only these get an ``hf_hub_id``, so
 # ``timm.list_pretrained('aps_*')`` lists exactly them. None yet; add a name once its weights are pushed.
 PUBLISHED_WEIGHTS: frozenset = frozenset()
-# The train recipe (in the repository's recipes/) that trains each zoo model (with ``--config <name>``).
-TRAIN_RECIPES = {
-    'aps_resnet20_cifar_20m': 'recipes/train_resnet20_cifar10.yaml',
-    'aps_resnet56_cifar_60m': 'recipes/train_resnet20_cifar10.yaml',
-    'aps_resnet18_1g8': 'recipes/train_resnet18_imagenet.yaml',
-    'aps_resnet18_1g': 'recipes/train_resnet18_imagenet.yaml',
-    'aps_resnet50_2g': 'recipes/train_resnet50_imagenet.yaml',
-    'aps_mobilenetv2_300m': 'recipes/train_mobilenetv2_imagenet.yaml',
-    'aps_mobilenetv2_150m': 'recipes/train_mobilenetv2_imagenet.yaml',
-}
 
 
 class PretrainedWeightsNotFoundError(RuntimeError):
@@ -54,7 +39,7 @@ class PretrainedWeightsNotFoundError(RuntimeError):
 def make_config(family: str, widths: Sequence[int], depth: int, num_classes: int, in_chans: int,
                 img_size: Optional[Union[int, Sequence[int]]]) -> ChannelConfig:
     """The ChannelConfig of a model built with these constructor arguments (validated)."""
-    size = DEFAULT_IMG_SIZE.get(family, 224) if img_size is None else img_size
+    size = get_family(family).preprocessing.img_size if img_size is None else img_size
     size = (size, size) if isinstance(size, int) else tuple(size)
     return ChannelConfig(family, list(widths), depth, num_classes, (in_chans, *size))
 
@@ -70,15 +55,24 @@ def feature_taps(layout: NetworkLayout) -> List[Tuple[int, int]]:
     return [o for o, after in zip(outputs, outputs[1:] + [(None, 0)]) if after[1] != o[1]]
 
 
-def block_convs(spec: BlockSpec, in_chs: int, widths: Sequence[int], act_layer: Type[nn.Module],
-                device=None, dtype=None) -> Dict[str, nn.Module]:
-    """Conv + BN (+ ``act_layer``) of every conv of ``spec``, keyed by its name; ``widths`` are the block's
+def conv_norm_act(spec: ConvSpec, in_chs: int, out_chs: int, device=None, dtype=None) -> nn.Module:
+    """The conv + BN + activation of ``spec`` (timm's ConvNormAct)."""
+    return ConvNormAct(in_chs, out_chs, spec.kernel, spec.stride, groups=spec.groups(in_chs),
+                       apply_act=spec.act is not None, act_layer=spec.act or 'relu', device=device, dtype=dtype)
+
+
+def block_convs(spec: BlockSpec, in_chs: int, widths: Sequence[int], device=None, dtype=None) -> Dict[str, nn.Module]:
+    """Conv + BN (+ activation) of every conv of ``spec``, keyed by its name; ``widths`` are the block's
     entries' widths, ``in_chs`` its input width."""
     width = {spec.in_entry: in_chs, **dict(zip(spec.entries, widths))}
-    return {c.name: ConvNormAct(width[c.in_entry], width[c.out_entry], c.kernel, c.stride,
-                                groups=c.groups(width[c.in_entry]), apply_act=c.act, act_layer=act_layer,
-                                device=device, dtype=dtype)
+    return {c.name: conv_norm_act(c, width[c.in_entry], width[c.out_entry], device=device, dtype=dtype)
             for c in spec.convs}
+
+
+def pooled_head(spec: ConvSpec, in_chs: int, out_chs: int, device=None, dtype=None) -> nn.Module:
+    """timm's efficient head conv: 1x1 with bias, no BN, then the activation (run on pooled features)."""
+    return nn.Sequential(OrderedDict(conv=nn.Conv2d(in_chs, out_chs, 1, bias=True, device=device, dtype=dtype),
+                                     act=get_act_layer(spec.act)(inplace=True)))
 
 
 def make_shortcut(kind: Optional[str], in_chs: int, out_chs: int, device=None, dtype=None) -> Optional[nn.Module]:
@@ -98,11 +92,12 @@ def make_shortcut(kind: Optional[str], in_chs: int, out_chs: int, device=None, d
 class ApsNet(nn.Module):
     """Stem, blocks and optional head conv of a ChannelConfig, then global pooling and a linear classifier.
 
+    A head conv whose spec is ``pooled`` is timm's efficient head (MobileNetV3): global pooling, the 1x1 conv
+    with bias, its activation, then the classifier; ``forward_features`` then ends at the last block.
     Subclasses set ``block_cls`` (built as ``block_cls(spec, in_chs, widths, drop_path, device=, dtype=)``)
-    and ``act_layer`` (stem and head activation), and turn their constructor arguments into a ChannelConfig.
+    and turn their constructor arguments into a ChannelConfig.
     """
     block_cls: Type[nn.Module]
-    act_layer: Type[nn.Module] = nn.ReLU
 
     def __init__(
             self,
@@ -123,7 +118,7 @@ class ApsNet(nn.Module):
         self.grad_checkpointing = False
 
         stem, pool = layout.stem.conv, layout.stem.pool
-        self.stem = ConvNormAct(config.in_chans, w[0], stem.kernel, stem.stride, act_layer=self.act_layer, **dd)
+        self.stem = conv_norm_act(stem, config.in_chans, w[0], **dd)
         self.stem_pool = nn.MaxPool2d(*pool, padding=pool[0] // 2) if pool else nn.Identity()
         last = max(len(layout.blocks) - 1, 1)
         self.blocks = nn.Sequential(*[
@@ -131,13 +126,16 @@ class ApsNet(nn.Module):
             for i, b in enumerate(layout.blocks)
         ])
         head = layout.head
+        self.pooled_head = head is not None and head.pooled
         if head is None:
             self.head = nn.Identity()
+        elif self.pooled_head:
+            self.head = pooled_head(head, w[head.in_entry], w[head.out_entry], **dd)
         else:
-            self.head = ConvNormAct(w[head.in_entry], w[head.out_entry], head.kernel, act_layer=self.act_layer, **dd)
-        self.num_features = w[layout.feature_entry]
-        self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            self.head = conv_norm_act(head, w[head.in_entry], w[head.out_entry], **dd)
+        self.num_features = w[head.in_entry] if self.pooled_head else w[layout.feature_entry]
+        self.head_hidden_size = w[layout.feature_entry]
+        self._make_classifier(global_pool, **dd)
 
         taps = feature_taps(layout)
         self._tap_blocks = [i for i, _ in taps]
@@ -171,15 +169,27 @@ class ApsNet(nn.Module):
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """Replace the classifier (``num_classes=0`` removes it); ``global_pool=None`` keeps the pooling."""
-        dd = get_device_dtype(self)
         if global_pool is None:
             global_pool = self.global_pool.pool_type
         self.num_classes = num_classes
         self.channel_config = dataclasses.replace(self.channel_config, num_classes=num_classes)
-        self.global_pool, self.fc = create_classifier(self.num_features, num_classes, pool_type=global_pool, **dd)
-        self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
-        self.global_pool.train(self.training)
-        self.fc.train(self.training)
+        self._make_classifier(global_pool, **get_device_dtype(self))
+        for module in (self.global_pool, self.flatten, self.fc):
+            module.train(self.training)
+
+    def _make_classifier(self, global_pool: str, device=None, dtype=None) -> None:
+        """Global pooling and classifier (``self.num_classes``): timm's create_classifier, or for a pooled head
+        unflattened pooling (``flatten`` after the head conv) and a linear layer as timm's MobileNetV3."""
+        dd = {'device': device, 'dtype': dtype}
+        if not self.pooled_head:
+            self.flatten = nn.Identity()
+            self.global_pool, self.fc = create_classifier(self.num_features, self.num_classes, pool_type=global_pool,
+                                                          **dd)
+            self.head_hidden_size = self.num_features * self.global_pool.feat_mult()
+            return
+        self.global_pool = SelectAdaptivePool2d(pool_type=global_pool)
+        self.flatten = nn.Flatten(1) if global_pool else nn.Identity()
+        self.fc = nn.Linear(self.head_hidden_size, self.num_classes, **dd) if self.num_classes else nn.Identity()
 
     def forward_intermediates(
             self,
@@ -213,7 +223,7 @@ class ApsNet(nn.Module):
                 intermediates.append(x)
         if intermediates_only:
             return intermediates
-        return self.head(x), intermediates
+        return x if self.pooled_head else self.head(x), intermediates
 
     def prune_intermediate_layers(
             self,
@@ -225,23 +235,25 @@ class ApsNet(nn.Module):
         take_indices, max_index = feature_take_indices(len(self._tap_blocks), indices)
         self.blocks = self.blocks[:self._tap_blocks[max_index] + 1]
         if prune_norm or prune_head or max_index < len(self._tap_blocks) - 1:
-            self.head = nn.Identity()
+            self.head, self.pooled_head = nn.Identity(), False
             self.num_features = self.head_hidden_size = self.feature_info[max_index]['num_chs']
             self.reset_classifier(0, '')
         return take_indices
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Unpooled features after the last block (and the head conv, where the family has one)."""
+        """Unpooled features after the last block (and the head conv, unless it runs on pooled features)."""
         x = self.stem_pool(self.stem(x))
         if self.grad_checkpointing and not torch.jit.is_scripting():
             x = checkpoint_seq(self.blocks, x)
         else:
             x = self.blocks(x)
-        return self.head(x)
+        return x if self.pooled_head else self.head(x)
 
     def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Global pooling, dropout and the classifier (skipped if ``pre_logits``)."""
+        """Global pooling (then a pooled head conv), dropout and the classifier (skipped if ``pre_logits``)."""
         x = self.global_pool(x)
+        if self.pooled_head:
+            x = self.flatten(self.head(x))
         if self.drop_rate:
             x = F.dropout(x, p=float(self.drop_rate), training=self.training)
         return x if pre_logits else self.fc(x)
@@ -249,6 +261,35 @@ class ApsNet(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits."""
         return self.forward_head(self.forward_features(x))
+
+
+class ApsFamilyNet(ApsNet):
+    """The network of ``family`` (the subclass's, or given) at any widths and depth (0: the family has one)."""
+    family: str = ''
+
+    def __init__(
+            self,
+            widths: Sequence[int],
+            num_classes: int = 1000,
+            in_chans: int = 3,
+            img_size=None,
+            global_pool: str = 'avg',
+            drop_rate: float = 0.,
+            drop_path_rate: float = 0.,
+            depth: int = 0,
+            family: Optional[str] = None,
+            device=None,
+            dtype=None,
+    ):
+        """
+        Args:
+            widths: the output width of every conv in forward order (the family's config entries).
+            img_size: nominal input size, recorded in ``channel_config`` (MACs); any size runs.
+        """
+        if family and self.family and family != self.family:
+            raise ChannelConfigError(f"{type(self).__name__} builds family {self.family!r}, got {family!r}")
+        config = make_config(family or self.family, widths, depth, num_classes, in_chans, img_size)
+        super().__init__(config, global_pool, drop_rate, drop_path_rate, device=device, dtype=dtype)
 
 
 def zoo_config(name: str) -> ChannelConfig:
@@ -262,13 +303,15 @@ def zoo_config(name: str) -> ChannelConfig:
 
 def architecture_for(config: ChannelConfig) -> str:
     """The registered timm architecture that builds any config of ``config.family``."""
-    return GENERIC_ARCHITECTURES[config.family]
+    return get_family(config.family).architecture
 
 
-def generic_args(family: str, kwargs: Dict[str, Any], depth: int = 0) -> Dict[str, Any]:
-    """Model kwargs of a generic architecture: widths default to the uniform network at ``depth``."""
-    if family != 'mobilenetv2':
-        depth = kwargs.setdefault('depth', depth)
+def generic_args(family: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
+    """Model kwargs of a family's generic architecture: depth defaults to the family's, widths to the uniform
+    network at that depth."""
+    entry, depth = get_family(family), 0
+    if entry.has_depth:
+        depth = kwargs.setdefault('depth', entry.default_depth)
     kwargs.setdefault('widths', uniform_widths(family, depth))
     return kwargs
 
@@ -281,7 +324,7 @@ def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
         i = next((i for i, (a, b) in enumerate(zip(widths, config.widths)) if a != b), None)
         problem = (f'{len(widths)} widths given, its config has {len(config.widths)}' if i is None
                    else f'width {i} is {widths[i]}, its config has {config.widths[i]}')
-    elif config.family != 'mobilenetv2' and kwargs.setdefault('depth', config.depth) != config.depth:
+    elif get_family(config.family).has_depth and kwargs.setdefault('depth', config.depth) != config.depth:
         problem = f"depth {kwargs['depth']} given, its config has depth {config.depth}"
     else:
         return kwargs
@@ -292,19 +335,17 @@ def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 def pool_size(config: ChannelConfig) -> Tuple[int, int]:
     """Spatial size of the unpooled features at ``config.input_size``."""
-    return layer_table(dataclasses.replace(config, num_classes=0))[-1].out_hw
+    return feature_size(config)
 
 
 def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, Any]:
-    """The timm pretrained cfg of a model built from ``config`` (weights, if any, at ``hf_hub_id``)."""
-    cifar = config.family == 'resnet_cifar'
+    """The timm pretrained cfg of a model built from ``config`` (weights, if any, at ``hf_hub_id``); its
+    preprocessing is the family's (registry entry)."""
+    pre = get_family(config.family).preprocessing
     cfg = {
         'url': '',
         'num_classes': config.num_classes, 'input_size': config.input_size, 'pool_size': pool_size(config),
-        'crop_pct': 1.0 if cifar else 0.875,
-        'interpolation': 'bicubic' if config.family == 'mobilenetv2' else 'bilinear',
-        'mean': CIFAR10_MEAN if cifar else IMAGENET_DEFAULT_MEAN,
-        'std': CIFAR10_STD if cifar else IMAGENET_DEFAULT_STD,
+        'crop_pct': pre.crop_pct, 'interpolation': pre.interpolation, 'mean': pre.mean, 'std': pre.std,
         'first_conv': 'stem.conv', 'classifier': 'fc',
         'license': 'apache-2.0',
         'paper_name': 'Revisiting Parameter Sharing for Automatic Neural Channel Number Search',
@@ -321,13 +362,17 @@ def zoo_cfg(name: str, **kwargs) -> Dict[str, Any]:
 
 
 def train_recipe(name: str) -> str:
-    """The recipe (path in the repository) that trains the weights of zoo model ``name``."""
-    return TRAIN_RECIPES[name]
+    """The recipe (path in the repository) that trains the weights of zoo model ``name`` (with ``--config``)."""
+    config = zoo_config(name)
+    return get_family(config.family).train_recipe(config.depth)
 
 
-def generic_cfg(family: str, depth: int = 0, num_classes: int = 1000, **kwargs) -> Dict[str, Any]:
-    """Pretrained cfg of a generic architecture (no weights of its own), sized like the family's default."""
-    config = make_config(family, uniform_widths(family, depth), depth, num_classes, 3, None)
+def generic_cfg(family: str, **kwargs) -> Dict[str, Any]:
+    """Pretrained cfg of a family's generic architecture (no weights of its own): its standard network at the
+    family's default depth, classes and input size."""
+    entry = get_family(family)
+    depth = entry.default_depth
+    config = make_config(family, uniform_widths(family, depth), depth, entry.preprocessing.num_classes, 3, None)
     return aps_cfg(config, **kwargs)
 
 
@@ -339,7 +384,8 @@ def create_aps_model(
     feature_cfg = dict(flatten_sequential=True, out_indices=tuple(range(len(feature_taps(layout)))))
     feature_cfg.update(kwargs.pop('feature_cfg', None) or {})
     cfg = resolve_pretrained_cfg(variant, kwargs.get('pretrained_cfg'), kwargs.get('pretrained_cfg_overlay'))
-    if pretrained and variant in TRAIN_RECIPES and not (cfg.has_weights or cfg.state_dict):
+    zoo = (CONFIG_DIR / f'{variant}.json').exists()
+    if pretrained and zoo and not (cfg.has_weights or cfg.state_dict):
         raise _no_weights_error(variant, 'none are published')
     try:
         model = build_model_with_cfg(model_cls, variant, pretrained, feature_cfg=feature_cfg, **kwargs)
@@ -347,7 +393,7 @@ def create_aps_model(
         offline = ' with HF_HUB_OFFLINE set' if hf_constants.HF_HUB_OFFLINE else ''
         raise _no_weights_error(variant, f"{type(e).__name__} for https://huggingface.co/{cfg.hf_hub_id}{offline}") \
             from None
-    if isinstance(model, ApsNet) and (CONFIG_DIR / f'{variant}.json').exists():
+    if isinstance(model, ApsNet) and zoo:
         provenance = dict(zoo_config(variant).provenance)
         model.channel_config = dataclasses.replace(model.channel_config, provenance=provenance)
     return model
@@ -355,7 +401,7 @@ def create_aps_model(
 
 def _no_weights_error(variant: str, why: str) -> PretrainedWeightsNotFoundError:
     """One line: no weights for ``variant`` (``why``), and the recipe that trains them."""
-    recipe = TRAIN_RECIPES.get(variant, '<train recipe>')
+    recipe = train_recipe(variant) if (CONFIG_DIR / f'{variant}.json').exists() else '<train recipe>'
     return PretrainedWeightsNotFoundError(
         f"No weights are published for {variant} ({why}); train them with `aps-zoo train {recipe} --config "
         f"{variant}` and `aps-zoo export <run>/train <folder>`, then load timm.create_model('local-dir:<folder>', "

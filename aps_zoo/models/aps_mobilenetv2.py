@@ -13,16 +13,20 @@ import torch
 import torch.nn as nn
 from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
+from timm.models._efficientnet_blocks import SqueezeExcite
 
 from ..channels import BlockSpec, network_layout, shortcut_kind
-from ._base import (ApsNet, block_convs, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut,
-                    zoo_args, zoo_cfg)
+from ..layout import se_width
+from ._base import (ApsFamilyNet, block_convs, create_aps_model, generic_args, generic_cfg, make_shortcut, zoo_args,
+                    zoo_cfg)
 
 __all__ = ['ApsMobileNetV2', 'InvertedResidual']
 
 
 class InvertedResidual(nn.Module):
-    """(1x1 expand,) 3x3 depthwise, 1x1 linear projection; widths are (expand, dw, out) or (dw, out)."""
+    """(1x1 expand,) kxk depthwise, (squeeze-excitation,) 1x1 linear projection; widths are (expand, dw, out)
+    or (dw, out). The squeeze-excitation is timm's (ReLU, hard-sigmoid gate), reduced to ``se_width`` of the
+    depthwise width, as timm's MobileNetV3 computes it."""
 
     def __init__(
             self,
@@ -36,8 +40,11 @@ class InvertedResidual(nn.Module):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
         out_chs = widths[-1]
-        convs = block_convs(spec, in_chs, widths, nn.ReLU6, **dd)
+        convs = block_convs(spec, in_chs, widths, **dd)
         self.conv_pw, self.conv_dw, self.conv_pwl = convs.get('conv_pw'), convs['conv_dw'], convs['conv_pwl']
+        mid = widths[-2]
+        self.se = SqueezeExcite(mid, rd_channels=se_width(mid), act_layer=nn.ReLU, gate_layer='hard_sigmoid', **dd) \
+            if spec.se else nn.Identity()
         self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, out_chs), in_chs, out_chs, **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. and self.shortcut is not None else nn.Identity()
 
@@ -46,36 +53,17 @@ class InvertedResidual(nn.Module):
         shortcut = x
         if self.conv_pw is not None:
             x = self.conv_pw(x)
-        x = self.conv_pwl(self.conv_dw(x))
+        x = self.conv_pwl(self.se(self.conv_dw(x)))
         if self.shortcut is not None:
             x = self.drop_path(x) + self.shortcut(shortcut)
         return x
 
 
-class ApsMobileNetV2(ApsNet):
-    """MobileNetV2 whose every conv width comes from a ChannelConfig of family ``mobilenetv2``."""
+class ApsMobileNetV2(ApsFamilyNet):
+    """MobileNetV2 whose every conv width comes from a ChannelConfig of family ``mobilenetv2``: ``widths`` are
+    the 52 conv widths (stem; block 1 (dw, out); 16 x (expand, dw, out); head conv)."""
+    family = 'mobilenetv2'
     block_cls = InvertedResidual
-    act_layer = nn.ReLU6
-
-    def __init__(
-            self,
-            widths: Sequence[int],
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            img_size=None,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            device=None,
-            dtype=None,
-    ):
-        """
-        Args:
-            widths: the 52 conv widths: stem; block 1 (dw, out); 16 x (expand, dw, out); head conv.
-            img_size: nominal input size, recorded in ``channel_config`` (MACs); any size runs.
-        """
-        config = make_config('mobilenetv2', widths, 0, num_classes, in_chans, img_size)
-        super().__init__(config, global_pool, drop_rate, drop_path_rate, device=device, dtype=dtype)
 
 
 def _create_aps_mobilenetv2(variant: str, pretrained: bool = False, **kwargs) -> ApsMobileNetV2:

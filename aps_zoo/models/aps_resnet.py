@@ -14,8 +14,8 @@ from timm.layers import DropPath
 from timm.models import generate_default_cfgs, register_model
 
 from ..channels import BlockSpec, ChannelConfigError, network_layout, shortcut_kind
-from ._base import (ApsNet, block_convs, create_aps_model, generic_args, generic_cfg, make_config, make_shortcut,
-                    zoo_args, zoo_cfg)
+from ._base import (ApsFamilyNet, block_convs, create_aps_model, generic_args, generic_cfg, make_shortcut, zoo_args,
+                    zoo_cfg)
 
 __all__ = ['ApsResNet', 'ResNetBlock']
 
@@ -34,7 +34,7 @@ class ResNetBlock(nn.Module):
     ):
         super().__init__()
         dd = {'device': device, 'dtype': dtype}
-        convs = block_convs(spec, in_chs, widths, nn.ReLU, **dd)
+        convs = block_convs(spec, in_chs, widths, **dd)
         self.conv1, self.conv2, self.conv3 = convs['conv1'], convs['conv2'], convs.get('conv3')
         self.shortcut = make_shortcut(shortcut_kind(spec, in_chs, widths[-1]), in_chs, widths[-1], **dd)
         self.drop_path = DropPath(drop_path) if drop_path > 0. else nn.Identity()
@@ -54,37 +54,23 @@ class ResNetBlock(nn.Module):
         return self.act(self.drop_path(x) + shortcut)
 
 
-class ApsResNet(ApsNet):
+class ApsResNet(ApsFamilyNet):
     """ResNet whose every conv width comes from a ChannelConfig of family ``resnet`` or ``resnet_cifar``."""
     block_cls = ResNetBlock
 
-    def __init__(
-            self,
-            widths: Sequence[int],
-            depth: int = 50,
-            family: str = 'resnet',
-            num_classes: int = 1000,
-            in_chans: int = 3,
-            img_size=None,
-            global_pool: str = 'avg',
-            drop_rate: float = 0.,
-            drop_path_rate: float = 0.,
-            zero_init_last: bool = True,
-            device=None,
-            dtype=None,
-    ):
+    def __init__(self, widths: Sequence[int], depth: int = 50, family: str = 'resnet', zero_init_last: bool = True,
+                 **kwargs):
         """
         Args:
             widths: output width of every conv in forward order (stem, then each block's convs).
             depth: 6n+2 for ``resnet_cifar``; 18, 34, 50, 101 or 152 for ``resnet``.
             family: ``resnet`` (ImageNet stem) or ``resnet_cifar`` (CIFAR stem).
-            img_size: nominal input size, recorded in ``channel_config`` (MACs); any size runs.
             zero_init_last: zero the last BN of each residual branch.
+            **kwargs: ``ApsFamilyNet``'s (classes, input channels and size, pooling, dropout, device, dtype).
         """
         if family not in ('resnet', 'resnet_cifar'):
             raise ChannelConfigError(f"ApsResNet builds family 'resnet' or 'resnet_cifar', got {family!r}")
-        config = make_config(family, widths, depth, num_classes, in_chans, img_size)
-        super().__init__(config, global_pool, drop_rate, drop_path_rate, device=device, dtype=dtype)
+        super().__init__(widths, depth=depth, family=family, **kwargs)
         if zero_init_last:
             for block in self.blocks:
                 block.zero_init_last()
@@ -96,8 +82,8 @@ def _create_aps_resnet(variant: str, family: str, pretrained: bool = False, **kw
 
 
 default_cfgs = generate_default_cfgs({
-    'aps_resnet_cifar': generic_cfg('resnet_cifar', 20, num_classes=10),
-    'aps_resnet': generic_cfg('resnet', 50),
+    'aps_resnet_cifar': generic_cfg('resnet_cifar'),
+    'aps_resnet': generic_cfg('resnet'),
     'aps_resnet20_cifar_20m': zoo_cfg('aps_resnet20_cifar_20m'),
     'aps_resnet56_cifar_60m': zoo_cfg('aps_resnet56_cifar_60m'),
     'aps_resnet18_1g8': zoo_cfg('aps_resnet18_1g8'),
@@ -109,14 +95,14 @@ default_cfgs = generate_default_cfgs({
 @register_model
 def aps_resnet_cifar(pretrained: bool = False, **kwargs) -> ApsResNet:
     """CIFAR ResNet of any depth 6n+2 and widths (default: the uniform ResNet-20)."""
-    kwargs = generic_args('resnet_cifar', kwargs, depth=20)
+    kwargs = generic_args('resnet_cifar', kwargs)
     return _create_aps_resnet('aps_resnet_cifar', 'resnet_cifar', pretrained, **kwargs)
 
 
 @register_model
 def aps_resnet(pretrained: bool = False, **kwargs) -> ApsResNet:
     """ImageNet ResNet of depth 18/34/50/101/152 with any widths (default: the uniform ResNet-50)."""
-    kwargs = generic_args('resnet', kwargs, depth=50)
+    kwargs = generic_args('resnet', kwargs)
     return _create_aps_resnet('aps_resnet', 'resnet', pretrained, **kwargs)
 
 

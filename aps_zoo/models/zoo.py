@@ -5,14 +5,14 @@ from __future__ import annotations
 from typing import Any, Dict, Iterable, List
 
 from ..channels import ChannelConfig
+from ..families import get_family
 from ..flops import count_macs, count_params
 from ._base import zoo_config
 
 
 def family_label(config: ChannelConfig) -> str:
-    """The network's usual name: 'CIFAR ResNet-20', 'ResNet-50', 'MobileNetV2'."""
-    return {'resnet_cifar': f'CIFAR ResNet-{config.depth}', 'resnet': f'ResNet-{config.depth}',
-            'mobilenetv2': 'MobileNetV2'}[config.family]
+    """The network's usual name (its family's label): 'CIFAR ResNet-20', 'ResNet-50', 'MobileNetV2'."""
+    return get_family(config.family).label(config.depth)
 
 
 def fmt_count(n: float) -> str:

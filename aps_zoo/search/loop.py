@@ -38,7 +38,7 @@ from ..flops import count_macs, count_params, uniform_like
 from ..plots import plot_curves, plot_sharing, plot_widths
 from ..recipe import Recipe
 from ..runs import RUN_CONFIG, RUN_RECIPE, Run, check_finite, make_accelerator
-from ..slim import inherited_model, write_inherited
+from ..inherited import inherited_model, write_inherited
 from ..spaces import space_from_recipe
 from ..spaces.inherit import supernet_for
 from ..spaces.supernet import keep_projections_out_of_ddp

@@ -8,7 +8,7 @@ BN projected by that pair's output projection (``P^T gamma``, ``P^T beta``, ``P^
 which at init is the parent's BN of those channels. Parent identity shortcuts start as identity kernels.
 
 The searched child inherits ``P^T W Q`` of every conv, ``W Q`` of the classifier and the BN of its pairs
-(:func:`inherited_state_dict`); ``aps_zoo.slim`` writes it as a run folder for ``aps-zoo export`` and
+(:func:`inherited_state_dict`); ``aps_zoo.inherited`` writes it as a run folder for ``aps-zoo export`` and
 ``aps-zoo train --init inherited``.
 """
 from __future__ import annotations
@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ..aps.layers import APSBatchNorm2d, pair_key
 from ..aps.projection import required_meta_width
 from ..channels import ChannelConfig
-from .parents import BN_EPS, BN_TENSORS, InheritError, Parent, conv_slots, load_parent, slot_kind
+from .parents import BN_EPS, BN_TENSORS, InheritError, Parent, conv_layers, layer_channels, layer_kind, load_parent
 from .space import SearchSpace
 from .supernet import APSSupernet
 
@@ -60,7 +60,7 @@ def inherit_space(space: SearchSpace, parent: Parent) -> SearchSpace:
     if parent.in_chans != space.input_size[0]:
         raise InheritError(f"space.init_from {parent.source}: the parent takes {parent.in_chans} input channels, "
                            f"the data has {space.input_size[0]}")
-    names = {s.out_entry: s.name for s in reversed(conv_slots(space.layout)) if s.shortcut_of is None}
+    names = {layer.out_entry: layer.name for layer in space.layout.entry_layers()}
     for e, (cands, width) in enumerate(zip(space.candidates, parent.widths)):
         need = required_meta_width(cands, space.overlap)
         if need > width:
@@ -93,20 +93,23 @@ def load_parent_into(supernet: APSSupernet, parent: Parent) -> None:
     """Copy the parent into ``supernet`` (built on ``inherit_space``): meta weights, per-pair affine BN,
     identity kernels for the parent's identity shortcuts, and the classifier when the classes agree."""
     layout, state = supernet.space.layout, parent.state
-    for slot in conv_slots(layout):
-        module = supernet.get_submodule(slot.module)
-        kind = slot_kind(layout, slot, parent.widths, parent.in_chans)
-        meta = module.conv.weight
+    for layer in conv_layers(layout):
+        module = supernet.get_submodule(layer.module)
+        conv = getattr(module, 'conv', module)  # a squeeze-excitation conv is its own module
+        kind = layer_kind(layout, layer, parent.widths, parent.in_chans)
+        meta = conv.weight
         if kind is None:  # identity in the parent (equal meta widths): an identity kernel
             weight, stats = torch.eye(meta.shape[0], meta.shape[1])[:, :, None, None], _identity_stats(meta.shape[0])
         else:
-            weight = state[f'{slot.name}.conv.weight']
-            stats = {t: state[f'{slot.name}.bn.{t}'] for t in BN_TENSORS} if kind == 'conv_bn' else None
+            weight = state[f'{layer.conv_key}.weight']
+            stats = {t: state[f'{layer.name}.bn.{t}'] for t in BN_TENSORS} if kind == 'conv_bn' else None
         if tuple(weight.shape) != tuple(meta.shape):
-            raise InheritError(f"space.init_from {parent.source}: layer {slot.name} has shape {list(weight.shape)}, "
+            raise InheritError(f"space.init_from {parent.source}: layer {layer.name} has shape {list(weight.shape)}, "
                                f"the supernet's meta weight {list(meta.shape)}")
         meta.copy_(weight)
-        if module.bn is not None:
+        if kind == 'conv_bias':
+            conv.bias.copy_(state[f'{layer.conv_key}.bias'])
+        if getattr(module, 'bn', None) is not None:
             module.bn = APSAffineBatchNorm2d(module.conv.pairs, module.bn.momentum).to(meta.device)
             _pair_bn(module.bn, module.conv, stats)
     if supernet.fc.weight.shape == state['fc.weight'].shape:
@@ -144,17 +147,19 @@ def inherited_state_dict(supernet: APSSupernet, config: ChannelConfig) -> Dict[s
     every conv, each pair's BN, and ``W Q`` of the classifier (keys without ``num_batches_tracked``)."""
     layout, widths, in_chans = config.layout, config.widths, config.in_chans
     out: Dict[str, torch.Tensor] = {}
-    for slot in conv_slots(layout):
-        kind = slot_kind(layout, slot, widths, in_chans)
+    for layer in conv_layers(layout):
+        kind = layer_kind(layout, layer, widths, in_chans)
         if kind is None:
             continue
-        module = supernet.get_submodule(slot.module)
-        c_in = in_chans if slot.in_entry is None else widths[slot.in_entry]
-        c_out = widths[slot.out_entry]
-        out[f'{slot.name}.conv.weight'] = module.conv.candidate_weight(c_in, c_out)
+        module = supernet.get_submodule(layer.module)
+        conv = getattr(module, 'conv', module)
+        c_in, c_out = layer_channels(layer, widths, in_chans)
+        out[f'{layer.conv_key}.weight'] = conv.candidate_weight(c_in, c_out)
+        if kind == 'conv_bias':
+            out[f'{layer.conv_key}.bias'] = conv.candidate_bias(c_in, c_out)
         if kind == 'conv_bn':
             bn = _bn_tensors(module.bn, pair_key(c_in, c_out), c_out)  # the stem's c_in is its fixed meta_in
-            out.update({f'{slot.name}.bn.{t}': v for t, v in bn.items()})
+            out.update({f'{layer.name}.bn.{t}': v for t, v in bn.items()})
     feature = widths[layout.feature_entry]
     q = supernet.fc.in_proj[pair_key(feature, supernet.fc.weight.shape[0])]
     out.update({'fc.weight': supernet.fc.weight @ q, 'fc.bias': supernet.fc.bias})

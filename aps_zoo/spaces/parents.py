@@ -1,11 +1,11 @@
 """Trained parent networks a search can start from (``space.init_from``), read into aps-zoo's layer names.
 
-A parent is a ResNet (basic or bottleneck) or a MobileNetV2 with trained weights, given as
+A parent is a trained network of a registered family (``aps_zoo.families``: ResNet, MobileNetV2, ...), given as
 
 * a timm model name (``resnet18``, ``resnet50.a1_in1k``, ``mobilenetv2_100``): ``timm.create_model(name,
   pretrained=True)``, so weights come from the Hub (only when online);
 * ``local-dir:<folder>`` or ``hf-hub:<org>/<name>[@revision]``: a folder timm loads (an exported aps_* model
-  or any timm ResNet/MobileNetV2 folder);
+  or a folder of the timm model of a family);
 * a ``.safetensors`` file of such a model's state dict (aps-zoo or timm layer names).
 
 Every parent is turned into the state dict of the aps-zoo model of the same widths (``stem.conv``,
@@ -15,20 +15,23 @@ family's layout: a missing, unexpected or mis-shaped tensor ends with one line n
 timm's plain ResNets downsample with a strided 1x1 conv + BN at each stage start, the zoo with a 2x2
 average pool + 1x1 conv (DESIGN §3): that shortcut is carried with its BN folded into the conv (scale) and
 the block's last BN (shift), an approximation (the pool averages the four pixels the strided conv samples
-one of). Every other layer, and every layer of the zoo's own models and of timm's MobileNetV2, is exact.
+one of). Every other layer, and every layer of the zoo's own models and of timm's EfficientNet-builder models
+(MobileNetV2, MobileNetV3), is exact. timm's layer names are each family's registry entry's ``timm_naming``.
 """
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
 from ..channels import ChannelConfig, ChannelConfigError, NetworkLayout, network_layout, shortcut_kind, tied_entries
+from ..families import FAMILIES, TimmNaming
+from ..layout import Layer
 
 BN_TENSORS = ('weight', 'bias', 'running_mean', 'running_var')
 BN_EPS = 1e-5  # torch's, timm's and the zoo's BatchNorm eps
@@ -40,128 +43,59 @@ class InheritError(ValueError):
     """A parent network that cannot initialise the search space (wrong family, missing or mis-shaped layers)."""
 
 
-@dataclass(frozen=True)
-class Slot:
-    """One conv of a family's layout: its aps-zoo model name, its supernet module, the entries it reads and
-    writes (``in_entry`` None: the image), its kernel, and the block it is the shortcut of (None: not one)."""
-    name: str
-    module: str
-    in_entry: Optional[int]
-    out_entry: int
-    kernel: int
-    depthwise: bool = False
-    shortcut_of: Optional[int] = None
+def conv_layers(layout: NetworkLayout) -> List[Layer]:
+    """Every layer of ``layout`` with weights of its own but the classifier (``NetworkLayout.layers``)."""
+    return [layer for layer in layout.layers() if layer.role != 'classifier']
 
 
-def conv_slots(layout: NetworkLayout) -> List[Slot]:
-    """Every conv of ``layout`` in forward order (shortcuts after their block's convs), head conv last."""
-    stem = layout.stem.conv
-    slots = [Slot('stem', 'stem', None, stem.out_entry, stem.kernel)]
-    for i, b in enumerate(layout.blocks):
-        for j, conv in enumerate(b.convs):
-            slots.append(Slot(f'blocks.{i}.{conv.name}', f'blocks.{i}.convs.{j}', conv.in_entry, conv.out_entry,
-                              conv.kernel, conv.depthwise))
-        if b.residual:
-            slots.append(Slot(f'blocks.{i}.shortcut', f'blocks.{i}.shortcut', b.in_entry, b.out_entry, 1,
-                              shortcut_of=i))
-    if layout.head is not None:
-        slots.append(Slot('head', 'head', layout.head.in_entry, layout.head.out_entry, layout.head.kernel))
-    return slots
-
-
-def slot_kind(layout: NetworkLayout, slot: Slot, widths, in_chans: int) -> Optional[str]:
-    """What ``slot`` is at these widths: 'conv_bn' (a conv + BN), 'pool_conv' (a conv, no BN), or None
-    (an identity shortcut or no residual: no weights)."""
-    if slot.shortcut_of is None:
-        return 'conv_bn'
-    block = layout.blocks[slot.shortcut_of]
-    kind = shortcut_kind(block, in_chans if slot.in_entry is None else widths[slot.in_entry], widths[slot.out_entry])
+def layer_kind(layout: NetworkLayout, layer: Layer, widths, in_chans: int) -> Optional[str]:
+    """What ``layer`` is at these widths: 'conv_bn' (a conv + BN), 'conv_bias' (a conv with bias, no BN),
+    'pool_conv' (a conv, no BN), or None (an identity shortcut or no residual: no weights)."""
+    if layer.role != 'shortcut':
+        return 'conv_bn' if layer.spec.norm else 'conv_bias'
+    kind = shortcut_kind(layout.blocks[layer.block], in_chans if layer.in_entry is None else widths[layer.in_entry],
+                         widths[layer.out_entry])
     return kind if kind in ('conv_bn', 'pool_conv') else None
+
+
+def layer_channels(layer: Layer, widths, in_chans: int) -> Tuple[int, int]:
+    """(c_in, c_out) of ``layer`` at ``widths``."""
+    return layer.channels(in_chans if layer.in_entry is None else widths[layer.in_entry], widths[layer.out_entry])
 
 
 # ------------------------------------------------------------------------------------- layer names
 
-def _stage_index(layout: NetworkLayout, block: int) -> Tuple[int, int]:
-    stage = layout.blocks[block].stage
-    first = next(i for i, b in enumerate(layout.blocks) if b.stage == stage)
-    return stage, block - first
+ZOO_NAMING = TimmNaming('aps-zoo', 'stem.conv.weight', lambda layout, layer: (layer.conv_key, f'{layer.name}.bn'),
+                        'fc', 'blocks.', 2)
 
 
-def _zoo_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str]:
-    return f'{slot.name}.conv', f'{slot.name}.bn'
+def _num_blocks(naming: TimmNaming, state: Tensors) -> int:
+    """Blocks in ``state`` (distinct block prefixes of its tensors)."""
+    return len({'.'.join(k.split('.')[:naming.block_parts]) for k in state if k.startswith(naming.block_prefix)})
 
 
-def _timm_resnet_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str]:
-    if slot.name == 'stem':
-        return 'conv1', 'bn1'
-    block, conv = slot.name.split('.')[1:]
-    stage, index = _stage_index(layout, int(block))
-    prefix = f'layer{stage + 1}.{index}'
-    if conv == 'shortcut':
-        return f'{prefix}.downsample.0', f'{prefix}.downsample.1'
-    return f'{prefix}.{conv}', f'{prefix}.bn{conv[-1]}'
+def recognise(state: Tensors) -> Tuple[Optional[TimmNaming], Optional[str]]:
+    """(naming, family) of a checkpoint, from the registry's timm namings and aps-zoo recognisers (None, None:
+    unknown; an aps-zoo checkpoint of no known family: (ZOO_NAMING, None))."""
+    if ZOO_NAMING.marker in state:
+        return ZOO_NAMING, next((f.name for f in FAMILIES.values() if f.is_zoo_state(state)), None)
+    return next(((f.timm_naming, f.name) for f in FAMILIES.values()
+                 if f.timm_naming and f.timm_naming.marker in state), (None, None))
 
 
-_TIMM_MBV2_CONVS = {  # timm has no shortcut convs (identity only): a zoo conv shortcut is never found there
-    3: {'conv_pw': ('conv_pw', 'bn1'), 'conv_dw': ('conv_dw', 'bn2'), 'conv_pwl': ('conv_pwl', 'bn3')},
-    2: {'conv_dw': ('conv_dw', 'bn1'), 'conv_pwl': ('conv_pw', 'bn2')}}
-
-
-def _timm_mobilenetv2_names(layout: NetworkLayout, slot: Slot) -> Tuple[str, str]:
-    if slot.name in ('stem', 'head'):
-        return ('conv_stem', 'bn1') if slot.name == 'stem' else ('conv_head', 'bn2')
-    block, conv = slot.name.split('.')[1:]
-    stage, index = _stage_index(layout, int(block))
-    conv_name, bn_name = _TIMM_MBV2_CONVS[len(layout.blocks[int(block)].entries)].get(conv, (conv, conv))
-    return f'blocks.{stage}.{index}.{conv_name}', f'blocks.{stage}.{index}.{bn_name}'
-
-
-def _zoo_family(state: Tensors) -> str:
-    if 'blocks.0.conv_dw.conv.weight' in state:
-        return 'mobilenetv2'
-    return 'resnet' if state['stem.conv.weight'].shape[-1] == 7 else 'resnet_cifar'
-
-
-@dataclass(frozen=True)
-class Naming:
-    """How one kind of checkpoint names the layers: a tensor that identifies it, the family it holds, the
-    (conv, BN) prefixes of a slot, the classifier prefix, and how it downsamples."""
-    label: str
-    marker: str
-    family: Callable[[Tensors], str]
-    names: Callable[[NetworkLayout, Slot], Tuple[str, str]]
-    classifier: str
-    block_prefix: str  # how block tensors start, and how many dot-separated parts name a block
-    block_parts: int   # ('blocks.3', 'layer2.1', 'blocks.2.0')
-    strided_downsample: bool = False  # stage-start shortcut is a strided 1x1 conv + BN (timm's plain ResNet)
-
-    def num_blocks(self, state: Tensors) -> int:
-        """Blocks in ``state`` (distinct block prefixes of its tensors)."""
-        return len({'.'.join(k.split('.')[:self.block_parts]) for k in state if k.startswith(self.block_prefix)})
-
-
-NAMINGS = (
-    Naming('aps-zoo', 'stem.conv.weight', _zoo_family, _zoo_names, 'fc', 'blocks.', 2),
-    Naming('timm ResNet', 'layer1.0.conv1.weight', lambda state: 'resnet', _timm_resnet_names, 'fc', 'layer', 2,
-           True),
-    Naming('timm MobileNetV2', 'conv_stem.weight', lambda state: 'mobilenetv2', _timm_mobilenetv2_names,
-           'classifier', 'blocks.', 3),
-)
-
-
-def naming_of(state: Tensors, layout: NetworkLayout, source: str) -> Naming:
+def naming_of(state: Tensors, layout: NetworkLayout, source: str) -> TimmNaming:
     """The naming of ``state``; raises naming the mismatch if it is unknown, of another family or depth."""
     family = layout.family
-    naming = next((n for n in NAMINGS if n.marker in state), None)
+    naming, found = recognise(state)
     if naming is None:
-        raise InheritError(f"space.init_from {source}: not a checkpoint of a ResNet or MobileNetV2 this project "
-                           f"reads (none of {', '.join(repr(n.marker) for n in NAMINGS)} in its "
-                           f"{len(state)} tensors)")
-    if naming.family(state) != family:
-        raise InheritError(f"space.init_from {source}: a {naming.label} {naming.family(state)} checkpoint cannot "
-                           f"initialise a space of family {family!r}")
-    if naming.num_blocks(state) != len(layout.blocks):
-        raise InheritError(f"space.init_from {source}: the parent has {naming.num_blocks(state)} blocks, a "
+        markers = [ZOO_NAMING.marker] + [f.timm_naming.marker for f in FAMILIES.values() if f.timm_naming]
+        raise InheritError(f"space.init_from {source}: not a checkpoint of a family this project reads (none of "
+                           f"{', '.join(map(repr, markers))} in its {len(state)} tensors)")
+    if found != family:
+        raise InheritError(f"space.init_from {source}: a {naming.label} {found or 'network of no known family'} "
+                           f"checkpoint cannot initialise a space of family {family!r}")
+    if _num_blocks(naming, state) != len(layout.blocks):
+        raise InheritError(f"space.init_from {source}: the parent has {_num_blocks(naming, state)} blocks, a "
                            f"{family}{layout.depth or ''} {len(layout.blocks)}: set space.depth to the parent's")
     return naming
 
@@ -181,6 +115,12 @@ def _check_shape(tensor: torch.Tensor, shape: Tuple[int, ...], key: str, layer: 
                            f"needs {list(shape)} ({why})")
 
 
+def _pop_checked(state: Tensors, key: str, shape, layer: Layer, source: str, label: str, why: str) -> torch.Tensor:
+    tensor = _pop(state, key, layer.name, source, label)
+    _check_shape(tensor, shape, key, layer.name, source, why)
+    return tensor
+
+
 def to_zoo_state(state: Tensors, layout: NetworkLayout, source: str) -> Tuple[Tensors, List[int], int, int]:
     """``state`` (any supported naming) as aps-zoo tensors, with the parent's widths, input channels and the
     number of strided downsamples folded into the zoo's pooled shortcut.
@@ -191,31 +131,34 @@ def to_zoo_state(state: Tensors, layout: NetworkLayout, source: str) -> Tuple[Te
     naming = naming_of(state, layout, source)
     widths: List[Optional[int]] = [None] * layout.num_entries
     in_chans, folded, zoo = 0, 0, {}
-    for slot in conv_slots(layout):
-        conv_name, bn_name = naming.names(layout, slot)
-        kind = slot_kind(layout, slot, widths, in_chans)
+    for layer in conv_layers(layout):
+        conv_name, bn_name = naming.names(layout, layer)
+        kind = layer_kind(layout, layer, widths, in_chans)
         if kind is None:
             continue
-        weight = _pop(state, f'{conv_name}.weight', slot.name, source, naming.label)
+        weight = _pop(state, f'{conv_name}.weight', layer.name, source, naming.label)
         in_chans = in_chans or weight.shape[1]
-        widths[slot.out_entry] = widths[slot.out_entry] or weight.shape[0]
-        c_in = in_chans if slot.in_entry is None else widths[slot.in_entry]
-        _check_shape(weight, (widths[slot.out_entry], 1 if slot.depthwise else c_in, slot.kernel, slot.kernel),
-                     f'{conv_name}.weight', slot.name, source,
-                     f'entry {slot.out_entry} is {widths[slot.out_entry]} wide and its input {c_in}')
+        if layer.role == 'conv':
+            widths[layer.out_entry] = widths[layer.out_entry] or weight.shape[0]
+        c_in, c_out = layer_channels(layer, widths, in_chans)
+        _check_shape(weight, (c_out, 1 if layer.spec.depthwise else c_in, layer.spec.kernel, layer.spec.kernel),
+                     f'{conv_name}.weight', layer.name, source,
+                     f'entry {layer.out_entry} is {widths[layer.out_entry]} wide and its input {c_in}')
         bn = {}
-        if kind == 'conv_bn' or naming.strided_downsample:
-            for t in BN_TENSORS:
-                bn[t] = _pop(state, f'{bn_name}.{t}', slot.name, source, naming.label)
-                _check_shape(bn[t], (widths[slot.out_entry],), f'{bn_name}.{t}', slot.name, source, 'one per channel')
+        if kind == 'conv_bias':
+            zoo[f'{layer.conv_key}.bias'] = _pop_checked(state, f'{conv_name}.bias', (c_out,), layer, source,
+                                                         naming.label, 'one per channel')
+        elif kind == 'conv_bn' or naming.strided_downsample:
+            bn = {t: _pop_checked(state, f'{bn_name}.{t}', (c_out,), layer, source, naming.label, 'one per channel')
+                  for t in BN_TENSORS}
         if kind == 'pool_conv' and bn:  # timm's strided conv + BN downsample: fold the BN (see module doc)
             scale = bn['weight'] / (bn['running_var'] + BN_EPS).sqrt()
             weight = weight * scale[:, None, None, None]
-            last = f'blocks.{slot.shortcut_of}.{layout.blocks[slot.shortcut_of].convs[-1].name}.bn.bias'
+            last = f'blocks.{layer.block}.{layout.blocks[layer.block].convs[-1].name}.bn.bias'
             zoo[last] = zoo[last] + bn['bias'] - bn['running_mean'] * scale
             bn, folded = {}, folded + 1
-        zoo[f'{slot.name}.conv.weight'] = weight
-        zoo.update({f'{slot.name}.bn.{t}': v for t, v in bn.items()})
+        zoo[f'{layer.conv_key}.weight'] = weight
+        zoo.update({f'{layer.name}.bn.{t}': v for t, v in bn.items()})
     feature = widths[layout.feature_entry]
     fc_w = _pop(state, f'{naming.classifier}.weight', 'fc', source, naming.label)
     fc_b = _pop(state, f'{naming.classifier}.bias', 'fc', source, naming.label)
@@ -241,9 +184,9 @@ def _entry_groups(layout: NetworkLayout, widths, in_chans: int) -> List[List[int
             e = root[e]
         return e
 
-    for slot in conv_slots(layout):
-        if slot.shortcut_of is not None and slot_kind(layout, slot, widths, in_chans) is None:  # identity
-            root[find(slot.out_entry)] = find(slot.in_entry)
+    for layer in conv_layers(layout):
+        if layer.role == 'shortcut' and layer_kind(layout, layer, widths, in_chans) is None:  # identity
+            root[find(layer.out_entry)] = find(layer.in_entry)
     for a, b in tied_entries(layout):
         root[find(b)] = find(a)
     groups: Dict[int, List[int]] = {}
@@ -254,14 +197,12 @@ def _entry_groups(layout: NetworkLayout, widths, in_chans: int) -> List[List[int
 
 def _entry_scores(zoo: Tensors, layout: NetworkLayout, importance: str) -> Dict[int, torch.Tensor]:
     scores = {}
-    for slot in conv_slots(layout):
-        if slot.shortcut_of is not None or slot.out_entry in scores:
-            continue
-        if importance == 'bn_scale':
-            s = zoo[f'{slot.name}.bn.weight'].abs()
-        else:
-            s = zoo[f'{slot.name}.conv.weight'].abs().flatten(1).sum(1)
-        scores[slot.out_entry] = s / s.mean().clamp_min(1e-12)
+    for layer in layout.entry_layers():
+        if importance == 'bn_scale' and layer.spec.norm:
+            s = zoo[f'{layer.name}.bn.weight'].abs()
+        else:  # 'l1', or a conv without BN (an efficient head)
+            s = zoo[f'{layer.conv_key}.weight'].abs().flatten(1).sum(1)
+        scores[layer.out_entry] = s / s.mean().clamp_min(1e-12)
     return scores
 
 
@@ -280,15 +221,17 @@ def reorder_by_importance(zoo: Tensors, layout: NetworkLayout, widths, in_chans:
         order = torch.argsort(sum(scores[e] for e in group), descending=True, stable=True)
         perm.update({e: order for e in group})
     out = dict(zoo)
-    for slot in conv_slots(layout):
-        key = f'{slot.name}.conv.weight'
+    for layer in conv_layers(layout):
+        key = f'{layer.conv_key}.weight'
         if key not in out:
             continue
-        w = out[key][perm[slot.out_entry]]
-        out[key] = w if slot.in_entry is None or slot.depthwise else w[:, perm[slot.in_entry]]
-        for t in BN_TENSORS:
-            if f'{slot.name}.bn.{t}' in out:
-                out[f'{slot.name}.bn.{t}'] = out[f'{slot.name}.bn.{t}'][perm[slot.out_entry]]
+        rows = slice(None) if layer.role == 'se_reduce' else perm[layer.out_entry]  # reduced channels keep order
+        w = out[key][rows]
+        keep_in = layer.in_entry is None or layer.spec.depthwise or layer.role == 'se_expand'
+        out[key] = w if keep_in else w[:, perm[layer.in_entry]]
+        for k in [f'{layer.conv_key}.bias'] + [f'{layer.name}.bn.{t}' for t in BN_TENSORS]:
+            if k in out:
+                out[k] = out[k][rows]
     out['fc.weight'] = out['fc.weight'][:, perm[layout.feature_entry]]
     return out
 

@@ -9,8 +9,8 @@ from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..aps.projection import required_meta_width
-from ..channels import ChannelConfig, network_layout, tied_entries
-from ..flops import LayerCost, count_macs, layer_table
+from ..channels import ChannelConfig, network_layout, tied_entries, uniform_widths
+from ..flops import count_macs, layer_table
 from .timm_backbones import check_layout_matches_timm
 
 
@@ -126,10 +126,6 @@ def _macs(space: SearchSpace, choices: Tuple[int, ...]) -> int:
     return count_macs(space.config(choices))
 
 
-def _layer_macs(layer: LayerCost) -> int:
-    return layer.macs if layer.kernel else layer.c_in * layer.c_out  # kernel 0: the classifier (count_macs)
-
-
 class MacsTable:
     """MACs of every architecture of a space as ``sum_d unary[d][c_d] + sum_(a,b) pair[a,b][c_a][c_b]``.
 
@@ -201,32 +197,27 @@ class MacsTable:
 
 
 def _layer_terms(space: SearchSpace):
-    """((decision read, decision written), MACs(c_in option, c_out option)) for every conv and the classifier.
-
-    Which entries a layer reads and writes is found by building the layer table once with a distinct
-    width per entry (tied entries share theirs): the stem reads no decision, the classifier writes none."""
-    layout = space.layout
-    cls = list(range(len(space.candidates)))
-    for a, b in tied_entries(layout):
-        old, new = cls[b], cls[a]
-        cls = [new if k == old else k for k in cls]
-    base = max(space.input_size[0], space.num_classes) + 1
-    tags = [base + k for k in cls]
-    entry_of = {t: e for e, t in enumerate(tags)}
+    """((decision read, decision written), MACs(c_in option, c_out option)) for every conv and the classifier
+    of the layer table (each row names the entries it reads and writes): the stem reads no decision, the
+    classifier writes none. The table is built once at widths that differ between untied entries, so every
+    shortcut that any architecture can have is in it."""
     decision_of = {e: d for d, entries in enumerate(space.decisions) for e in entries}
-    tagged = ChannelConfig(space.family, tags, space.depth, space.num_classes, space.input_size)
-    for layer in layer_table(tagged):
-        e_in, e_out = entry_of.get(layer.c_in), entry_of.get(layer.c_out)
+    distinct = list(range(1, len(space.candidates) + 1))
+    for a, b in tied_entries(space.layout):
+        distinct[b] = distinct[a]
+    tagged = ChannelConfig(space.family, distinct, space.depth, space.num_classes, space.input_size)
+    for row in layer_table(tagged):
+        layer = row.layer
+        e_in, e_out = layer.in_entry, layer.out_entry
         cin = (lambda c: space.input_size[0]) if e_in is None else space.candidates[e_in].__getitem__
         cout = (lambda c: space.num_classes) if e_out is None else space.candidates[e_out].__getitem__
-        skip_equal = layer.name.endswith('.shortcut') and layer.batchnorm  # identity where widths match
+        skip_equal = layer.role == 'shortcut' and row.batchnorm  # stride 1: identity where widths match
 
-        def cost(ci, co, layer=layer, cin=cin, cout=cout, skip_equal=skip_equal):
-            w_in, w_out = cin(ci), cout(co)
+        def cost(ci, co, row=row, layer=layer, cin=cin, cout=cout, skip_equal=skip_equal):
+            w_in, w_out = layer.channels(cin(ci), cout(co))
             if skip_equal and w_in == w_out:
                 return 0
-            groups = w_in if layer.groups > 1 else 1
-            return _layer_macs(dataclasses.replace(layer, c_in=w_in, c_out=w_out, groups=groups))
+            return dataclasses.replace(row, c_in=w_in, c_out=w_out, groups=layer.spec.groups(w_in)).macs
         yield (decision_of.get(e_in), decision_of.get(e_out)), cost
 
 
@@ -248,14 +239,15 @@ def entry_stages(family: str, depth: int) -> List[int]:
 
 
 def _entry_scale(family: str, depth: int) -> List[float]:
-    """Width of each entry relative to its stage's base width (bottleneck out x4, MBv2 expand x6)."""
-    layout = network_layout(family, depth)
+    """Width of each entry relative to its stage's base width, as in the family's standard network (bottleneck
+    out x4; an inverted residual's expansion over the width feeding it: MobileNetV2 x6)."""
+    layout, standard = network_layout(family, depth), uniform_widths(family, depth)
     scale = [1.0] * layout.num_entries
     for b in layout.blocks:
         if b.kind == 'bottleneck':
-            scale[b.entries[-1]] = 4.0
+            scale[b.entries[-1]] = standard[b.entries[-1]] / standard[b.entries[-2]]
         elif b.kind == 'inverted_residual' and len(b.entries) == 3:
-            scale[b.entries[0]] = scale[b.entries[1]] = 6.0
+            scale[b.entries[0]] = scale[b.entries[1]] = standard[b.entries[0]] / standard[b.in_entry]
     return scale
 
 
@@ -264,7 +256,8 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
                 meta_width='sum', blockwise: bool = False, overlap: float = 1.0) -> SearchSpace:
     """A space where each entry's candidates are ``candidates`` x stage multiplier x entry scale.
 
-    MobileNetV2 expand/depthwise entries take 6x the candidates of the stage feeding the block.
+    Inverted-residual expand/depthwise entries take the standard expansion (MobileNetV2 6x) times the candidates
+    of the stage feeding the block.
     ``meta_width``: 'sum' (room for disjoint candidates at overlap 0), 'max', or an integer.
     ImageNet families are checked against the timm model they stand for (``check_layout_matches_timm``).
     """
@@ -278,7 +271,7 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
                                f"(one per stage{', plus the last conv' if layout.head_entry else ''}), got {len(mults)}")
     scale = _entry_scale(family, depth)
     stage_of = list(stages)
-    for b in layout.blocks:  # MBv2 expansion widths follow the width feeding the block
+    for b in layout.blocks:  # expansion widths follow the width feeding the block
         if b.kind == 'inverted_residual' and len(b.entries) == 3:
             stage_of[b.entries[0]] = stage_of[b.entries[1]] = stages[b.in_entry]
     cands = tuple(tuple(max(1, int(round(c * mults[stage_of[e]] * scale[e]))) for c in candidates)

@@ -7,33 +7,49 @@ The structure and the shortcut rule are the ones the exported timm models use, r
 from __future__ import annotations
 
 from functools import partial
-from typing import List, Sequence
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel
 
+from timm.layers import get_act_fn
+
 from ..aps.layers import APSBatchNorm2d, APSConv2d, APSLinear
-from ..channels import BlockSpec, shortcut_kind
+from ..aps.projection import required_meta_width
+from ..channels import BlockSpec, ConvSpec, shortcut_kind
+from ..layout import se_width
 from .space import SearchSpace
 
-RELU, RELU6 = partial(F.relu, inplace=True), partial(F.relu6, inplace=True)  # as timm's blocks
+
+def activation(name: Optional[str]):
+    """The in-place functional form of timm activation ``name`` (None: none), as timm's blocks apply it."""
+    return None if name is None else partial(get_act_fn(name), inplace=True)
+
+
+RELU = activation('relu')
 
 
 class _ConvBN(nn.Module):
-    """APS conv + per-candidate BN (+ activation)."""
+    """APS conv + per-candidate BN (+ activation); without BN the conv has a bias."""
 
     def __init__(self, space: SearchSpace, in_entry, out_entry: int, kernel: int, stride: int = 1,
-                 act=RELU, depthwise: bool = False, norm: bool = True, skip_equal: bool = False):
+                 act=RELU, depthwise: bool = False, norm: bool = True, skip_equal: bool = False, bias: bool = False):
         super().__init__()
         cin = None if in_entry is None else space.candidates[in_entry]
         meta_in = space.input_size[0] if in_entry is None else space.meta_widths[in_entry]
         self.conv = APSConv2d(cin, space.candidates[out_entry], meta_in, space.meta_widths[out_entry], kernel,
-                              stride, depthwise=depthwise, overlap=space.overlap, skip_equal=skip_equal)
+                              stride, depthwise=depthwise, overlap=space.overlap, skip_equal=skip_equal, bias=bias)
         self.bn = APSBatchNorm2d(self.conv.pairs) if norm else None
         self.act = act
         self.fixed_in = meta_in if in_entry is None else None
+
+    @classmethod
+    def of(cls, space: SearchSpace, spec: ConvSpec) -> '_ConvBN':
+        """The APS layer of a layout conv (its activation, BN or bias)."""
+        return cls(space, spec.in_entry, spec.out_entry, spec.kernel, spec.stride, act=activation(spec.act),
+                   depthwise=spec.depthwise, norm=spec.norm, bias=not spec.norm)
 
     def forward(self, x: torch.Tensor, c_out: int) -> torch.Tensor:
         """Output of this conv (+ BN) or block for the given widths."""
@@ -44,29 +60,50 @@ class _ConvBN(nn.Module):
         return self.act(x) if self.act is not None else x
 
 
+class _SqueezeExcite(nn.Module):
+    """timm's squeeze-excitation (ReLU, hard-sigmoid gate) of APS 1x1 convs with bias; its reduced width is
+    ``se_width`` of each candidate of ``entry`` (one candidate pair per input width)."""
+
+    def __init__(self, space: SearchSpace, entry: int):
+        super().__init__()
+        cands, meta = space.candidates[entry], space.meta_widths[entry]
+        reduced = [se_width(c) for c in cands]
+        meta_rd = max(se_width(meta), required_meta_width(sorted(set(reduced)), space.overlap))
+        kw = dict(overlap=space.overlap, bias=True)
+        self.reduce = APSConv2d(cands, reduced, meta, meta_rd, 1, pairs=list(zip(cands, reduced)), **kw)
+        self.expand = APSConv2d(reduced, cands, meta_rd, meta, 1, pairs=list(zip(reduced, cands)), **kw)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``x`` gated per channel by the excitation of its pooled features."""
+        s = F.relu(self.reduce(x.mean((2, 3), keepdim=True), se_width(x.shape[1])))
+        return x * F.hardsigmoid(self.expand(s, x.shape[1]))
+
+
 class SupernetBlock(nn.Module):
-    """A basic, bottleneck or inverted-residual block of APS layers with the searched shortcut."""
+    """A basic, bottleneck, inverted-residual (with optional squeeze-excitation) or conv block of APS layers
+    with the searched shortcut."""
 
     def __init__(self, space: SearchSpace, spec: BlockSpec):
         super().__init__()
         self.spec = spec
-        act = RELU6 if spec.kind == 'inverted_residual' else RELU
-        self.convs = nn.ModuleList([_ConvBN(space, c.in_entry, c.out_entry, c.kernel, c.stride,
-                                            act=act if c.act else None, depthwise=c.depthwise) for c in spec.convs])
+        self.convs = nn.ModuleList([_ConvBN.of(space, c) for c in spec.convs])
+        self.se = _SqueezeExcite(space, next(c.out_entry for c in spec.convs if c.depthwise)) if spec.se else None
         self.shortcut = None
         if spec.residual:
             # 1x1 conv + BN at stride 1 (used when widths differ); 2x2 avg-pool + 1x1 conv at stride 2
             self.shortcut = _ConvBN(space, spec.in_entry, spec.out_entry, 1, act=None, norm=spec.stride == 1,
                                     skip_equal=spec.stride == 1)
-        self.out_act = RELU if spec.kind != 'inverted_residual' else None
+        self.out_act = RELU if spec.kind in ('basic', 'bottleneck') else None
 
     def forward(self, x: torch.Tensor, widths: Sequence[int]) -> torch.Tensor:
         """Output of this conv (+ BN) or block for the given widths."""
         spec = self.spec
         out_widths = [widths[j] for j in spec.entries]
         y = x
-        for conv, w in zip(self.convs, out_widths):
+        for conv, c, w in zip(self.convs, spec.convs, out_widths):
             y = conv(y, w)
+            if self.se is not None and c.depthwise:
+                y = self.se(y)
         kind = shortcut_kind(spec, x.shape[1], out_widths[-1])
         if kind == 'identity':
             y = y + x
@@ -85,14 +122,11 @@ class APSSupernet(nn.Module):
         super().__init__()
         self.space = space
         layout = space.layout
-        act = RELU6 if layout.family == 'mobilenetv2' else RELU
-        stem = layout.stem.conv
-        self.stem = _ConvBN(space, None, stem.out_entry, stem.kernel, stem.stride, act=act)
+        self.stem = _ConvBN.of(space, layout.stem.conv)
         self.stem_pool = layout.stem.pool
         self.blocks = nn.ModuleList([SupernetBlock(space, b) for b in layout.blocks])
-        self.head = None
-        if layout.head is not None:
-            self.head = _ConvBN(space, layout.head.in_entry, layout.head.out_entry, layout.head.kernel, act=RELU6)
+        self.head = None if layout.head is None else _ConvBN.of(space, layout.head)
+        self.pooled_head = layout.head is not None and layout.head.pooled
         f = layout.feature_entry
         self.fc = APSLinear(space.candidates[f], space.meta_widths[f], space.num_classes, overlap=space.overlap)
 
@@ -107,6 +141,8 @@ class APSSupernet(nn.Module):
             x = F.max_pool2d(x, *self.stem_pool, self.stem_pool[0] // 2)
         for block in self.blocks:
             x = block(x, widths)
+        if self.pooled_head:  # timm's efficient head: the head conv runs on the pooled features
+            x = x.mean((2, 3), keepdim=True)
         if self.head is not None:
             x = self.head(x, widths[self.space.layout.head_entry])
         logits = self.fc(x.mean((2, 3)))

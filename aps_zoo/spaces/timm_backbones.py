@@ -3,8 +3,9 @@
 ``timm_layout`` builds a timm model on the meta device (no weights, no compute) and reads its stem,
 the kind, stage, stride, expansion, residual and conv widths of every block, and the head conv.
 ``check_layout_matches_timm`` compares that with ``aps_zoo.channels.network_layout`` and the
-standard widths (``uniform_widths`` at multiplier 1), so a space of family ``resnet`` or
-``mobilenetv2`` is the timm network's structure with searched widths.
+standard widths (``uniform_widths`` at multiplier 1), so a space of a family with a timm counterpart (its
+registry entry's ``timm_model``) is the timm network's structure with searched widths. Two readers cover
+timm's ResNets and its EfficientNet-builder models (MobileNetV2, MobileNetV3).
 """
 from __future__ import annotations
 
@@ -17,7 +18,12 @@ import torch
 import torch.nn as nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from ..channels import RESNET_LAYERS, network_layout, uniform_widths
+from timm.layers import get_act_layer
+from timm.models.mobilenetv3 import MobileNetV3
+from timm.models.resnet import ResNet
+
+from ..channels import network_layout, uniform_widths
+from ..families import get_family
 
 
 class BackboneMismatchError(ValueError):
@@ -27,7 +33,8 @@ class BackboneMismatchError(ValueError):
 @dataclass(frozen=True)
 class BackboneBlock:
     """One block: kind, stage, stride, expansion (out/mid of a bottleneck, expand/in of an inverted residual),
-    residual connection, and the output width and kernel size of each of its convs."""
+    residual connection, the output width and kernel size of each of its convs, its activation (class name)
+    and whether it has a squeeze-excitation."""
     kind: str
     stage: int
     stride: int
@@ -35,24 +42,30 @@ class BackboneBlock:
     residual: bool
     widths: Tuple[int, ...]
     kernels: Tuple[int, ...]
+    act: str = 'ReLU'
+    se: bool = False
 
 
 @dataclass(frozen=True)
 class BackboneLayout:
-    """Stem conv (out width, kernel, stride) and max-pool, blocks, and the head conv width (None if absent)."""
+    """Stem conv (out width, kernel, stride), max-pool and activation, blocks, the head conv width (None if
+    absent) and whether it runs on pooled features (timm's efficient head)."""
     stem: Tuple[int, int, int]
     stem_pool: bool
     blocks: Tuple[BackboneBlock, ...]
     head: Optional[int]
+    stem_act: str = 'ReLU'
+    head_pooled: bool = False
 
 
 def timm_name(family: str, depth: int = 0) -> Optional[str]:
     """The timm model whose architecture a space of ``family``/``depth`` uses (None: no timm counterpart)."""
-    if family == 'resnet' and depth in RESNET_LAYERS:
-        return f'resnet{depth}'
-    if family == 'mobilenetv2':
-        return 'mobilenetv2_100'
-    return None
+    return get_family(family).timm_model(depth)
+
+
+def _act_name(name: Optional[str]) -> str:
+    """Class name of a timm activation name ('hard_swish' -> 'Hardswish')."""
+    return get_act_layer(name).__name__ if name else 'Identity'
 
 
 def _stride(conv: nn.Conv2d) -> int:
@@ -75,42 +88,51 @@ def _timm_resnet_blocks(model: nn.Module) -> List[BackboneBlock]:
             else:
                 raise BackboneMismatchError(f"unexpected timm ResNet block {name}")
             blocks.append(BackboneBlock(name.lower().replace('block', ''), stage, stride, float(block.expansion),
-                                        True, tuple(c.out_channels for c in convs), _kernels(convs)))
+                                        True, tuple(c.out_channels for c in convs), _kernels(convs),
+                                        type(block.act1).__name__))
     return blocks
 
 
-def _timm_mobilenet_blocks(model: nn.Module) -> List[BackboneBlock]:
+def _timm_efficientnet_blocks(model: nn.Module) -> List[BackboneBlock]:
     blocks = []
     for stage, seq in enumerate(model.blocks):
         for block in seq:
             name = type(block).__name__
             if name == 'DepthwiseSeparableConv':
-                convs, expansion = (block.conv_dw, block.conv_pw), 1.0
+                convs, expansion, kind, first = (block.conv_dw, block.conv_pw), 1.0, 'inverted_residual', block.bn1
             elif name == 'InvertedResidual':
-                convs = (block.conv_pw, block.conv_dw, block.conv_pwl)
+                convs, kind, first = (block.conv_pw, block.conv_dw, block.conv_pwl), 'inverted_residual', block.bn1
                 expansion = block.conv_pw.out_channels / block.conv_pw.in_channels
+            elif name == 'ConvBnAct':
+                convs, expansion, kind, first = (block.conv,), 1.0, 'conv', block.bn1
             else:
-                raise BackboneMismatchError(f"unexpected timm MobileNetV2 block {name}")
-            blocks.append(BackboneBlock('inverted_residual', stage, _stride(block.conv_dw), expansion,
-                                        bool(block.has_skip), tuple(c.out_channels for c in convs), _kernels(convs)))
+                raise BackboneMismatchError(f"unexpected timm EfficientNet-builder block {name}")
+            stride = max(c.stride[0] for c in convs)
+            blocks.append(BackboneBlock(kind, stage, stride, expansion, bool(block.has_skip),
+                                        tuple(c.out_channels for c in convs), _kernels(convs),
+                                        type(first.act).__name__, not isinstance(getattr(block, 'se', None),
+                                                                                 (nn.Identity, type(None)))))
     return blocks
 
 
 @lru_cache(maxsize=None)
 def timm_layout(name: str) -> BackboneLayout:
-    """Stem, blocks and head of timm's ``name`` (``resnet*`` or ``mobilenetv2_*``), built on the meta device."""
+    """Stem, blocks and head of timm's ``name`` (a ResNet or an EfficientNet-builder model such as
+    ``mobilenetv2_100`` or ``mobilenetv3_large_100``), built on the meta device."""
     with torch.device('meta'):
         model = timm.create_model(name)
-    if name.startswith('resnet'):
+    if isinstance(model, ResNet):
         stem = model.conv1
         pool = isinstance(model.maxpool, nn.MaxPool2d) and model.maxpool.kernel_size == 3 and model.maxpool.stride == 2
         return BackboneLayout((stem.out_channels, stem.kernel_size[0], _stride(stem)), pool,
-                              tuple(_timm_resnet_blocks(model)), None)
-    if name.startswith('mobilenetv2'):
+                              tuple(_timm_resnet_blocks(model)), None, type(model.act1).__name__)
+    if hasattr(model, 'conv_stem') and hasattr(model, 'blocks'):
         stem = model.conv_stem
         return BackboneLayout((stem.out_channels, stem.kernel_size[0], _stride(stem)), False,
-                              tuple(_timm_mobilenet_blocks(model)), model.conv_head.out_channels)
-    raise BackboneMismatchError(f"no backbone reader for timm model {name!r}; known: resnet*, mobilenetv2_*")
+                              tuple(_timm_efficientnet_blocks(model)), model.conv_head.out_channels,
+                              type(model.bn1.act).__name__, isinstance(model, MobileNetV3))
+    raise BackboneMismatchError(f"no backbone reader for timm model {name!r}: a ResNet or an EfficientNet-builder "
+                                f"model is needed")
 
 
 def zoo_layout(family: str, depth: int = 0) -> BackboneLayout:
@@ -127,16 +149,17 @@ def zoo_layout(family: str, depth: int = 0) -> BackboneLayout:
         else:
             expansion = 1.0
         blocks.append(BackboneBlock(b.kind, b.stage, b.stride, expansion, b.residual, widths,
-                                    tuple(c.kernel for c in b.convs)))
+                                    tuple(c.kernel for c in b.convs), _act_name(b.convs[0].act), b.se))
     head = None if layout.head_entry is None else w[layout.head_entry]
     stem = layout.stem
-    return BackboneLayout((w[0], stem.conv.kernel, stem.conv.stride), stem.pool == (3, 2), tuple(blocks), head)
+    return BackboneLayout((w[0], stem.conv.kernel, stem.conv.stride), stem.pool == (3, 2), tuple(blocks), head,
+                          _act_name(stem.conv.act), layout.head is not None and layout.head.pooled)
 
 
 def layout_differences(ours: BackboneLayout, theirs: BackboneLayout) -> List[str]:
     """Human-readable differences between two layouts (empty if they agree)."""
     diffs = []
-    for field in ('stem', 'stem_pool', 'head'):
+    for field in ('stem', 'stem_pool', 'head', 'stem_act', 'head_pooled'):
         a, b = getattr(ours, field), getattr(theirs, field)
         if a != b:
             diffs.append(f"{field}: aps_zoo {a}, timm {b}")

@@ -9,7 +9,7 @@ import aps_zoo  # noqa: F401  (registers the aps_* models with timm)
 EVERY_MODEL = ('test_model_default_cfgs', 'test_model_forward', 'test_model_backward', 'test_model_forward_features')
 PER_BLOCK_TYPE = ('test_model_forward_torchscript', 'test_model_forward_fx', 'test_model_backward_fx',
                   'test_model_forward_fx_torchscript')
-BLOCK_TYPE_MODELS = ('aps_resnet20_cifar_20m', 'aps_resnet18_1g', 'aps_mobilenetv2_150m')
+BLOCK_TYPE_MODELS = ('aps_resnet20_cifar_20m', 'aps_resnet18_1g', 'aps_mobilenetv2_150m', 'aps_mobilenetv3_large_100')
 
 
 def selected(test: str, model: str) -> bool:

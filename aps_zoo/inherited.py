@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from itertools import chain
 from typing import Dict, Iterable
 
 import torch
 import torch.nn as nn
 from safetensors.torch import load_file, save_file
+from torch.optim.swa_utils import update_bn
 
 from ._io import atomic_write
 from .runs import RUN_WEIGHTS
@@ -42,23 +44,22 @@ def load_inherited(model: nn.Module, state: Dict[str, torch.Tensor], where: str)
 
 @torch.no_grad()
 def recalibrate_bn(model: nn.Module, batches: Iterable) -> int:
-    """Re-estimate every BN's running statistics as the plain average over ``batches`` (train-mode forwards
-    without gradients; weights unchanged); returns the number of batches used (0: statistics untouched)."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    momenta = [m.momentum for m in norms]
-    was_training, used = model.training, 0
-    device = next(model.parameters()).device
-    for images, _ in batches:
-        if not used:
-            model.train()
-            for m in norms:
-                m.reset_running_stats()
-                m.momentum = None
-        model(images.to(device))
-        used += 1
-    for m, momentum in zip(norms, momenta):
-        m.momentum = momentum
-    model.train(was_training)
+    """Re-estimate every BN's running statistics as the plain average over ``batches`` of (images, labels)
+    (``torch.optim.swa_utils.update_bn``; weights unchanged); returns the number of batches used (0:
+    statistics untouched)."""
+    batches = iter(batches)
+    first = next(batches, None)
+    if first is None:  # update_bn would reset the statistics even without a batch
+        return 0
+    used = 0
+
+    def counted():
+        nonlocal used
+        for batch in chain([first], batches):
+            used += 1
+            yield batch
+
+    update_bn(counted(), model, device=next(model.parameters()).device)
     return used
 
 
