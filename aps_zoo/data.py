@@ -51,7 +51,6 @@ logger = logging.getLogger(__name__)
 DIGITS = 'digits'
 TEST_SPLIT_SEED = 0  # a carved test split is the same for every run seed
 LABEL_COLUMNS = ('label', 'labels', 'fine_label', 'target', 'class')
-INTERPOLATION = 'bilinear'
 _UNREADABLE = (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError)
 _DECODER = datasets.Image()
 FILE_BUILDERS = {'.parquet': 'parquet', '.arrow': 'arrow'}  # single files, read by these datasets builders
@@ -75,6 +74,7 @@ class DataBundle:
     mean: Tuple[float, ...]
     std: Tuple[float, ...]
     crop_pct: float
+    interpolation: str
     dataset_name: str
     sizes: Dict[str, Optional[int]]
     class_names: List[str]
@@ -83,7 +83,7 @@ class DataBundle:
     @property
     def data_config(self) -> Dict[str, Any]:
         """The eval preprocessing in timm's ``resolve_data_config`` keys (for a model's ``pretrained_cfg``)."""
-        return dict(input_size=self.input_size, interpolation=INTERPOLATION, mean=self.mean, std=self.std,
+        return dict(input_size=self.input_size, interpolation=self.interpolation, mean=self.mean, std=self.std,
                     crop_pct=self.crop_pct, crop_mode='center')
 
 
@@ -328,10 +328,10 @@ def _apply_stream(batch: Dict[str, list], transform, image: str, label: str) -> 
     return out
 
 
-def _transforms(data: DataSection):
+def _transforms(data: DataSection, interpolation: str):
     """(train, eval) timm transforms ending in uint8 tensors (normalisation comes after the collate)."""
     size = (3, data.image_size, data.image_size)
-    common = dict(interpolation=INTERPOLATION, use_prefetcher=True)
+    common = dict(interpolation=interpolation, use_prefetcher=True)
     eval_tf = create_transform(size, is_training=False, crop_pct=data.crop_pct, **common)
     if not data.augment:
         return eval_tf, eval_tf
@@ -420,9 +420,9 @@ def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, hol
     return train.shuffle(seed=seed, buffer_size=10_000), val, sizes
 
 
-def _loaders(src: _Source, data: DataSection, seed: int, train, val, test):
+def _loaders(src: _Source, data: DataSection, seed: int, train, val, test, interpolation: str):
     """(train, val or None, test) DataLoaders; the training order depends only on (seed, epoch)."""
-    train_tf, eval_tf = _transforms(data)
+    train_tf, eval_tf = _transforms(data, interpolation)
     loader = partial(DataLoader, num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
                      collate_fn=NormalizedCollate(tuple(data.mean), tuple(data.std)),
                      pin_memory=torch.cuda.is_available())
@@ -437,8 +437,9 @@ def _loaders(src: _Source, data: DataSection, seed: int, train, val, test):
             eval_loader(val) if val is not None else None, eval_loader(test))
 
 
-def build_loaders(data: DataSection, seed: int, holdout: bool) -> DataBundle:
-    """Train / val / test DataLoaders of ``data.dataset`` with timm transforms.
+def build_loaders(data: DataSection, seed: int, holdout: bool, interpolation: str = 'bilinear') -> DataBundle:
+    """Train / val / test DataLoaders of ``data.dataset`` with timm transforms resizing with ``interpolation``
+    (the family's, :func:`aps_zoo.families.interpolation`, for a model of that family).
 
     ``holdout``: carve ``data.val_fraction`` of the training split (seeded, stratified) as ``val``;
     otherwise ``val`` is None and ``train`` is the whole training split. A dataset without
@@ -450,7 +451,7 @@ def build_loaders(data: DataSection, seed: int, holdout: bool) -> DataBundle:
     train, test, note = _train_and_test(src, data)
     train, val, sizes = (_stream_holdout if src.streaming else _holdout)(src, data, train, test, seed, holdout)
     label_feature = train.features[src.label]
-    train_loader, val_loader, test_loader = _loaders(src, data, seed, train, val, test)
+    train_loader, val_loader, test_loader = _loaders(src, data, seed, train, val, test, interpolation)
     if src.kind == DIGITS:
         name = f"scikit-learn digits (1797 8x8 images{_resized(8, data.image_size)}"
     else:
@@ -460,7 +461,7 @@ def build_loaders(data: DataSection, seed: int, holdout: bool) -> DataBundle:
     return DataBundle(
         train=train_loader, val=val_loader, test=test_loader, num_classes=label_feature.num_classes,
         input_size=(3, data.image_size, data.image_size), mean=tuple(data.mean), std=tuple(data.std),
-        crop_pct=data.crop_pct, dataset_name=name, sizes=sizes, class_names=list(label_feature.names),
+        crop_pct=data.crop_pct, interpolation=interpolation, dataset_name=name, sizes=sizes, class_names=list(label_feature.names),
         skipped=src.skipped)
 
 

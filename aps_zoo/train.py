@@ -40,6 +40,7 @@ from ._io import atomic_write, atomic_write_text
 from ._memory import check_model_memory
 from .channels import ChannelConfig, ChannelConfigError
 from .data import build_loaders
+from .families import interpolation
 from .prefetch import device_loaders
 from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
@@ -181,7 +182,7 @@ class _Trainer:
         self.out_dir = run.out_dir
         self.batch_size = tr.batch_size or recipe.data.batch_size
         self.data = data = build_loaders(dataclasses.replace(recipe.data, batch_size=self.batch_size), recipe.seed,
-                                         holdout=tr.select_best)
+                                         holdout=tr.select_best, interpolation=interpolation(channel_config.family))
         self.config = dataclasses.replace(channel_config, num_classes=data.num_classes, input_size=data.input_size)
         check_model_memory(self.config, config_ref, batch_size=self.batch_size, device=accelerator.device)
         model = create_model_from_config(self.config, pretrained_cfg_overlay=data.data_config)

@@ -337,3 +337,16 @@ def test_stream_holdout_takes_val_size_images_from_the_head(tmp_path):
     assert sum(len(x) for x in train) == 12  # 14 left, whole batches of 4
     seen_val = {x.numpy().tobytes() for batch in val for x in batch}
     assert not seen_val & {x.numpy().tobytes() for batch in train for x in batch}
+
+
+def test_interpolation_is_the_callers_and_reaches_the_resize_and_the_data_config():
+    from aps_zoo.families import interpolation
+    section = DataSection(**{**DIGITS8, 'image_size': 32}, augment=False)
+    bundles = {mode: build_loaders(section, seed=0, holdout=False, interpolation=mode)
+               for mode in ('bilinear', 'bicubic')}
+    assert {m: b.data_config['interpolation'] for m, b in bundles.items()} == {'bilinear': 'bilinear',
+                                                                             'bicubic': 'bicubic'}
+    first = {m: b.test.dataset[0]['pixel_values'] for m, b in bundles.items()}
+    assert first['bilinear'].shape == first['bicubic'].shape == (3, 32, 32)
+    assert not torch.equal(first['bilinear'], first['bicubic'])  # 8 -> 32 upsampled two ways
+    assert (interpolation('mobilenetv2'), interpolation('resnet_cifar')) == ('bicubic', 'bilinear')
