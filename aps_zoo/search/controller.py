@@ -115,23 +115,37 @@ class Controller(nn.Module):
 
     def log_probs(self, archs: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probabilities and entropies of several architectures, teacher-forced as one batch."""
-        k = len(archs)
+        return self._batch(len(archs), archs)[1:]
+
+    @torch.no_grad()
+    def sample_many(self, count: int, generator: Optional[torch.Generator] = None) -> List[List[int]]:
+        """``count`` architectures sampled as one batch (the same distribution as :meth:`sample`)."""
+        return self._batch(count, None, generator)[0]
+
+    def _batch(self, k: int, archs: Optional[Sequence[Sequence[int]]], generator=None):
+        """Roll out ``k`` sequences at once, teacher-forced on ``archs`` or sampled; returns (choices, summed
+        log-probabilities, summed entropies)."""
         z = self.onehots.new_zeros(k, self.hidden_size)
-        state, prev = (z, z), [self.start_token] * k
+        state, prev, choices = (z, z), [self.start_token] * k, [[] for _ in range(k)]
         log_probs, entropies = [], []
         for d in range(self.space.num_decisions):
-            priors = [self._prior(a[:d]) for a in archs]
+            priors = [self._prior(c) for c in choices]
             left = self.onehots.new_tensor([[p[2]] for p in priors])
             x = torch.cat([self.embed.weight[prev], self.onehots[d].expand(k, -1), left], 1)
             state = self.cell(x, state)
             logits = self.heads[d](state[0]) + torch.tensor([p[1] for p in priors], dtype=z.dtype)
             mask = torch.tensor([p[0] for p in priors])
             logp = F.log_softmax(logits.masked_fill(~mask, -math.inf), -1)
-            chosen = torch.tensor([a[d] for a in archs])
+            if archs is None:
+                chosen = torch.multinomial(logp.detach().exp(), 1, generator=generator)[:, 0]
+            else:
+                chosen = torch.tensor([a[d] for a in archs])
             log_probs.append(logp.gather(1, chosen[:, None])[:, 0])
             entropies.append(self._entropy(logp))
             prev = chosen.tolist()
-        return torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
+            for c, option in zip(choices, prev):
+                c.append(option)
+        return choices, torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
 
     @torch.no_grad()
     def beam_search(self, top_k: int) -> List[Tuple[List[int], float]]:

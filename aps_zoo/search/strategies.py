@@ -99,9 +99,8 @@ class ReinforceStrategy(SearchStrategy):
     def train_arch(self) -> Arch:
         return self.controller.sample(self.generator)[0]
 
-    @torch.no_grad()
     def ask(self) -> List[Arch]:
-        return [self.controller.sample(self.generator)[0] for _ in range(self.batch)]
+        return self.controller.sample_many(self.batch, self.generator)
 
     def tell(self, archs: Sequence[Arch], scores: Sequence[float]) -> Dict[str, float]:
         self._remember(archs, scores)
