@@ -96,3 +96,15 @@ def test_strategy_key_names_the_allowed_values():
         recipe_from_dict({'search': {'decode_candidates': 4, 'decode_top_k': 8}})
     with pytest.raises(RecipeError, match=r"'search.evolution.mutation_prob' must be in \(0, 1\]"):
         recipe_from_dict({'search': {'evolution': {'mutation_prob': 0}}})
+
+
+def test_nearest_uniform_choices_stay_within_the_uniform_macs():
+    from aps_zoo.flops import count_macs, uniform_at_budget
+    from aps_zoo.search.decode import nearest_choices
+    uniform = uniform_at_budget('resnet_cifar', 20, 1.2e6, num_classes=10, input_size=(3, 8, 8))
+    choices = nearest_choices(SPACE, uniform.widths, count_macs(uniform))
+    assert 0.9 * count_macs(uniform) <= SPACE.macs(choices) <= count_macs(uniform)
+    widths = SPACE.widths(choices)
+    assert all(w in (8, 16) for w in widths[:13]) and all(w in (32, 64) for w in widths[13:])  # 11/22/43 -> near
+    exact = SPACE.widths(SPACE.largest())
+    assert nearest_choices(SPACE, exact, SPACE.macs(SPACE.largest())) == SPACE.largest()

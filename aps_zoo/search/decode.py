@@ -70,18 +70,32 @@ def decode(searcher) -> Dict:
 
 def uniform_reference(searcher, config: ChannelConfig) -> Dict:
     """The uniform-width network at the searched config's MACs (:func:`aps_zoo.flops.uniform_like`) scored
-    on the same supernet: itself when its widths are candidates, else the space's architecture with, at
-    each decision, the candidate nearest (log scale) to its width."""
+    on the same supernet: itself when its widths are candidates, else the nearest architecture of the space
+    within its MACs (:func:`nearest_choices`)."""
     space, uniform = searcher.space, uniform_like(config)
     try:
         choices, how = space.choices_for(uniform.widths), 'the uniform network itself'
     except SearchSpaceError:
-        choices = [min(range(space.num_options(d)), key=lambda c, e=entries[0]: abs(
-            math.log(space.candidates[e][c] / uniform.widths[e]))) for d, entries in enumerate(space.decisions)]
-        how = 'its widths are not candidates: the nearest architecture of the space (per decision, log scale)'
+        choices = nearest_choices(space, uniform.widths, count_macs(uniform))
+        how = ('its widths are not candidates: the nearest architecture of the space within its MACs (each '
+               'width rounded down to a candidate, then up where closest, while the MACs stay within)')
     return {'multiplier': uniform.provenance['multiplier'], 'uniform_macs': count_macs(uniform), 'how': how,
             'choices': choices, 'widths': space.widths(choices), 'macs': space.macs(choices),
             'score': searcher.score(choices), 'val_acc': searcher.accuracy(choices, searcher.val_loader)}
+
+
+def nearest_choices(space, widths, limit: float) -> List[int]:
+    """The space's architecture closest to per-entry ``widths`` within ``limit`` MACs: every decision at the
+    largest candidate not above its width, then, the decisions whose width is closest (ratio) to the next
+    candidate first, each rounded up when the MACs stay within ``limit``."""
+    firsts = [entries[0] for entries in space.decisions]
+    choices = [max([c for c, w in enumerate(space.candidates[e]) if w <= widths[e]], default=0) for e in firsts]
+    upgradable = [d for d, e in enumerate(firsts) if choices[d] + 1 < space.num_options(d)]
+    for d in sorted(upgradable, key=lambda d: -widths[firsts[d]] / space.candidates[firsts[d]][choices[d] + 1]):
+        bigger = choices[:d] + [choices[d] + 1] + choices[d + 1:]
+        if space.macs(bigger) <= limit:
+            choices = bigger
+    return choices
 
 
 def finish(searcher, decoded: Dict, seconds: float):
