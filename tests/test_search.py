@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from aps_zoo.channels import ChannelConfig
+from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
@@ -153,6 +154,13 @@ def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
     assert len(records) == 4
     for r in records:
         assert len(r['arch_digests']) == 2 and r['arch_digests'][0] == r['arch_digests'][1], r['arch_digests']
+        assert r['greedy_digests'][0] == r['greedy_digests'][1]  # the main process's pick, broadcast
+    # each held-out image counted once across ranks: accuracies are multiples of 1 / 288 (the held-out images);
+    # counting the duplicates that pad them to one batch of 256 per rank would make them multiples of 1 / 512
+    held_out = build_loaders(recipe_from_dict(tiny(tmp_path)).data, seed=3, holdout=True).sizes['val']
+    assert held_out == 288
+    for acc in [r['val_acc'] for r in records]:
+        assert abs(acc * held_out - round(acc * held_out)) < 1e-6, (acc, held_out)
     assert sorted(p.name for p in out.glob('*.json')) == ['channel_config.json']
     assert 0.9 * BUDGET <= count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET
     assert 'repaired: 0 of 3 re-scored candidates' in (out / 'search_report.md').read_text()

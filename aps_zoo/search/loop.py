@@ -156,11 +156,13 @@ class Searcher:
             correct += (logits.argmax(-1) == y).sum().item()
             seen += y.numel()
             bar.set_postfix(loss=f'{losses[-1]:.3f}')
-        # every rank's digest of the architectures it trained: they must all be equal
-        digests = self.acc.gather(torch.tensor([digest], device=self.acc.device)).tolist()
         return {'train_loss': sum(losses) / max(1, len(losses)), 'train_acc': correct / max(1, seen),
-                'arch_digests': digests,
+                'arch_digests': self.digests(digest),
                 'images_per_s': seen * self.acc.num_processes / max(1e-9, time.perf_counter() - start)}
+
+    def digests(self, digest: int) -> List[int]:
+        """Every rank's digest of the architectures it used (a CRC): they must all be equal."""
+        return self.acc.gather(torch.tensor([digest], device=self.acc.device)).tolist()
 
     @torch.no_grad()
     def accuracy(self, choices: Sequence[int], loader) -> float:
@@ -187,7 +189,10 @@ class Searcher:
         with duplicates), so :meth:`score` counts each image once."""
         per_step = self.data.val.batch_size * self.acc.num_processes
         count = -(-self.recipe.search.controller.reward_images // per_step)
-        return [(x, y, len(self.acc.gather_for_metrics(y))) for x, y in islice(self.val_loader, count)]
+        batches = [(x, y, len(self.acc.gather_for_metrics(y))) for x, y in islice(self.val_loader, count)]
+        if hasattr(self.val_loader, 'end'):  # stopping early skips the loader's own exit from Accelerate's state
+            self.val_loader.end()
+        return batches
 
     @torch.no_grad()
     def score(self, choices: Sequence[int]) -> float:
@@ -281,7 +286,8 @@ def _search(searcher: Searcher, run: Run) -> SearchResult:
                   **searcher.train_epoch(epoch, warm)}
         if not warm:
             record.update(searcher.strategy_epoch())
-        greedy = searcher.propose(searcher.strategy.best)
+        greedy = searcher.propose(searcher.strategy.best)  # the main process's pick, on every rank
+        record['greedy_digests'] = searcher.digests(zlib.crc32(json.dumps(greedy).encode()))
         levels = sharing_levels(searcher.supernet)
         with torch.no_grad():
             record['orthogonality'] = orthogonality_loss(searcher.supernet).item()  # the grouped penalty
