@@ -34,6 +34,7 @@ MAX_TRIES = 50  # draws of a child before it is replaced by a band sample
 class SearchStrategy:
     """Base class: band sampling, a seeded CPU generator and an archive of the best scored architectures."""
     name = ''
+    ARCHIVE = 256  # best scored architectures kept
 
     def __init__(self, space: SearchSpace, search, seed: int):
         self.space, self.settings = space, search
@@ -41,8 +42,6 @@ class SearchStrategy:
         self.generator = torch.Generator().manual_seed(seed)
         self.batch = search.controller.samples_per_update
         self.archive: List[List] = []  # [choices, score], best first, at most ``ARCHIVE`` entries
-
-    ARCHIVE = 256
 
     def band_arch(self) -> Arch:
         """An architecture drawn uniformly from the band."""
