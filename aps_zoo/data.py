@@ -75,7 +75,7 @@ class DataBundle:
     std: Tuple[float, ...]
     crop_pct: float
     interpolation: str
-    dataset_name: str
+    description: str  # where the images come from, with split sizes (a sentence for reports and cards)
     sizes: Dict[str, Optional[int]]
     class_names: List[str]
     skipped: int  # unreadable image files left out
@@ -461,7 +461,7 @@ def build_loaders(data: DataSection, seed: int, holdout: bool, interpolation: st
     return DataBundle(
         train=train_loader, val=val_loader, test=test_loader, num_classes=label_feature.num_classes,
         input_size=(3, data.image_size, data.image_size), mean=tuple(data.mean), std=tuple(data.std),
-        crop_pct=data.crop_pct, interpolation=interpolation, dataset_name=name, sizes=sizes, class_names=list(label_feature.names),
+        crop_pct=data.crop_pct, interpolation=interpolation, description=name, sizes=sizes, class_names=list(label_feature.names),
         skipped=src.skipped)
 
 

@@ -25,7 +25,8 @@ from .flops import count_macs, uniform_like  # noqa: E402
 
 DPI = 150
 # legend names of the metric keys the search and training logs write
-LABELS = {'val_acc': 'held-out, greedy subnet', 'train_acc': 'train, sampled subnets', 'reward': 'mean reward',
+LABELS = {'val_acc': "held-out, strategy's pick", 'train_acc': 'train, sampled subnets',
+          'reward': "strategy's samples", 'band_reward': 'band samples, same supernet', 'entropy': 'policy',
           'baseline': 'REINFORCE baseline', 'sharing_mean': 'mean over layers', 'train_loss': 'train',
           'eval_loss': 'evaluation', 'eval_top1': 'model', 'ema_eval_top1': 'EMA of weights'}
 

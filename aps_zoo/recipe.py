@@ -88,8 +88,19 @@ class ControllerSection:
     lr: float = 1.6e-4
     entropy_weight: float = 4e-3
     baseline_decay: float = 0.99
-    steps_per_epoch: int = 10
+    steps_per_epoch: int = 10       # strategy updates per search epoch (every strategy, not only reinforce)
     grad_clip: float = 5.0
+    samples_per_update: int = 8     # architectures scored per update (leave-one-out baseline when >= 2)
+    reward_images: int = 1024       # held-out images that score each architecture (all ranks together)
+
+
+@dataclass
+class EvolutionSection:
+    """Aging evolution inside the band (``search.strategy: evolution``)."""
+    population: int = 32
+    tournament: int = 8             # members drawn per parent selection; the best scored wins
+    mutation_prob: float = 0.1      # per decision: redraw its option
+    crossover_prob: float = 0.5     # a child mixes two tournament winners decision by decision
 
 
 @dataclass
@@ -117,8 +128,11 @@ class SearchSection:
     renormalize_projections: bool = True
     under_budget_exponent: float = 0.0
     over_budget_exponent: float = -0.1
-    decode: str = 'beam'
-    decode_top_k: int = 8
+    strategy: str = 'reinforce'     # what proposes architectures: reinforce (the paper's), random, evolution
+    decode: str = 'beam'            # reinforce's proposals at decoding: its beam, or its greedy pick then samples
+    decode_candidates: int = 100    # N architectures the strategy proposes at the end, scored on reward images
+    decode_top_k: int = 8           # the best of those by that score, re-scored on the whole held-out split
+    band_samples: int = 16          # band samples scored each search epoch next to the strategy's (a reference)
     max_over_budget: float = 1.02   # decoded architectures above this x budget are shrunk to fit (fit_to_budget)
     min_budget_fraction: float = 0.9  # the controller samples within [this x budget, budget]
     evaluation: str = 'recalibrate'   # subnet scoring: recalibrated BN statistics, or shuffled batches
@@ -126,6 +140,7 @@ class SearchSection:
     steps_per_epoch: Optional[int] = None
     on_nonfinite_loss: str = 'stop'
     controller: ControllerSection = field(default_factory=ControllerSection)
+    evolution: EvolutionSection = field(default_factory=EvolutionSection)
 
 
 @dataclass
@@ -196,6 +211,7 @@ class Recipe:
 CHOICES = {
     'space.family': FAMILIES,
     'search.decode': ('beam', 'sample'),
+    'search.strategy': ('reinforce', 'random', 'evolution'),
     'search.evaluation': ('recalibrate', 'shuffle'),
     'search.projection_grad': ('penalty', 'task_and_penalty'),
     'search.on_nonfinite_loss': ('stop', 'skip'),
@@ -256,7 +272,7 @@ def _check_ranges(r: Recipe) -> None:
          r.search.controller.steps_per_epoch)
     need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
          r.search.warmup_epochs)
-    need(r.search.decode_top_k > 0, 'search.decode_top_k', 'positive', r.search.decode_top_k)
+    _check_strategy(r.search)
     need(0 <= r.search.min_budget_fraction <= 1, 'search.min_budget_fraction', 'in [0, 1]',
          r.search.min_budget_fraction)
     need(r.search.calibration_batches > 0, 'search.calibration_batches', 'positive', r.search.calibration_batches)
@@ -278,6 +294,26 @@ def _check_ranges(r: Recipe) -> None:
     need(r.train.mixup >= 0, 'train.mixup', '>= 0', r.train.mixup)
     need(r.train.cutmix >= 0, 'train.cutmix', '>= 0', r.train.cutmix)
     need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
+
+
+def _check_strategy(s: SearchSection) -> None:
+    """Ranges of the strategy, decoding and evolution keys."""
+    def need(cond: bool, key: str, what: str, value):
+        if not cond:
+            raise RecipeError(f"recipe key 'search.{key}' must be {what}, got {value!r}")
+
+    need(s.decode_candidates > 0, 'decode_candidates', 'positive', s.decode_candidates)
+    need(0 < s.decode_top_k <= s.decode_candidates, 'decode_top_k', 'between 1 and search.decode_candidates',
+         s.decode_top_k)
+    need(s.band_samples >= 0, 'band_samples', '>= 0', s.band_samples)
+    need(s.controller.samples_per_update > 0, 'controller.samples_per_update', 'positive',
+         s.controller.samples_per_update)
+    need(s.controller.reward_images > 0, 'controller.reward_images', 'positive', s.controller.reward_images)
+    need(s.evolution.population > 1, 'evolution.population', 'at least 2', s.evolution.population)
+    need(0 < s.evolution.tournament <= s.evolution.population, 'evolution.tournament',
+         'between 1 and search.evolution.population', s.evolution.tournament)
+    need(0 < s.evolution.mutation_prob <= 1, 'evolution.mutation_prob', 'in (0, 1]', s.evolution.mutation_prob)
+    need(0 <= s.evolution.crossover_prob <= 1, 'evolution.crossover_prob', 'in [0, 1]', s.evolution.crossover_prob)
 
 
 def _check_widths(space: SpaceSection) -> None:

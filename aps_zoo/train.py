@@ -261,7 +261,7 @@ class _Trainer:
             atomic_write_text(self.out_dir / RUN_RECIPE, saved.to_yaml())
         self.accelerator.print(
             f"train {self.config_ref or self.config.name}: {count_macs(self.config) / 1e6:.2f}M MACs, "
-            f"{self.params / 1e6:.3f}M params | {self.data.dataset_name} | {self.epochs} epochs x {self.batches} "
+            f"{self.params / 1e6:.3f}M params | {self.data.description} | {self.epochs} epochs x {self.batches} "
             f"steps, batch {self.batch_size}"
             f"{f' x {self.tr.grad_accum_steps} accumulated' if self.tr.grad_accum_steps > 1 else ''}, "
             f"{self.accelerator.num_processes} process(es) on {self.accelerator.device}, mixed precision "
@@ -371,7 +371,7 @@ class _Trainer:
         test = evaluate(self.model, self.test_loader, acc, data.num_classes)
         name = self.config_ref or self.config.name
         results = dict(
-            dataset=data.dataset_name, split='test', top1=100 * test['top1'], top5=100 * test['top5'],
+            dataset=data.description, split='test', top1=100 * test['top1'], top5=100 * test['top5'],
             loss=test['loss'],
             epochs=self.epochs, best_epoch=state['best_epoch'], weights=state['best_weights'],
             selected_on=f"val top-1 {state['best_top1']:.4f}" if self.tr.select_best else 'final epoch',
@@ -382,7 +382,7 @@ class _Trainer:
             atomic_write_text(self.out_dir / RUN_RESULTS, json.dumps(results, indent=2) + '\n')
             plot_curves(self.run.log.read(), 'epoch', {'cross-entropy loss': ['train_loss', 'eval_loss'],
                                                        f'{self.eval_split} top-1': ['eval_top1', 'ema_eval_top1']},
-                        self.out_dir / 'curves.png', title=f"{name} on {data.dataset_name}")
+                        self.out_dir / 'curves.png', title=f"{name} on {data.description}")
         acc.print(f"test top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f} ({state['best_weights']} weights "
                   f"of epoch {state['best_epoch']}); wrote {self.out_dir}")
         acc.wait_for_everyone()

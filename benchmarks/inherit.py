@@ -37,7 +37,8 @@ from aps_zoo.flops import count_macs, uniform_at_budget
 from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
 from aps_zoo.recipe import recipe_from_dict
-from aps_zoo.search.loop import BN_BATCHES, search
+from aps_zoo.search.decode import BN_BATCHES
+from aps_zoo.search.loop import search
 from aps_zoo.runs import RUN_WEIGHTS
 from aps_zoo.inherited import INHERITED_DIR, inherited_model, write_inherited
 from aps_zoo.spaces import SearchSpace

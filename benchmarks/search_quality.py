@@ -7,9 +7,11 @@ For one recipe (space, data, budget) it runs, in one process and one after anoth
     independent  the same search with projections frozen at overlap 0 (no sharing)
     task_and_penalty  APS with projections learning from the task loss and the penalty
     uniform      the family's standard network with every width scaled to fit the budget
-    random       N random configs drawn in the controller's band [min_budget_fraction x budget, budget]
-                 (uniform among the feasible options of each decision), the best one by a short proxy
-                 training scored on the held-out split (never the test split)
+    random       N random configs drawn uniformly from the band [min_budget_fraction x budget, budget]
+                 (the library's ``random`` strategy), the best one by a short proxy training scored on
+                 the held-out split (never the test split)
+    evolution    the APS-T search with ``search.strategy: evolution`` (aging evolution inside the band,
+                 scored by the supernet)
 
 then retrains every resulting config from scratch once per seed and reports test top-1 (mean ± std),
 MACs, params and search wall time as Markdown and a bar chart, plus the sharing level through the
@@ -58,19 +60,19 @@ from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
 from aps_zoo.recipe import Recipe, RecipeError, recipe_from_dict
 from aps_zoo.runs import list_checkpoints
-from aps_zoo.search.controller import Controller
 from aps_zoo.search.loop import search
+from aps_zoo.search.strategies import create_strategy
 from aps_zoo.spaces import space_from_recipe
 from aps_zoo.train import train
 
-METHODS = ('aps', 'ordinal', 'independent', 'task_and_penalty', 'uniform', 'random')
+METHODS = ('aps', 'ordinal', 'independent', 'task_and_penalty', 'uniform', 'random', 'evolution')
 SEARCHES = {'aps': {}, 'ordinal': {'overlap': 1.0, 'learn_projections': False},
             'independent': {'overlap': 0.0, 'learn_projections': False},
-            'task_and_penalty': {'projection_grad': 'task_and_penalty'}}
+            'task_and_penalty': {'projection_grad': 'task_and_penalty'}, 'evolution': {'strategy': 'evolution'}}
 LABELS = {'aps': 'APS-T (learned sharing, penalty gradients)', 'ordinal': 'ordinal sharing (overlap 1, frozen)',
           'independent': 'independent (overlap 0, frozen)',
           'task_and_penalty': 'APS, projections from task loss + penalty', 'uniform': 'uniform width',
-          'random': 'random search (best of N)'}
+          'random': 'random search (best of N)', 'evolution': 'APS-T supernet, evolution strategy'}
 BOOTSTRAP = 4000
 SHARING_TOL = 0.01
 
@@ -243,18 +245,17 @@ def test_correctness(out_dir: Path, test_loader) -> List[int]:
 
 
 def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
-    """Best of N random configs of the controller's band by held-out top-1 after a short proxy training."""
+    """Best of N random configs of the band (the library's random strategy) by held-out top-1 after a short
+    proxy training."""
     done = runs / 'random' / 'search_result.json'
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    sampler = Controller(space, recipe.search.budget_macs, min_fraction=recipe.search.min_budget_fraction)
-    generator = torch.Generator().manual_seed(recipe.seed)
+    draws = create_strategy('random', space, recipe.search, recipe.seed).propose(q.random_samples)
     proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
                                                                   select_best=True))
     t0 = time.time()
     tried = []
-    for i in tqdm(range(q.random_samples), desc='random search (proxy training)', leave=False):
-        choices = sampler.uniform(generator)
+    for i, choices in enumerate(tqdm(draws, desc='random search (proxy training)', leave=False)):
         out_dir = runs / 'random' / f'proxy{i}'
         res = train_run(proxy, space.config(choices, {'source': 'random', 'draw': i}), out_dir, cpu)
         tried.append({'choices': choices, 'val_top1': res['best_val_top1']})
@@ -283,7 +284,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
     previous = _read_json(out / f'{stem}.json') or {}
-    summary = {'setting': stem, 'recipe': str(recipe_path), 'dataset': data.dataset_name,
+    summary = {'setting': stem, 'recipe': str(recipe_path), 'dataset': data.description,
                'test_images': data.sizes['test'],
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'widest_macs': widest, 'budget_macs': budget, 'budget_fraction': q.budget_fraction,

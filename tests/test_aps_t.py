@@ -14,7 +14,7 @@ from aps_zoo.aps import (APSConv2d, APSLinear, add_orthogonality_grad_, aps_modu
 from aps_zoo.aps.sharing import (MAX_LR_WEIGHT, REFERENCE_PROJECTION_LR, TRANSITION_LR_WEIGHT_UPDATES,
                                  transition_projection_lr)
 from aps_zoo.recipe import RecipeError, recipe_from_dict
-from aps_zoo.search.loop import _Searcher, make_accelerator, search
+from aps_zoo.search.loop import Searcher, make_accelerator, search
 from aps_zoo.spaces import APSSupernet, build_space
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,11 +180,11 @@ def test_projection_lr_precedence(tmp_path):
     over the search's post-warm-up projection updates (3 epochs x 4 steps / orthogonal_every), under
     ``task_and_penalty`` it is the reference's."""
     acc = make_accelerator(cpu=True)
-    derived = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, orthogonal_every=2)), acc, tmp_path)
+    derived = Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, orthogonal_every=2)), acc, tmp_path)
     assert derived.projection_lr == pytest.approx(transition_projection_lr(0.25, 3 * 4 // 2, 5e-3))
-    explicit = _Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, projection_lr=0.01)), acc, tmp_path)
+    explicit = Searcher(recipe_from_dict(tiny(tmp_path, sharing_transition=0.25, projection_lr=0.01)), acc, tmp_path)
     assert explicit.projection_lr == 0.01
-    with_task = _Searcher(recipe_from_dict(tiny(tmp_path, projection_grad='task_and_penalty')), acc, tmp_path)
+    with_task = Searcher(recipe_from_dict(tiny(tmp_path, projection_grad='task_and_penalty')), acc, tmp_path)
     assert with_task.projection_lr == REFERENCE_PROJECTION_LR == 1e-3  # the law is for penalty-only updates
 
 

@@ -106,9 +106,9 @@ def test_controller_learns_peaked_reward_under_the_mask():
     generator = torch.Generator().manual_seed(0)
     assert controller.sample(greedy=True)[0] != TARGET
     for step in range(600):
-        choices, log_prob, entropy = controller.sample(generator)
-        assert SPACE.macs(choices) <= BUDGET
-        reinforce.step(log_prob, entropy, sum(a == b for a, b in zip(choices, TARGET)) / len(TARGET))
+        archs = [controller.sample(generator)[0] for _ in range(4)]
+        assert all(SPACE.macs(choices) <= BUDGET for choices in archs)
+        reinforce.update(archs, [sum(a == b for a, b in zip(choices, TARGET)) / len(TARGET) for choices in archs])
         if step % 25 == 24 and controller.sample(greedy=True)[0] == TARGET:
             break
     assert controller.sample(greedy=True)[0] == TARGET

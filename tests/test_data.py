@@ -35,7 +35,7 @@ def test_digits_splits_shapes_and_disjoint_holdout():
     assert bundle.num_classes == 10 and bundle.class_names == [str(i) for i in range(10)]
     assert bundle.input_size == (3, 8, 8)
     assert bundle.sizes == {'train': 1293, 'val': 144, 'test': 360}  # 20% test carved, then 10% of the rest
-    assert 'scikit-learn digits (1797 8x8 images' in bundle.dataset_name and 'carved' in bundle.dataset_name
+    assert 'scikit-learn digits (1797 8x8 images' in bundle.description and 'carved' in bundle.description
     images, labels = next(iter(bundle.train))
     assert images.shape == (32, 3, 8, 8) and images.dtype == torch.float32 and labels.dtype == torch.int64
     assert len(bundle.train) == 1293 // 32  # drop_last
@@ -124,7 +124,7 @@ def test_parquet_dir_detects_columns_encodes_labels_and_carves_test(tmp_path):
     bundle = build_loaders(data, seed=0, holdout=True)
     assert bundle.num_classes == 13
     assert bundle.sizes == {'train': 24, 'val': 6, 'test': 10}
-    assert 'parquet' in bundle.dataset_name and 'test: 10 images carved' in bundle.dataset_name
+    assert 'parquet' in bundle.description and 'test: 10 images carved' in bundle.description
     x, y = next(iter(bundle.train))
     assert x.shape == (8, 3, 8, 8)
     assert sorted(set(torch.cat([y for _, y in bundle.test]).tolist())) == [0, 4, 8, 12]
@@ -206,7 +206,7 @@ def test_save_to_disk_folders_and_single_parquet_and_arrow_files(tmp_path):
         sizes[name] = (bundle.sizes['train'], bundle.sizes['test'])
     assert sizes == {'dict': (30, 10), 'single': (32, 8), 'all.parquet': (32, 8), 'all.arrow': (32, 8)}
     assert 'save_to_disk folder' in build_loaders(DataSection(dataset=str(tmp_path / 'dict'), **common), seed=0,
-                                                  holdout=False).dataset_name
+                                                  holdout=False).description
     with pytest.raises(DataError, match='data.revision cannot be used with a save_to_disk folder'):
         build_loaders(DataSection(dataset=str(tmp_path / 'dict'), revision='main'), seed=0, holdout=False)
     (tmp_path / 'notes.txt').write_text('x')
@@ -223,7 +223,7 @@ def test_data_files_per_split_with_a_builder_name(tmp_path):
         'train': str(tmp_path / 'a.parquet'), 'test': [str(tmp_path / 'b.parquet')]}}})
     bundle = build_loaders(recipe.data, seed=0, holdout=True)
     assert bundle.sizes == {'train': 28, 'val': 4, 'test': 8}  # stratified: one val image per class
-    assert bundle.dataset_name.startswith('parquet {')
+    assert bundle.description.startswith('parquet {')
 
 
 def test_config_name_and_revision_reach_load_dataset(monkeypatch):
@@ -237,7 +237,7 @@ def test_config_name_and_revision_reach_load_dataset(monkeypatch):
     data = DataSection(dataset='someone/pets', config_name='small', revision='v1.0', image_size=8, batch_size=4)
     bundle = build_loaders(data, seed=0, holdout=False)
     assert seen == {'path': 'someone/pets', 'name': 'small', 'revision': 'v1.0', 'streaming': False}
-    assert 'someone/pets (Hugging Face Hub, name small, revision v1.0)' in bundle.dataset_name
+    assert 'someone/pets (Hugging Face Hub, name small, revision v1.0)' in bundle.description
 
 
 def test_streaming_integer_labels_need_num_classes(tmp_path):

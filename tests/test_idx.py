@@ -70,7 +70,7 @@ def test_idx_folder_through_the_loaders(tmp_path):
                        augment=False, mean=(0.0, 0.0, 0.0), std=(1.0, 1.0, 1.0))
     bundle = build_loaders(data, seed=0, holdout=True)
     assert bundle.num_classes == 4 and bundle.sizes == {'train': 36, 'val': 4, 'test': 12}
-    assert bundle.dataset_name.startswith(f"IDX folder {tmp_path / 'm'} (4 classes")
+    assert bundle.description.startswith(f"IDX folder {tmp_path / 'm'} (4 classes")
     pixels, labels = next(iter(bundle.test))
     images, expected = arrays['t10k']
     assert pixels.shape == (12, 3, 8, 8) and labels.tolist() == expected.tolist()
@@ -84,7 +84,7 @@ def test_train_only_folder_gets_a_carved_test_split_and_plain_file_wins(tmp_path
     data = DataSection(dataset=str(tmp_path / 'm'), image_size=8, batch_size=8, augment=False)
     bundle = build_loaders(data, seed=0, holdout=False)
     assert bundle.sizes == {'train': 40, 'val': None, 'test': 10}
-    assert 'carved from the train split' in bundle.dataset_name
+    assert 'carved from the train split' in bundle.description
 
 
 def _tiny_bomb(path, claimed_images=10, extra=8 << 20):

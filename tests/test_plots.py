@@ -76,7 +76,7 @@ def test_curves_have_integer_epoch_ticks_labels_and_a_wrapped_title(tmp_path, fi
     assert ax.get_ylabel() == 'accuracy' and ax.get_xlabel() == 'epoch'
     assert all(float(t).is_integer() for t in ax.get_xticks())
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [
-        'held-out, greedy subnet', 'train, sampled subnets', 'warm-up']
+        "held-out, strategy's pick", 'train, sampled subnets', 'warm-up']
     np.testing.assert_allclose(ax.lines[0].get_ydata(), [0.1 * e for e in range(6)])
     lines = fig._suptitle.get_text().splitlines()
     assert len(lines) > 1 and max(len(line) for line in lines) <= 4.2 * 11

@@ -11,6 +11,7 @@ import torch
 import yaml
 
 from aps_zoo.channels import ChannelConfig
+from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
@@ -27,7 +28,8 @@ def tiny(tmp_path, **search_overrides):
         'data': {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
         'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
         'search': {'budget_macs': BUDGET, 'epochs': 4, 'warmup_epochs': 1, 'steps_per_epoch': 4,
-                   'decode_top_k': 3, 'controller': {'steps_per_epoch': 3}, **search_overrides},
+                   'decode_candidates': 12, 'decode_top_k': 3, 'band_samples': 4,
+                   'controller': {'steps_per_epoch': 3, 'samples_per_update': 4}, **search_overrides},
     }
     return data
 
@@ -42,33 +44,50 @@ def test_search_writes_config_report_and_plots(tmp_path):
     assert all(w in (4, 8, 16) for w in config.widths)
     assert [r['repaired'] for r in result.decoded] == [False] * 3
     assert all(0.9 * BUDGET <= r['macs'] <= BUDGET for r in result.decoded)
-    assert 'repaired: 0 of 3 decoded candidates' in (out / 'search_report.md').read_text()
+    report = (out / 'search_report.md').read_text()
+    assert 'repaired: 0 of 3 re-scored candidates' in report
+    # decoding: N = 12 proposals scored by the supernet, the best 3 re-scored; the report names the rank
+    assert result.candidates == 12 and sorted(r['rank'] for r in result.decoded) == [1, 2, 3]
+    assert "N = 12 candidates" in report and f"ranked {result.decoded[0]['rank']} of 12" in report
+    assert result.uniform['score'] >= 0 and f"held-out accuracy {result.uniform['val_acc']:.4f}" in report
     records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
     assert [r['epoch'] for r in records] == [0, 1, 2, 3]
     assert records[0]['phase'] == 'warmup' and 'reward' not in records[0]
     assert all(0.9 * BUDGET <= r['greedy_macs'] <= BUDGET for r in records)
     assert all('reward' in r and 0 <= r['sharing_mean'] <= 1.0001 for r in records[1:])
+    # the policy's samples against band samples on the same supernet, and the policy's entropy
+    assert all(0 <= r['band_reward'] <= 1 and r['entropy'] > 0 for r in records[1:])
     for name in ('search_curves.png', 'widths.png', 'sharing_layers.png', 'search_report.md', 'recipe.yaml'):
         assert (out / name).stat().st_size > 0, name
     assert 0 <= result.test_accuracy <= 1
 
 
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path):
-    full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
+STRATEGIES = {'reinforce': {}, 'random': {'strategy': 'random'},
+              'evolution': {'strategy': 'evolution', 'evolution': {'population': 6, 'tournament': 3}}}
+
+
+@pytest.mark.parametrize('strategy', sorted(STRATEGIES))
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, strategy):
+    """Every strategy's state (policy and optimizer, archive, population, RNG) is in the checkpoint."""
+    full = search(recipe_from_dict(tiny(tmp_path / 'a', **STRATEGIES[strategy])), cpu=True)
     run_a = tmp_path / 'a' / 'tiny' / 'search'
     # a run killed during epoch 3: its newest checkpoint is epoch 2
     shutil.copytree(tmp_path / 'a', tmp_path / 'b')
     run_b = tmp_path / 'b' / 'tiny' / 'search'
     shutil.rmtree(run_b / 'checkpoints' / 'epoch_0003')
     (run_b / 'channel_config.json').unlink()
-    resumed = search(recipe_from_dict(tiny(tmp_path / 'b')), resume=True, cpu=True)
+    resumed = search(recipe_from_dict(tiny(tmp_path / 'b', **STRATEGIES[strategy])), resume=True, cpu=True)
     assert resumed.config.widths == full.config.widths
-    assert resumed.decoded == full.decoded  # the masked beam decodes the same candidates, scored alike
-    state_a = load_plain_state(run_a / 'checkpoints' / 'epoch_0003')
-    state_b = load_plain_state(run_b / 'checkpoints' / 'epoch_0003')
-    for key, tensor in state_a['reinforce']['controller'].items():
-        assert (tensor == state_b['reinforce']['controller'][key]).all(), key
-    assert state_a['reinforce']['baseline'] == state_b['reinforce']['baseline']
+    assert resumed.decoded == full.decoded  # the same N candidates proposed, scored alike
+    state_a = load_plain_state(run_a / 'checkpoints' / 'epoch_0003')['strategy']
+    state_b = load_plain_state(run_b / 'checkpoints' / 'epoch_0003')['strategy']
+    assert torch.equal(state_a['generator'], state_b['generator']) and state_a['archive'] == state_b['archive']
+    if strategy == 'reinforce':
+        for key, tensor in state_a['reinforce']['controller'].items():
+            assert (tensor == state_b['reinforce']['controller'][key]).all(), key
+        assert state_a['reinforce']['baseline'] == state_b['reinforce']['baseline']
+    if strategy == 'evolution':
+        assert state_a['population'] == state_b['population'] and len(state_a['population']) == 6
     epochs = [json.loads(line)['epoch'] for line in (run_b / 'metrics.jsonl').read_text().splitlines()]
     assert epochs == [0, 1, 2, 3]
 
@@ -134,9 +153,16 @@ def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
     assert len(records) == 4
     for r in records:
         assert len(r['arch_digests']) == 2 and r['arch_digests'][0] == r['arch_digests'][1], r['arch_digests']
+        assert r['greedy_digests'][0] == r['greedy_digests'][1]  # the main process's pick, broadcast
+    # each held-out image counted once across ranks: accuracies are multiples of 1 / 288 (the held-out images);
+    # counting the duplicates that pad them to one batch of 256 per rank would make them multiples of 1 / 512
+    held_out = build_loaders(recipe_from_dict(tiny(tmp_path)).data, seed=3, holdout=True).sizes['val']
+    assert held_out == 288
+    for acc in [r['val_acc'] for r in records]:
+        assert abs(acc * held_out - round(acc * held_out)) < 1e-6, (acc, held_out)
     assert sorted(p.name for p in out.glob('*.json')) == ['channel_config.json']
     assert 0.9 * BUDGET <= count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET
-    assert 'repaired: 0 of 3 decoded candidates' in (out / 'search_report.md').read_text()
+    assert 'repaired: 0 of 3 re-scored candidates' in (out / 'search_report.md').read_text()
 
 
 def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
@@ -176,8 +202,8 @@ def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path):
     assert resumed.config.widths == full.config.widths
     a = load_plain_state(tmp_path / 'a' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
     b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
-    for key, tensor in a['reinforce']['controller'].items():
-        assert (tensor == b['reinforce']['controller'][key]).all(), key
+    for key, tensor in a['strategy']['reinforce']['controller'].items():
+        assert (tensor == b['strategy']['reinforce']['controller'][key]).all(), key
 
 
 def test_recipe_for_more_gpus_than_present(tmp_path):
@@ -223,9 +249,9 @@ def test_search_under_bf16_mixed_precision(tmp_path):
 
 def _trained_searcher(tmp_path, **search_overrides):
     from aps_zoo.runs import make_accelerator
-    from aps_zoo.search.loop import _Searcher
+    from aps_zoo.search.loop import Searcher
     recipe = recipe_from_dict(tiny(tmp_path, epochs=3, warmup_epochs=3, steps_per_epoch=None, **search_overrides))
-    searcher = _Searcher(recipe, make_accelerator(cpu=True, seedable_sampler=True), tmp_path / 'out')
+    searcher = Searcher(recipe, make_accelerator(cpu=True, seedable_sampler=True), tmp_path / 'out')
     for epoch in range(3):
         searcher.set_schedule(epoch, True)
         searcher.train_epoch(epoch, True)

@@ -1,1 +1,1 @@
-"""Controller, REINFORCE and the Accelerate search loop."""
+"""Search strategies (REINFORCE controller, random, evolution), the supernet trainer and its Accelerate loop."""

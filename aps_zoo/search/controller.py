@@ -4,14 +4,14 @@ Input at each step: an embedding of the previous choice, a one-hot of the decisi
 fraction of the MACs budget left (budget minus the MACs of the smallest network that completes the
 choices made so far). Decoders: sampling and beam search.
 
-Every decoder samples under a hard feasibility rule: at each decision the options after which no
-completion can stay within the budget (even with the smallest MACs for the rest), or reach
-``min_fraction`` x budget (even with the largest), are masked, and the log-probabilities are
-renormalised over the options left. The mask depends only on the choices made so far, so the
-log-probability of an architecture is that of the masked policy and REINFORCE stays exact. The
-bounds are exact (:class:`aps_zoo.spaces.space.MacsTable`); when the band is narrower than one
-decision's step and no option reaches the lower bound, the lower bound is dropped for that decision
-(the budget never is).
+The policy starts from the band distribution: each decision's logits are the head's output plus the
+log of the number of completions of each option that land in the band [min_fraction x budget, budget]
+(:class:`aps_zoo.spaces.band.BandSampler`), and the heads start at zero, so the untrained policy draws
+uniformly over the band (up to the counts' rounding margin, stated there). Options with no completion
+counted, or after which no completion can stay within the budget or reach the band's lower end (exact
+bounds of :class:`aps_zoo.spaces.space.MacsTable`), are masked. The prior and the mask depend only on the
+choices made so far, so the log-probability of an architecture is that of the masked policy and
+REINFORCE stays exact.
 """
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..spaces import SearchSpace
+from ..spaces.band import band_sampler
 
 
 class Controller(nn.Module):
@@ -34,8 +35,8 @@ class Controller(nn.Module):
         self.space = space
         self.budget = float(budget_macs)
         self.table = space.macs_table()
-        # the lower end of the band; a budget above the largest network counts as that network's MACs
-        self.lower = min_fraction * min(self.budget, self.table.highest[0][()])
+        self.band = band_sampler(space, self.budget, min_fraction)
+        self.lower = self.band.lower  # a budget above the largest network counts as that network's MACs
         n = space.num_decisions
         max_options = max(space.num_options(d) for d in range(n))
         self.hidden_size = hidden_size
@@ -44,44 +45,47 @@ class Controller(nn.Module):
         self.heads = nn.ModuleList([nn.Linear(hidden_size, space.num_options(d)) for d in range(n)])
         self.register_buffer('onehots', torch.eye(n), persistent=False)
         self.start_token = max_options
-        for head in self.heads:  # start near uniform
+        for head in self.heads:  # zero heads: the untrained policy is the band prior
             nn.init.zeros_(head.bias)
-            head.weight.data.mul_(0.1)
+            nn.init.zeros_(head.weight)
 
     def feasible(self, prefix: Sequence[int]) -> Tuple[List[bool], float]:
         """Which options of the next decision keep the band [lower, budget] reachable, and the fraction of
         the budget left (budget minus the smallest MACs of any completion of ``prefix``, clipped to [-1, 1])."""
+        allowed, _, left = self._prior(prefix)
+        return allowed, left
+
+    def _prior(self, prefix: Sequence[int]) -> Tuple[List[bool], List[float], float]:
+        """(allowed options, log completion counts in the band, budget fraction left) of the next decision."""
         bounds = self.table.option_bounds(prefix)
+        log_counts = self.band.log_counts(prefix)
         under = [lo <= self.budget for lo, _ in bounds]
-        both = [u and hi >= self.lower for u, (_, hi) in zip(under, bounds)]
+        both = [u and hi >= self.lower and n > -math.inf for u, (_, hi), n in zip(under, bounds, log_counts)]
         left = (self.budget - min(lo for lo, _ in bounds)) / self.budget
         # an over-budget prefix (only reached by teacher-forcing an architecture outside the band, whose
         # log-probability is then -inf) masks nothing, so that log-probability stays -inf, not nan
         allowed = both if any(both) else under if any(under) else [True] * len(bounds)
-        return allowed, max(-1.0, min(1.0, left))
+        prior = [n if ok and n > -math.inf else 0.0 for ok, n in zip(allowed, log_counts)]
+        return allowed, prior, max(-1.0, min(1.0, left))
 
     def uniform(self, generator: Optional[torch.Generator] = None) -> List[int]:
-        """An architecture drawn uniformly among the feasible options of each decision in turn (warm-up):
-        the supernet trains the subnets of the band the search will sample from."""
-        choices: List[int] = []
-        for _ in range(self.space.num_decisions):
-            allowed = [c for c, ok in enumerate(self.feasible(choices)[0]) if ok]
-            choices.append(allowed[int(torch.randint(len(allowed), (1,), generator=generator))])
-        return choices
+        """An architecture drawn uniformly from the band (:class:`aps_zoo.spaces.band.BandSampler`): the
+        warm-up's and the random search's distribution, and the untrained policy's."""
+        return self.band.sample(generator)
 
     def _logits(self, state, prev: int, d: int, prefix: Sequence[int]):
         """Masked log-probabilities of decision ``d`` (-inf where infeasible) and the new LSTM state."""
-        allowed, left = self.feasible(prefix)
+        allowed, prior, left = self._prior(prefix)
         x = torch.cat([self.embed.weight[prev], self.onehots[d], self.onehots.new_tensor([left])]).unsqueeze(0)
         h, c = self.cell(x, state)
-        logits = self.heads[d](h).squeeze(0)
-        mask = torch.tensor(allowed, device=logits.device)
+        logits = self.heads[d](h).squeeze(0) + torch.tensor(prior, dtype=h.dtype)
+        mask = torch.tensor(allowed)
         return F.log_softmax(logits.masked_fill(~mask, -math.inf), -1), (h, c)
 
     @staticmethod
     def _entropy(logp: torch.Tensor) -> torch.Tensor:
         p = logp.exp()
-        return -(p * logp.masked_fill(p == 0, 0.0)).sum()
+        return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
 
     def _initial_state(self):
         z = self.onehots.new_zeros(1, self.hidden_size)
@@ -106,14 +110,42 @@ class Controller(nn.Module):
 
     def log_prob(self, choices: Sequence[int]) -> Tuple[torch.Tensor, torch.Tensor]:
         """Summed log-probability and entropy of a given architecture (teacher forcing)."""
-        state, prev = self._initial_state(), self.start_token
+        log_probs, entropies = self.log_probs([choices])
+        return log_probs[0], entropies[0]
+
+    def log_probs(self, archs: Sequence[Sequence[int]]) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Summed log-probabilities and entropies of several architectures, teacher-forced as one batch."""
+        return self._batch(len(archs), archs)[1:]
+
+    @torch.no_grad()
+    def sample_many(self, count: int, generator: Optional[torch.Generator] = None) -> List[List[int]]:
+        """``count`` architectures sampled as one batch (the same distribution as :meth:`sample`)."""
+        return self._batch(count, None, generator)[0]
+
+    def _batch(self, k: int, archs: Optional[Sequence[Sequence[int]]], generator=None):
+        """Roll out ``k`` sequences at once, teacher-forced on ``archs`` or sampled; returns (choices, summed
+        log-probabilities, summed entropies)."""
+        z = self.onehots.new_zeros(k, self.hidden_size)
+        state, prev, choices = (z, z), [self.start_token] * k, [[] for _ in range(k)]
         log_probs, entropies = [], []
-        for d, c in enumerate(choices):
-            logp, state = self._logits(state, prev, d, choices[:d])
-            log_probs.append(logp[c])
+        for d in range(self.space.num_decisions):
+            priors = [self._prior(c) for c in choices]
+            left = self.onehots.new_tensor([[p[2]] for p in priors])
+            x = torch.cat([self.embed.weight[prev], self.onehots[d].expand(k, -1), left], 1)
+            state = self.cell(x, state)
+            logits = self.heads[d](state[0]) + torch.tensor([p[1] for p in priors], dtype=z.dtype)
+            mask = torch.tensor([p[0] for p in priors])
+            logp = F.log_softmax(logits.masked_fill(~mask, -math.inf), -1)
+            if archs is None:
+                chosen = torch.multinomial(logp.detach().exp(), 1, generator=generator)[:, 0]
+            else:
+                chosen = torch.tensor([a[d] for a in archs])
+            log_probs.append(logp.gather(1, chosen[:, None])[:, 0])
             entropies.append(self._entropy(logp))
-            prev = c
-        return torch.stack(log_probs).sum(), torch.stack(entropies).sum()
+            prev = chosen.tolist()
+            for c, option in zip(choices, prev):
+                c.append(option)
+        return choices, torch.stack(log_probs).sum(0), torch.stack(entropies).sum(0)
 
     @torch.no_grad()
     def beam_search(self, top_k: int) -> List[Tuple[List[int], float]]:
@@ -138,18 +170,26 @@ def budget_reward(accuracy: float, macs: float, budget: float, under_exponent: f
     return accuracy * math.pow(macs / budget, e)
 
 
+NORM_EPS = 1e-3  # advantages are divided by their RMS plus this (rewards are accuracies: 1e-3 is 0.1 point)
+
+
 @dataclass
 class ReinforceStats:
-    """What one REINFORCE step saw: reward, baseline and policy entropy."""
+    """What one REINFORCE update saw: mean reward of its samples, baseline, mean entropy, loss."""
     reward: float
     baseline: float
-    advantage: float
     entropy: float
     loss: float
 
 
 class Reinforce:
-    """REINFORCE with a moving-average baseline and an entropy bonus, Adam on the controller."""
+    """REINFORCE with an entropy bonus, Adam on the controller, several samples per update.
+
+    Baseline: with k >= 2 samples per update, each sample's baseline is the mean reward of the other k - 1
+    (leave-one-out: unbiased, and it cancels the supernet's drift between updates); with one sample, a
+    moving average of the rewards (decay ``baseline_decay``, the paper's). The moving average is kept
+    either way and logged.
+    """
 
     def __init__(self, controller: Controller, lr: float = 1.6e-4, entropy_weight: float = 4e-3,
                  baseline_decay: float = 0.99, grad_clip: float = 5.0):
@@ -158,18 +198,29 @@ class Reinforce:
         self.entropy_weight, self.baseline_decay, self.grad_clip = entropy_weight, baseline_decay, grad_clip
         self.baseline: Optional[float] = None
 
-    def step(self, log_prob: torch.Tensor, entropy: torch.Tensor, reward: float) -> ReinforceStats:
-        """One policy-gradient update from one sampled architecture and its reward."""
-        if self.baseline is None:
-            self.baseline = reward
-        advantage = reward - self.baseline
-        loss = -advantage * log_prob - self.entropy_weight * entropy
+    def _baselines(self, rewards: Sequence[float]) -> List[float]:
+        k = len(rewards)
+        if k >= 2:
+            return [(sum(rewards) - r) / (k - 1) for r in rewards]
+        return [rewards[0] if self.baseline is None else self.baseline]
+
+    def update(self, archs: Sequence[Sequence[int]], rewards: Sequence[float]) -> ReinforceStats:
+        """One policy-gradient step from sampled architectures and their rewards (log-probabilities are
+        recomputed by teacher forcing: the same as when they were sampled, the policy has not moved)."""
+        advantages = [r - b for r, b in zip(rewards, self._baselines(rewards))]
+        # k >= 2: advantages in units of their RMS (the step no longer depends on how far apart rewards are)
+        scale = math.sqrt(sum(a * a for a in advantages) / len(advantages)) + NORM_EPS if len(advantages) > 1 else 1.0
+        log_probs, entropies = self.controller.log_probs(archs)
+        weights = torch.tensor(advantages, dtype=log_probs.dtype) / scale
+        loss = -(weights * log_probs).mean() - self.entropy_weight * entropies.mean()
         self.optimizer.zero_grad()
         loss.backward()
         nn.utils.clip_grad_norm_(self.controller.parameters(), self.grad_clip)
         self.optimizer.step()
-        self.baseline = self.baseline_decay * self.baseline + (1 - self.baseline_decay) * reward
-        return ReinforceStats(reward, self.baseline, advantage, entropy.item(), loss.item())
+        for r in rewards:
+            self.baseline = r if self.baseline is None else \
+                self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
+        return ReinforceStats(sum(rewards) / len(rewards), self.baseline, entropies.mean().item(), loss.item())
 
     def state_dict(self):
         """Controller, optimizer and baseline state for a checkpoint."""
