@@ -444,7 +444,7 @@ def build_loaders(data: DataSection, seed: int, holdout: bool, interpolation: st
     ``holdout``: carve ``data.val_fraction`` of the training split (seeded, stratified) as ``val``;
     otherwise ``val`` is None and ``train`` is the whole training split. A dataset without
     ``data.test_split`` (and no other split than the training one) gets a test split of
-    ``data.test_fraction`` carved with a fixed seed, noted in ``dataset_name``. Splits are names or
+    ``data.test_fraction`` carved with a fixed seed, noted in ``description``. Splits are names or
     ``datasets`` split expressions (``train[:90%]``); the dataset is opened once per process.
     """
     src = _resolve(data)
