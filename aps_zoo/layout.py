@@ -190,7 +190,7 @@ class NetworkLayout:
 
 
 def shortcut_kind(block: BlockSpec, in_width: int, out_width: int) -> Optional[str]:
-    """The shortcut rule shared by supernet and models (DESIGN §3).
+    """The shortcut rule shared by supernet and models (docs/design.md#shortcuts).
 
     ``None``: no residual; ``'identity'``; ``'conv_bn'``: 1x1 conv + BN where widths differ at
     stride 1; ``'pool_conv'``: 2x2 avg-pool + 1x1 conv (no BN) at stride 2.

@@ -1,7 +1,7 @@
 """Shared test settings: no test touches the network; the Hub is offline unless a test serves it locally.
 
 :func:`launch_command` is the `accelerate launch` prefix of the multi-process tests: two gloo ranks on CPU
-(DESIGN §6), each launch on a free port (never Accelerate's default 29500, which another run may hold)."""
+(docs/design.md#two-cpu-ranks), each launch on a free port (never Accelerate's default 29500, which another run may hold)."""
 import os
 import socket
 import sys

@@ -143,7 +143,7 @@ def test_renormalize_only_updated_projections():
 
 
 def _reference_conv(layer, x, c_out, stride):
-    """F.conv2d with the DESIGN einsum kernel: the meaning every plan must reproduce."""
+    """F.conv2d with the einsum kernel of docs/design.md#meta-weights-and-projections: the meaning every plan must reproduce."""
     key = f'{layer.meta_in if layer.fixed_in else x.shape[1]}_{c_out}'
     p = layer.out_proj[key]
     if layer.depthwise:

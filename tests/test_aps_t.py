@@ -77,7 +77,7 @@ def test_grouped_penalty_matches_its_definition(family, depth):
 
 def test_grouped_penalty_sees_sharing():
     """A ResNet-20 layer (candidates 4..64, meta 124): each group's term is ~225 at overlap 1, ~77 at 0.5,
-    ~17 at 0 (DESIGN §3); 208 of the 225 are the exactly shared columns, 2 x sum over candidate pairs of
+    ~17 at 0 (docs/design.md#grouped-orthogonality-penalty); 208 of the 225 are the exactly shared columns, 2 x sum over candidate pairs of
     the smaller width."""
     per_group = {}
     for overlap in (1.0, 0.5, 0.0):

@@ -1,4 +1,4 @@
-"""Two gloo ranks on CPU (DESIGN §6): retraining and its resume keep the ranks' weights identical while they
+"""Two gloo ranks on CPU (docs/design.md#two-cpu-ranks): retraining and its resume keep the ranks' weights identical while they
 read different images; the projections stay out of DDP's buckets under projection_grad: penalty."""
 import json
 import os

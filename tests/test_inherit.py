@@ -340,7 +340,7 @@ def test_cli_one_line_errors(parent, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
-    """`accelerate launch` with two gloo ranks (DESIGN §6): both ranks load the parent and train the same
+    """`accelerate launch` with two gloo ranks (docs/design.md#two-cpu-ranks): both ranks load the parent and train the same
     architectures; the main process writes the inherited child."""
     _, path = parent
     recipe = _recipe(tmp_path, str(path))

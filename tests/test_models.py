@@ -16,7 +16,7 @@ from aps_zoo.flops import count_macs, count_params, layer_table
 from aps_zoo.models import (ApsMobileNetV2, ApsResNet, PretrainedWeightsNotFoundError, architecture_for,
                             create_model_from_config, train_recipe, zoo_config, zoo_names)
 
-# DESIGN §4: widths as published, the paper's MACs, our conv+linear count (FlopCounterMode / 2), params.
+# docs/design.md#published-channel-configs: widths as published, the paper's MACs, our conv+linear count (FlopCounterMode / 2), params.
 PAPER = {
     'aps_resnet20_cifar_20m': dict(
         family='resnet_cifar', depth=20, classes=10, size=32, paper_macs=20.6e6, budget=20e6,

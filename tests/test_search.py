@@ -141,7 +141,7 @@ def test_cli_reports_bad_recipe_key_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
-    """DESIGN §6: two gloo ranks on CPU via --multi_gpu with Accelerator(cpu=True) (the --cpu flag)."""
+    """docs/design.md#two-cpu-ranks: two gloo ranks on CPU via --multi_gpu with Accelerator(cpu=True) (the --cpu flag)."""
     path = tmp_path / 'r.yaml'
     path.write_text(yaml.safe_dump(tiny(tmp_path)))
     env = {**os.environ, 'OMP_NUM_THREADS': '1'}

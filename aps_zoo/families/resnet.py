@@ -2,7 +2,7 @@
 (timm's 7x7 stride-2 stem + max-pool, 4 stages, basic blocks for depth 18/34, bottlenecks for 50+).
 
 A config lists the stem, then (mid, out) per basic block or (mid, mid, out) per bottleneck. Every block has a
-residual (DESIGN §3).
+residual (docs/design.md#shortcuts).
 """
 from __future__ import annotations
 

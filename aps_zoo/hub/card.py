@@ -57,7 +57,7 @@ def _card_data(config: ChannelConfig, architecture: str, name: str, results: Seq
 
 
 def _comparison(config: ChannelConfig, results: Sequence[Result]) -> dict:
-    """Template fields of the peer comparison (the family's published peers, DESIGN §4): shown only next to a
+    """Template fields of the peer comparison (the family's published peers, docs/design.md#peer-results): shown only next to a
     measured ImageNet result."""
     peers = get_family(config.family).peers.get(config.depth)
     measured = [r for r in results if r.is_imagenet]
