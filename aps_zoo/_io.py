@@ -11,9 +11,11 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Mapping, Optional
 
+import torch
 from safetensors import SafetensorError
+from safetensors.torch import save_file
 
 # What a failed write raises, by library: OSError (Python), SafetensorError (safetensors: "... (os error 28)"),
 # RuntimeError (torch.save: "PytorchStreamWriter failed writing file ...").
@@ -94,3 +96,12 @@ def atomic_write(path, write: Callable[[Path], None]) -> Path:
 def atomic_write_text(path, text: str) -> Path:
     """Write ``text`` to ``path`` atomically."""
     return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def write_weights(state: Mapping[str, torch.Tensor], path, metadata: Optional[Mapping[str, str]] = None) -> Path:
+    """Write a model's state dict as safetensors, atomically: the one writer of model weights (runs, the
+    inherited child, exports). Tensors are detached, on the CPU and contiguous; the header holds
+    ``format: pt`` (what timm and transformers check) plus ``metadata``."""
+    tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
+    header = {'format': 'pt', **(metadata or {})}
+    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=header))

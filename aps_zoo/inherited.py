@@ -14,18 +14,16 @@ from typing import Dict, Iterable
 
 import torch
 import torch.nn as nn
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch.optim.swa_utils import update_bn
 
-from ._io import atomic_write
-from .runs import RUN_WEIGHTS
+from ._io import write_weights
+from .filenames import CHANNEL_CONFIG_FILE, INHERITED_DIR, WEIGHTS_FILE
 from .channels import ChannelConfig
 from .models import create_model_from_config
 from .spaces.inherit import inherited_state_dict
 from .spaces.parents import InheritError
 
-INHERITED_DIR = 'inherited'
-CONFIG = 'channel_config.json'
 
 
 def load_inherited(model: nn.Module, state: Dict[str, torch.Tensor], where: str) -> None:
@@ -78,9 +76,8 @@ def write_inherited(model: nn.Module, search_dir) -> Path:
     """Write an :func:`inherited_model` as ``<search_dir>/inherited/`` (what ``aps-zoo export`` reads)."""
     folder = Path(search_dir) / INHERITED_DIR
     folder.mkdir(parents=True, exist_ok=True)
-    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    atomic_write(folder / RUN_WEIGHTS, lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
-    model.channel_config.save(folder / CONFIG)
+    write_weights(model.state_dict(), folder / WEIGHTS_FILE)
+    model.channel_config.save(folder / CHANNEL_CONFIG_FILE)
     return folder
 
 
@@ -88,11 +85,11 @@ def inherited_weights(search_dir, config: ChannelConfig) -> Dict[str, torch.Tens
     """The inherited weights a search wrote for ``config`` (``train --init inherited``); raises in one line
     when the search had no parent or wrote another network."""
     folder = Path(search_dir) / INHERITED_DIR
-    if not (folder / RUN_WEIGHTS).is_file():
-        raise InheritError(f"--init inherited: no {folder / RUN_WEIGHTS}; run the search with space.init_from "
+    if not (folder / WEIGHTS_FILE).is_file():
+        raise InheritError(f"--init inherited: no {folder / WEIGHTS_FILE}; run the search with space.init_from "
                            f"(a trained parent) first")
-    searched = ChannelConfig.load(folder / CONFIG)
+    searched = ChannelConfig.load(folder / CHANNEL_CONFIG_FILE)
     if (searched.family, list(searched.widths)) != (config.family, list(config.widths)):
         raise InheritError(f"--init inherited: {folder} holds the weights of {searched.name} "
                            f"{list(searched.widths)}, not of the config being trained {list(config.widths)}")
-    return load_file(str(folder / RUN_WEIGHTS))
+    return load_file(str(folder / WEIGHTS_FILE))

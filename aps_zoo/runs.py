@@ -34,17 +34,11 @@ from accelerate.utils.constants import RNG_STATE_NAME
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from .filenames import METRICS_FILE, STATE_JSON_FILE, STATE_TENSORS_FILE
 from ._io import WRITE_FAILURES, atomic_write, atomic_write_text, write_error
 
-# The files of a run folder (what search and train write, what export reads)
-RUN_WEIGHTS = 'model.safetensors'
-RUN_CONFIG = 'channel_config.json'
-RUN_RESULTS = 'results.json'
-RUN_RECIPE = 'recipe.yaml'
-METRICS_LOG = 'metrics.jsonl'
+# Checkpoint folders: checkpoints/epoch_NNNN, the newest KEEP_CHECKPOINTS kept
 CHECKPOINT_PREFIX = 'epoch_'
-STATE_TENSORS = 'state.safetensors'
-STATE_JSON = 'state.json'
 KEEP_CHECKPOINTS = 2
 
 
@@ -164,14 +158,14 @@ def save_plain_state(state: Dict[str, Any], folder) -> None:
     folder = Path(folder)
     tensors: Dict[str, torch.Tensor] = {}
     structure = _flatten(state, '', tensors)
-    atomic_write(folder / STATE_TENSORS, lambda tmp: save_file(tensors, str(tmp)))
-    atomic_write_text(folder / STATE_JSON, json.dumps(structure))
+    atomic_write(folder / STATE_TENSORS_FILE, lambda tmp: save_file(tensors, str(tmp)))
+    atomic_write_text(folder / STATE_JSON_FILE, json.dumps(structure))
 
 
 def load_plain_state(folder) -> Dict[str, Any]:
     """Inverse of :func:`save_plain_state`; raises CheckpointError naming the bad file."""
     folder = Path(folder)
-    tensors_path, json_path = folder / STATE_TENSORS, folder / STATE_JSON
+    tensors_path, json_path = folder / STATE_TENSORS_FILE, folder / STATE_JSON_FILE
     for p in (tensors_path, json_path):
         if not p.is_file():
             raise CheckpointError(f"checkpoint file missing: {p}")
@@ -399,7 +393,7 @@ class Run:
         set_seed(recipe.seed)
         self.out_dir, self.accelerator = Path(out_dir), accelerator
         self.resuming = resume_mode(resume, out_dir)
-        self.log = MetricsLog(self.out_dir / METRICS_LOG, enabled=accelerator.is_main_process)
+        self.log = MetricsLog(self.out_dir / METRICS_FILE, enabled=accelerator.is_main_process)
         self._lock = RunLock(self.out_dir)
         self._sigterm, self._previous_handler = False, None
 

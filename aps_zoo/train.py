@@ -30,13 +30,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from accelerate import Accelerator
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from timm.data import Mixup
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2, get_optimizer_info
 from timm.scheduler import create_scheduler_v2
 from timm.utils import ModelEmaV3, accuracy
-from ._io import atomic_write, atomic_write_text
+from .filenames import CHANNEL_CONFIG_FILE, INHERITED_DIR, RECIPE_FILE, RESULTS_FILE, TRAIN_CURVES_FILE, WEIGHTS_FILE
+from ._io import atomic_write_text, write_weights
 from ._memory import check_model_memory
 from .channels import ChannelConfig, ChannelConfigError
 from .data import build_loaders
@@ -46,8 +47,8 @@ from .flops import count_macs
 from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection
-from .inherited import INHERITED_DIR, inherited_weights, load_inherited
-from .runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS, Run, check_finite, make_accelerator, progress
+from .inherited import inherited_weights, load_inherited
+from .runs import Run, check_finite, make_accelerator, progress
 
 
 class TrainError(ValueError):
@@ -140,8 +141,7 @@ def evaluate(model: nn.Module, loader, accelerator: Accelerator, num_classes: in
 def _save_weights(accelerator: Accelerator, module: nn.Module, path: Path) -> None:
     state = accelerator.get_state_dict(module)
     if accelerator.is_main_process:
-        tensors = {k: v.detach().cpu().contiguous() for k, v in state.items()}
-        atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata={'format': 'pt'}))
+        write_weights(state, path)
 
 
 def _batches_per_epoch(loader, sizes: Dict[str, Optional[int]], batch_size: int, processes: int,
@@ -255,10 +255,10 @@ class _Trainer:
     def write_inputs(self) -> None:
         """The trained network and the recipe that trains it, next to the weights (the exporter's input)."""
         saved = dataclasses.replace(self.recipe, train=dataclasses.replace(
-            self.tr, config=self.config_ref or str(self.out_dir / RUN_CONFIG)))
+            self.tr, config=self.config_ref or str(self.out_dir / CHANNEL_CONFIG_FILE)))
         if self.accelerator.is_main_process:
-            self.config.save(self.out_dir / RUN_CONFIG)
-            atomic_write_text(self.out_dir / RUN_RECIPE, saved.to_yaml())
+            self.config.save(self.out_dir / CHANNEL_CONFIG_FILE)
+            atomic_write_text(self.out_dir / RECIPE_FILE, saved.to_yaml())
         self.accelerator.print(
             f"train {self.config_ref or self.config.name}: {count_macs(self.config) / 1e6:.2f}M MACs, "
             f"{self.params / 1e6:.3f}M params | {self.data.description} | {self.epochs} epochs x {self.batches} "
@@ -346,7 +346,7 @@ class _Trainer:
         if improved:
             self.state.update(best_top1=top1, best_epoch=epoch, best_weights=which)
             _save_weights(self.accelerator, self.model if which == 'model' else self.ema.module,
-                          self.out_dir / RUN_WEIGHTS)
+                          self.out_dir / WEIGHTS_FILE)
         record = dict(eval_split=self.eval_split, eval_loss=ev['loss'], eval_top1=ev['top1'], eval_top5=ev['top5'])
         if ema_ev:
             record.update(ema_eval_loss=ema_ev['loss'], ema_eval_top1=ema_ev['top1'], ema_eval_top5=ema_ev['top5'])
@@ -364,7 +364,7 @@ class _Trainer:
         """Evaluate the kept weights on the test split; write results.json and the curves."""
         acc, state, data = self.accelerator, self.state, self.data
         acc.wait_for_everyone()
-        weights = self.out_dir / RUN_WEIGHTS
+        weights = self.out_dir / WEIGHTS_FILE
         if not weights.is_file():
             raise TrainError(f"{weights} is missing; the run has no saved weights to evaluate")
         acc.unwrap_model(self.model).load_state_dict(load_file(str(weights)))
@@ -379,10 +379,10 @@ class _Trainer:
             class_names=data.class_names, data_config=data.data_config, batch_size=self.batch_size,
             seed=self.recipe.seed, num_processes=acc.num_processes, mixed_precision=acc.mixed_precision)
         if acc.is_main_process:
-            atomic_write_text(self.out_dir / RUN_RESULTS, json.dumps(results, indent=2) + '\n')
+            atomic_write_text(self.out_dir / RESULTS_FILE, json.dumps(results, indent=2) + '\n')
             plot_curves(self.run.log.read(), 'epoch', {'cross-entropy loss': ['train_loss', 'eval_loss'],
                                                        f'{self.eval_split} top-1': ['eval_top1', 'ema_eval_top1']},
-                        self.out_dir / 'curves.png', title=f"{name} on {data.description}")
+                        self.out_dir / TRAIN_CURVES_FILE, title=f"{name} on {data.description}")
         acc.print(f"test top-1 {test['top1']:.4f}, top-5 {test['top5']:.4f} ({state['best_weights']} weights "
                   f"of epoch {state['best_epoch']}); wrote {self.out_dir}")
         acc.wait_for_everyone()

@@ -31,6 +31,7 @@ from typing import Dict, List
 import torch
 from safetensors.torch import load_file
 
+from aps_zoo.filenames import INHERITED_DIR, METRICS_FILE, WEIGHTS_FILE
 from aps_zoo.channels import ChannelConfig, uniform_widths
 from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs, uniform_at_budget
@@ -39,8 +40,7 @@ from aps_zoo.plots import plt
 from aps_zoo.recipe import recipe_from_dict
 from aps_zoo.search.decode import BN_BATCHES
 from aps_zoo.search.loop import search
-from aps_zoo.runs import RUN_WEIGHTS
-from aps_zoo.inherited import INHERITED_DIR, inherited_model, write_inherited
+from aps_zoo.inherited import inherited_model, write_inherited
 from aps_zoo.spaces import SearchSpace
 from aps_zoo.spaces.inherit import supernet_for
 from aps_zoo.train import train
@@ -106,7 +106,7 @@ def _finetune(recipe, config, init: str, out_dir: Path, start_model) -> List[flo
     """Test top-1 of ``start_model`` (epoch 0), then after each fine-tune epoch."""
     result = train(recipe, config, cpu=True, init=init, out_dir=out_dir)
     curve = [100 * json.loads(line)['eval_top1']  # the training log's fractions, in percent as _test_top1
-             for line in (result.out_dir / 'metrics.jsonl').read_text().splitlines()]
+             for line in (result.out_dir / METRICS_FILE).read_text().splitlines()]
     return [_test_top1(start_model, recipe)] + curve
 
 
@@ -133,7 +133,7 @@ def run_setting(root: Path, parent: Path, fraction: float, seed: int, epochs: in
     search_s = time.time() - t0
     config = searched.config
     inherited = create_model_from_config(config)
-    inherited.load_state_dict(load_file(str(recipe.run_dir / 'search' / INHERITED_DIR / RUN_WEIGHTS)))
+    inherited.load_state_dict(load_file(str(recipe.run_dir / 'search' / INHERITED_DIR / WEIGHTS_FILE)))
     torch.manual_seed(seed)
     scratch = create_model_from_config(config)
     uniform = uniform_at_budget('resnet_cifar', DEPTH, budget, num_classes=10, input_size=(3, 8, 8))

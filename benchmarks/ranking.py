@@ -33,6 +33,7 @@ import torch
 from scipy import stats
 from tqdm.auto import tqdm
 
+from aps_zoo.filenames import CHANNEL_CONFIG_FILE
 from aps_zoo.channels import ChannelConfig
 from aps_zoo.data import build_loaders
 from aps_zoo.plots import plt
@@ -204,7 +205,7 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
     standalone = []
     for i, arch in enumerate(tqdm(archs, desc='standalone training')):
         config, out_dir = space.config(arch, {'source': 'ranking', 'draw': i}), runs / 'standalone' / f'arch{i}'
-        cached = out_dir / 'channel_config.json'
+        cached = out_dir / CHANNEL_CONFIG_FILE
         if cached.is_file() and ChannelConfig.load(cached).widths != config.widths:
             raise ValueError(f"{out_dir} holds another architecture (other recipe or seed): use another --runs")
         standalone.append(train_run(recipe, config, out_dir, cpu)['top1'])

@@ -27,7 +27,7 @@ recipe with one extra section, ``quality``:
       random_proxy_epochs: 4    # proxy training epochs per random config
       methods: [aps, ordinal, independent, uniform, random]   # optional subset
 
-    OMP_NUM_THREADS=1 python benchmarks/search_quality.py recipes/quality_resnet20_digits_50.yaml --out docs/results
+    OMP_NUM_THREADS=1 python benchmarks/search_quality.py recipes/quality_resnet20_digits_10.yaml --out docs/results
 
 Runs live under ``--runs`` (default ``runs/quality/<recipe>``); a rerun reuses finished searches and
 trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut
@@ -53,11 +53,13 @@ import yaml
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from aps_zoo.filenames import CHANNEL_CONFIG_FILE, METRICS_FILE, RESULTS_FILE, WEIGHTS_FILE
 from aps_zoo.channels import ChannelConfig, uniform_widths
 from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs, count_params, uniform_at_budget
 from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
+from aps_zoo._schema import Schema, build, check, load_yaml
 from aps_zoo.recipe import Recipe, RecipeError, recipe_from_dict
 from aps_zoo.runs import list_checkpoints
 from aps_zoo.search.loop import search
@@ -81,55 +83,53 @@ class QualityError(ValueError):
     """Settings of the ``quality`` section that cannot be run."""
 
 
+def _distinct_seeds(seeds: List[int]) -> bool:
+    return len(seeds) >= 2 and len(set(seeds)) == len(seeds)
+
+
+def _distinct_methods(methods: List[str]) -> bool:
+    return bool(methods) and set(methods) <= set(METHODS) and len(set(methods)) == len(methods)
+
+
+POSITIVE = check(lambda v: v >= 1, 'a positive integer')
+
+
 @dataclasses.dataclass
 class Quality:
-    seeds: List[int]
-    budget_fraction: Optional[float] = None
-    random_samples: int = 8
-    random_proxy_epochs: int = 4
-    methods: List[str] = dataclasses.field(default_factory=lambda: list(METHODS))
-    independent_warmup_epochs: Optional[int] = None  # the overlap-0 supernet's own warm-up (its search epochs stay)
+    """The ``quality`` section of a quality recipe (validated by aps_zoo's schema, as the recipe is)."""
+    seeds: List[int] = dataclasses.field(metadata=check(_distinct_seeds, 'a list of at least 2 distinct integers'))
+    budget_fraction: Optional[float] = dataclasses.field(default=None, metadata=check(lambda v: 0 < v <= 1,
+                                                                                      'in (0, 1]'))
+    random_samples: int = dataclasses.field(default=8, metadata=POSITIVE)
+    random_proxy_epochs: int = dataclasses.field(default=4, metadata=POSITIVE)
+    methods: List[str] = dataclasses.field(default_factory=lambda: list(METHODS), metadata=check(
+        _distinct_methods, f"a non-empty list of distinct names from {', '.join(METHODS)}"))
+    # the overlap-0 supernet's own warm-up (its search epochs stay); None: the recipe's own
+    independent_warmup_epochs: Optional[int] = dataclasses.field(default=None, metadata=POSITIVE)
+
+
+SCHEMA = Schema(QualityError, noun='recipe')
 
 
 def parse_quality(section) -> Quality:
     """Validate the ``quality`` section of a recipe."""
-    if not isinstance(section, dict):
+    if section is None:
         raise QualityError("the recipe needs a 'quality' section (a mapping with at least 'seeds')")
-    allowed = [f.name for f in dataclasses.fields(Quality)]
-    unknown = sorted(set(section) - set(allowed))
-    if unknown:
-        raise QualityError(f"unknown key(s) quality.{', quality.'.join(unknown)}; allowed: {', '.join(allowed)}")
-    q = Quality(**section)
-    if (not isinstance(q.seeds, list) or len(q.seeds) < 2 or len(set(q.seeds)) != len(q.seeds)
-            or not all(isinstance(s, int) and not isinstance(s, bool) for s in q.seeds)):
-        raise QualityError(f"quality.seeds must be a list of at least 2 distinct integers, got {q.seeds!r}")
-    if q.budget_fraction is not None and (isinstance(q.budget_fraction, bool) or
-                                          not isinstance(q.budget_fraction, (int, float)) or
-                                          not 0 < q.budget_fraction <= 1):
-        raise QualityError(f"quality.budget_fraction must be in (0, 1], got {q.budget_fraction!r}")
-    for key in ('random_samples', 'random_proxy_epochs'):
-        _check_positive_int(key, getattr(q, key))
-    if q.independent_warmup_epochs is not None:  # None: the recipe's own warm-up
-        _check_positive_int('independent_warmup_epochs', q.independent_warmup_epochs)
-    if not isinstance(q.methods, list) or not q.methods or not set(q.methods) <= set(METHODS) \
-            or len(set(q.methods)) != len(q.methods):
-        raise QualityError(f"quality.methods must be a non-empty list of distinct names from {', '.join(METHODS)}, "
-                           f"got {q.methods!r}")
+    q = build(Quality, section, SCHEMA, ('quality',))
     q.methods = [m for m in METHODS if m in q.methods]
     return q
 
 
-def _check_positive_int(key: str, value) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise QualityError(f"quality.{key} must be a positive integer, got {value!r}")
-
-
 def load_quality_recipe(path) -> tuple:
-    """(Recipe, Quality) of a quality recipe file; errors name the file."""
+    """(Recipe, Quality) of a quality recipe file (repeated keys refused, as for every recipe); errors name
+    the file."""
     path = Path(path)
     if not path.is_file():
         raise QualityError(f"recipe file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
+    try:
+        data = load_yaml(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise QualityError(f"{path}: {e}") from None
     if not isinstance(data, dict):
         raise QualityError(f"{path}: a recipe must be a mapping")
     try:
@@ -212,7 +212,7 @@ def run_search(recipe: Recipe, method: str, runs: Path, q: Quality, cpu: bool) -
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
-           'metrics': str(result.out_dir / 'metrics.jsonl'),
+           'metrics': str(result.out_dir / METRICS_FILE),
            'repaired': [sum(r['repaired'] for r in result.decoded), len(result.decoded)]}
     _write_json(done, out)
     return {**out, 'reused': False}
@@ -220,11 +220,11 @@ def run_search(recipe: Recipe, method: str, runs: Path, q: Quality, cpu: bool) -
 
 def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
     """``train``'s results.json for ``config`` in ``out_dir`` (reused when done, resumed when interrupted)."""
-    results = _read_json(out_dir / 'results.json')
+    results = _read_json(out_dir / RESULTS_FILE)
     reused = results is not None
     if not reused:
         results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
-    records = [json.loads(line) for line in (out_dir / 'metrics.jsonl').read_text().splitlines()]
+    records = [json.loads(line) for line in (out_dir / METRICS_FILE).read_text().splitlines()]
     return {**results, 'reused': reused, 'train_s': sum(r['time_s'] for r in records),
             'best_val_top1': 100 * max(r['eval_top1'] for r in records if r['eval_split'] == 'val')  # percent
             if records[0]['eval_split'] == 'val' else None}
@@ -236,8 +236,8 @@ def test_correctness(out_dir: Path, test_loader) -> List[int]:
     cache = out_dir / 'test_correct.json'
     if cache.is_file():
         return json.loads(cache.read_text())
-    model = create_model_from_config(ChannelConfig.load(out_dir / 'channel_config.json'))
-    model.load_state_dict(load_file(str(out_dir / 'model.safetensors')))
+    model = create_model_from_config(ChannelConfig.load(out_dir / CHANNEL_CONFIG_FILE))
+    model.load_state_dict(load_file(str(out_dir / WEIGHTS_FILE)))
     model.eval()
     correct = [int(v) for x, y in test_loader for v in (model(x).argmax(-1) == y).tolist()]
     cache.write_text(json.dumps(correct) + '\n')

@@ -1,6 +1,5 @@
 """Controller: exact MACs bounds, budget-feasible masked sampling, peaked synthetic reward, beam search."""
 import itertools
-import math
 import random
 
 import pytest

@@ -28,7 +28,7 @@ def test_recipes_load(sq, name):
 
 @pytest.mark.parametrize('section, match', [
     (None, "needs a 'quality' section"),
-    ({'seeds': [0, 1], 'budget': 3}, 'unknown key'),
+    ({'seeds': [0, 1], 'budget': 3}, "unknown recipe key 'quality.budget'"),
     ({'seeds': [0]}, 'at least 2 distinct'),
     ({'seeds': [0, 0]}, 'at least 2 distinct'),
     ({'seeds': [0, 1], 'budget_fraction': 1.5}, 'budget_fraction'),
@@ -47,6 +47,9 @@ def test_bad_recipe_names_file(sq, tmp_path):
     with pytest.raises(sq.QualityError, match=r'q\.yaml.*search\.overlap'):
         sq.load_quality_recipe(path)
     assert sq.main([str(path), '--out', str(tmp_path / 'out')]) == 2
+    path.write_text('quality: {seeds: [0, 1]}\nquality: {seeds: [2, 3]}\n')  # plain PyYAML keeps the last
+    with pytest.raises(sq.QualityError, match=r"q\.yaml: duplicate key 'quality'"):
+        sq.load_quality_recipe(path)
 
 
 def test_independent_gets_its_own_warmup(sq, tmp_path):

@@ -12,15 +12,14 @@ from .card import BASE_TAGS, PAPER_CITATION, build_card
 from .configs import DEFAULT_HUB_CONFIGS, DEFAULT_LICENSE, HubConfig, load_hub_config, load_hub_configs
 from .errors import HubConfigError, HubError
 from .export import export, export_run, load_line
-from .folder import (CARD_NAME, CONFIG_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, WEIGHTS_NAME, CheckedFolder,
-                     check_folder, load)
+from .folder import EXPORT_FILES, CheckedFolder, check_folder, load
 from .push import push, push_all
 from .results import DATASET_NAMES, IMAGENET_IDS, RESULT_KEYS, Result, parse_result
 
 __all__ = [
-    'BASE_TAGS', 'CARD_NAME', 'CONFIG_NAME', 'DATASET_NAMES', 'DEFAULT_HUB_CONFIGS', 'DEFAULT_LICENSE',
-    'EXPORT_FILES', 'IMAGENET_IDS', 'PAPER_CITATION', 'PLOT_NAME', 'RECIPE_NAME', 'RESULT_KEYS',
-    'WEIGHTS_NAME', 'CheckedFolder', 'HubConfig', 'HubConfigError', 'HubError', 'Result', 'build_card',
+    'BASE_TAGS', 'DATASET_NAMES', 'DEFAULT_HUB_CONFIGS', 'DEFAULT_LICENSE',
+    'EXPORT_FILES', 'IMAGENET_IDS', 'PAPER_CITATION', 'RESULT_KEYS',
+    'CheckedFolder', 'HubConfig', 'HubConfigError', 'HubError', 'Result', 'build_card',
     'check_folder', 'export', 'export_run', 'load', 'load_hub_config', 'load_line', 'load_hub_configs', 'parse_result',
     'provenance_label', 'provenance_summary', 'push', 'push_all', 'zoo_table',
 ]

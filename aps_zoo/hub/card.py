@@ -9,6 +9,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from huggingface_hub import EvalResult, ModelCard, ModelCardData
 
+from ..filenames import WIDTHS_PLOT_FILE
 from .. import __version__
 from ..channels import ChannelConfig, NetworkLayout, uniform_widths
 from ..data import DIGITS
@@ -16,7 +17,6 @@ from ..families import get_family
 from ..flops import count_macs, count_params, uniform_like
 from ..models.zoo import family_label, fmt_count, provenance_summary
 from .configs import DEFAULT_LICENSE, hub_dataset_ids
-from .folder import PLOT_NAME
 from .results import Result
 from .run_record import RunRecord
 
@@ -106,7 +106,7 @@ def build_card(config: ChannelConfig, architecture: str, repo_id: Optional[str],
         provenance_summary=provenance_summary(config), parent=config.provenance.get('parent'),
         parent_revision=config.provenance.get('parent_revision', 'unknown'), trained='trained ' + ', '.join(trained) if trained else '',
         results=list(results), **_comparison(config, results), **_widths(config),
-        plot=PLOT_NAME if with_plot else None,
+        plot=WIDTHS_PLOT_FILE if with_plot else None,
         provenance=[(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.provenance.items()],
         recipe=record.recipe_text.rstrip() if record.recipe_text else None, reproduce=record.reproduce,
         evaluation=record.evaluation, training=record.training, labels=_labels(record.label_names),

@@ -22,20 +22,20 @@ from typing import Any, Dict, Iterator, Mapping, Optional
 import timm
 import torch
 import yaml
-from safetensors.torch import load_file, save_file
-from timm.models import save_for_hf
+from safetensors.torch import load_file
+from timm.models._hub import save_config_for_hf
 
+from ..filenames import (CARD_FILE, CHANNEL_CONFIG_FILE, HUB_CONFIG_FILE, RECIPE_FILE, RESULTS_FILE, WEIGHTS_FILE,
+                         WIDTHS_PLOT_FILE)
 from .. import __version__, models
-from .._io import atomic_write_text
+from .._io import atomic_write_text, write_weights
 from ..channels import ChannelConfig, ChannelConfigError
 from ..models.zoo import provenance_summary
 from ..plots import plot_widths
-from ..runs import RUN_CONFIG, RUN_RECIPE, RUN_RESULTS, RUN_WEIGHTS
 from .card import build_card
 from .configs import DEFAULT_LICENSE, HubConfig, check_repo_id, load_hub_config
 from .errors import HubError
-from .folder import (CARD_NAME, EXPORT_FILES, PLOT_NAME, RECIPE_NAME, WEIGHTS_NAME, CheckedFolder, check_folder,
-                     check_weights, same_network)
+from .folder import EXPORT_FILES, CheckedFolder, check_folder, check_weights, same_network
 from .results import as_results, merge_results, parse_result
 from .run_record import RunRecord, run_record
 
@@ -178,7 +178,7 @@ def load_line(folder) -> str:
 
 def weights_metadata(config: ChannelConfig, architecture: str) -> Dict[str, str]:
     """The safetensors header metadata of an export: the tensor format and where the weights come from."""
-    return {'format': 'pt', 'architecture': architecture, 'channel_config': json.dumps(config.to_dict()),
+    return {'architecture': architecture, 'channel_config': json.dumps(config.to_dict()),
             'provenance': provenance_summary(config), 'aps_zoo_version': __version__}
 
 
@@ -189,15 +189,15 @@ def _write(model: torch.nn.Module, config: ChannelConfig, staging: Path, card, r
     model_config = {'channel_config': config.to_dict()}
     if record.label_names:
         model_config['label_names'] = list(record.label_names)
-    save_for_hf(model, staging, model_config=model_config, safe_serialization=True,
-                data_config={**(record.data_config or {}), 'input_size': tuple(config.input_size)})
-    save_file(model.state_dict(), str(staging / WEIGHTS_NAME),
-              metadata=weights_metadata(config, model.pretrained_cfg['architecture']))
+    save_config_for_hf(model, staging / HUB_CONFIG_FILE, model_config=model_config,  # timm's save_for_hf, less weights
+                       data_config={**(record.data_config or {}), 'input_size': tuple(config.input_size)})
+    write_weights(model.state_dict(), staging / WEIGHTS_FILE,
+                  metadata=weights_metadata(config, model.pretrained_cfg['architecture']))
     if plots:
-        plot_widths(config, staging / PLOT_NAME, title=f'{name}: output channels per width entry')
+        plot_widths(config, staging / WIDTHS_PLOT_FILE, title=f'{name}: output channels per width entry')
     if record.recipe_text:
-        atomic_write_text(staging / RECIPE_NAME, record.recipe_text)
-    atomic_write_text(staging / CARD_NAME, str(card))
+        atomic_write_text(staging / RECIPE_FILE, record.recipe_text)
+    atomic_write_text(staging / CARD_FILE, str(card))
     for path in staging.iterdir():
         path.chmod(0o644)
     staging.chmod(0o755)
@@ -265,20 +265,20 @@ def export(model: torch.nn.Module, out_dir, *, results=None, recipe=None, hub_co
 def _run_model(run_dir: Path, hub_config: Optional[HubConfig]) -> torch.nn.Module:
     """The trained network of a run folder, with its weights loaded (checked against its channel config)."""
     try:
-        config = ChannelConfig.load(run_dir / RUN_CONFIG)
+        config = ChannelConfig.load(run_dir / CHANNEL_CONFIG_FILE)
     except ChannelConfigError as e:
         raise HubError(str(e)) from None
     if hub_config is not None:
         model = timm.create_model(hub_config.model)
         if not same_network(config, model.channel_config):
-            raise HubError(f"{run_dir / RUN_CONFIG} is not the network of {hub_config.model} "
+            raise HubError(f"{run_dir / CHANNEL_CONFIG_FILE} is not the network of {hub_config.model} "
                            f"named by {hub_config.path}")
     else:
         model = models.create_model_from_config(config)
-    weights = run_dir / RUN_WEIGHTS
+    weights = run_dir / WEIGHTS_FILE
     if not weights.is_file():
-        raise HubError(f"{run_dir} has no {RUN_WEIGHTS}: train the model first (aps-zoo train)")
-    check_weights(model, weights, run_dir / RUN_CONFIG)
+        raise HubError(f"{run_dir} has no {WEIGHTS_FILE}: train the model first (aps-zoo train)")
+    check_weights(model, weights, run_dir / CHANNEL_CONFIG_FILE)
     model.load_state_dict(load_file(weights))
     return model
 
@@ -293,14 +293,14 @@ def export_run_checked(run_dir, out_dir, *, hub_config=None, repo_id: Optional[s
         hub_config = load_hub_config(hub_config)
     model = _run_model(run_dir, hub_config)
     results = None
-    if (run_dir / RUN_RESULTS).is_file():
+    if (run_dir / RESULTS_FILE).is_file():
         try:
-            data = json.loads((run_dir / RUN_RESULTS).read_text())
+            data = json.loads((run_dir / RESULTS_FILE).read_text())
         except json.JSONDecodeError as e:
-            raise HubError(f"{run_dir / RUN_RESULTS} is not valid JSON: {e}") from None
-        parse_result(data, str(run_dir / RUN_RESULTS), strict=False)  # errors name the file
+            raise HubError(f"{run_dir / RESULTS_FILE} is not valid JSON: {e}") from None
+        parse_result(data, str(run_dir / RESULTS_FILE), strict=False)  # errors name the file
         results = data
-    recipe = run_dir / RUN_RECIPE if (run_dir / RUN_RECIPE).is_file() else None
+    recipe = run_dir / RECIPE_FILE if (run_dir / RECIPE_FILE).is_file() else None
     return export_checked(model, out_dir, results=results, recipe=recipe, hub_config=hub_config, repo_id=repo_id,
                           plots=plots)
 

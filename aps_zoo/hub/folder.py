@@ -17,16 +17,12 @@ from huggingface_hub.errors import LocalEntryNotFoundError, RemoteEntryNotFoundE
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file
 
+from ..filenames import CARD_FILE, HUB_CONFIG_FILE, RECIPE_FILE, WEIGHTS_FILE, WIDTHS_PLOT_FILE
 from .._memory import check_model_memory
 from ..channels import ChannelConfig, ChannelConfigError
 from .errors import HubError
 
-CONFIG_NAME = 'config.json'
-WEIGHTS_NAME = 'model.safetensors'
-CARD_NAME = 'README.md'
-PLOT_NAME = 'widths.png'
-RECIPE_NAME = 'recipe.yaml'
-EXPORT_FILES = (CONFIG_NAME, WEIGHTS_NAME, CARD_NAME, PLOT_NAME, RECIPE_NAME)
+EXPORT_FILES = (HUB_CONFIG_FILE, WEIGHTS_FILE, CARD_FILE, WIDTHS_PLOT_FILE, RECIPE_FILE)
 # Failures of a Hub call: HTTP errors and offline mode are OSErrors, transport errors come from httpx2,
 # and huggingface_hub raises ValueError for answers it rejects (bad card metadata, malformed replies).
 REMOTE_ERRORS = (OSError, httpx2.HTTPError, ValueError)
@@ -84,9 +80,9 @@ def _read_config(folder: Path) -> Tuple[dict, Optional[ChannelConfig]]:
     ``save_for_hf``, whose widths are only in ``model_args``)."""
     if not folder.is_dir():
         raise HubError(f"{folder} is not a folder")
-    config_path = folder / CONFIG_NAME
+    config_path = folder / HUB_CONFIG_FILE
     if not config_path.is_file():
-        raise HubError(f"{folder} has no {CONFIG_NAME}: not an exported model folder")
+        raise HubError(f"{folder} has no {HUB_CONFIG_FILE}: not an exported model folder")
     try:
         raw = json.loads(config_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -130,18 +126,18 @@ def check_folder(folder, timm_name: Optional[str] = None, cache_dir=None) -> Che
     timm builds from ``model_args``."""
     folder = Path(folder)
     raw, config = _read_config(folder)
-    weights = folder / WEIGHTS_NAME
+    weights = folder / WEIGHTS_FILE
     if not weights.is_file():
         pickles = sorted(p.name for p in folder.iterdir() if p.suffix in ('.bin', '.pth', '.pt', '.ckpt'))
         hint = f" (found {', '.join(pickles)}: pickle files are never loaded)" if pickles else ''
-        raise HubError(f"{folder} has no {WEIGHTS_NAME}{hint}")
+        raise HubError(f"{folder} has no {WEIGHTS_FILE}{hint}")
     name = timm_name or f'local-dir:{folder}'
     with torch.device('meta'):  # shapes only: the weights file's header is compared before anything is allocated
-        shapes = _build(raw, config, folder / CONFIG_NAME, name, cache_dir)
-        check_weights(shapes, weights, folder / CONFIG_NAME)
+        shapes = _build(raw, config, folder / HUB_CONFIG_FILE, name, cache_dir)
+        check_weights(shapes, weights, folder / HUB_CONFIG_FILE)
     config = config or shapes.channel_config
-    check_model_memory(config, str(folder / CONFIG_NAME))
-    return CheckedFolder(folder, config, _build(raw, config, folder / CONFIG_NAME, name, cache_dir), weights)
+    check_model_memory(config, str(folder / HUB_CONFIG_FILE))
+    return CheckedFolder(folder, config, _build(raw, config, folder / HUB_CONFIG_FILE, name, cache_dir), weights)
 
 
 def one_line(exc: BaseException) -> str:
@@ -154,13 +150,13 @@ def _fetch(repo: str, cache_dir=None) -> Path:
     """Download (or find in the local Hub cache) config.json and model.safetensors of ``repo[@revision]``."""
     repo_id, _, revision = repo.partition('@')
     paths = []
-    for filename in (CONFIG_NAME, WEIGHTS_NAME):
+    for filename in (HUB_CONFIG_FILE, WEIGHTS_FILE):
         try:
             paths.append(Path(hf_hub_download(repo_id, filename, revision=revision or None, cache_dir=cache_dir,
                                               library_name='aps-zoo')))
         except RemoteEntryNotFoundError:
             raise HubError(f"Hub repo {repo} has no {filename}"
-                           + (": no weights are published for it" if filename == WEIGHTS_NAME else '')) from None
+                           + (": no weights are published for it" if filename == WEIGHTS_FILE else '')) from None
         except (LocalEntryNotFoundError, *REMOTE_ERRORS) as e:
             raise HubError(f"cannot get {filename} of Hub repo {repo}: {one_line(e)}") from None
     return paths[0].parent

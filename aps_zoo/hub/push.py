@@ -13,16 +13,16 @@ import yaml
 from huggingface_hub import CommitOperationAdd, HfApi, ModelCard, get_token
 from huggingface_hub.errors import HfHubHTTPError
 
+from ..filenames import CARD_FILE, HUB_CONFIG_FILE, WEIGHTS_FILE
 from .. import __version__
 from .card import UNNAMED_REPO
 from .configs import check_repo_id, load_hub_configs
 from .errors import HubError
 from .export import export_run_checked
-from .folder import (CARD_NAME, CONFIG_NAME, EXPORT_FILES, REMOTE_ERRORS, WEIGHTS_NAME, CheckedFolder, check_folder,
-                     one_line)
+from .folder import EXPORT_FILES, REMOTE_ERRORS, CheckedFolder, check_folder, one_line
 
 logger = logging.getLogger('aps_zoo.hub')
-REQUIRED_FILES = (CONFIG_NAME, WEIGHTS_NAME)  # a folder re-saved by timm's save_for_hf has no card
+REQUIRED_FILES = (HUB_CONFIG_FILE, WEIGHTS_FILE)  # a folder re-saved by timm's save_for_hf has no card
 TOKEN_PATTERN = re.compile(rb'hf_[A-Za-z0-9]{30,}')  # user access tokens: 'hf_' and 34 letters and digits
 SCAN_CHUNK = 2 ** 20
 SCAN_OVERLAP = 256  # bytes carried between chunks, longer than any token
@@ -43,7 +43,7 @@ def _error_line(exc: BaseException, token: str) -> str:
 def check_card(folder: Path) -> None:
     """Parse the card's YAML front matter as the Hub will (``ModelCard``); a broken block is refused here,
     before any Hub call, instead of by the server after the repo was created."""
-    card = folder / CARD_NAME
+    card = folder / CARD_FILE
     if not card.is_file():
         return
     try:
@@ -54,7 +54,7 @@ def check_card(folder: Path) -> None:
 
 
 def _card_repo_ids(folder: Path) -> List[str]:
-    text = (folder / CARD_NAME).read_text() if (folder / CARD_NAME).is_file() else ''
+    text = (folder / CARD_FILE).read_text() if (folder / CARD_FILE).is_file() else ''
     return sorted(set(re.findall(r"hf-hub:([\w.-]+/[\w.-]+)", text)))
 
 
@@ -76,14 +76,14 @@ def push(folder: Union[str, Path, CheckedFolder], repo_id: str, *, private: bool
         _inside(path, name)
     folder = (folder if isinstance(folder, CheckedFolder) else check_folder(path)).path
     check_card(folder)
-    if f'hf-hub:{UNNAMED_REPO}' in ((folder / CARD_NAME).read_text() if (folder / CARD_NAME).is_file() else ''):
+    if f'hf-hub:{UNNAMED_REPO}' in ((folder / CARD_FILE).read_text() if (folder / CARD_FILE).is_file() else ''):
         raise HubError(f"{folder} was exported without a repo id: re-export it with --repo-id {repo_id} "
                        f"(repo_id={repo_id!r}) so that its card names the repo")
     with ExitStack() as stack:
         files = {name: stack.enter_context(_open_inside(folder, name)) for name in names}
         card_ids = _card_repo_ids(folder)
         if card_ids and repo_id not in card_ids:
-            raise HubError(f"{folder / CARD_NAME} was written for hf-hub:{card_ids[0]}, not {repo_id}: "
+            raise HubError(f"{folder / CARD_FILE} was written for hf-hub:{card_ids[0]}, not {repo_id}: "
                            f"re-export with repo_id={repo_id!r}")
         token = token or get_token()
         if not token:
@@ -186,8 +186,8 @@ def push_all(hub_configs_dir, *, private: bool = False, revision: Optional[str] 
     outcomes = []
     for cfg in load_hub_configs(hub_configs_dir):
         row = {'name': cfg.model, 'repo_id': cfg.repo_id}
-        if cfg.checkpoint is None or not (cfg.checkpoint / WEIGHTS_NAME).is_file():
-            where = f'{cfg.checkpoint} has no {WEIGHTS_NAME}' if cfg.checkpoint else 'no checkpoint in the hub config'
+        if cfg.checkpoint is None or not (cfg.checkpoint / WEIGHTS_FILE).is_file():
+            where = f'{cfg.checkpoint} has no {WEIGHTS_FILE}' if cfg.checkpoint else 'no checkpoint in the hub config'
             outcomes.append({**row, 'status': 'skipped',
                              'detail': f'no trained weights ({where}); train it with aps-zoo train and set '
                                        f'checkpoint: in {cfg.path}'})

@@ -9,14 +9,14 @@ from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 import yaml
 
+from ..filenames import CHANNEL_CONFIG_FILE
 from .. import models
 from ..channels import ChannelConfig
 from ..data import DIGITS
 from .errors import HubError
 
-CONFIG_FILE = 'channel_config.json'  # what the reproduce command writes from config.json
 EXTRACT_CONFIG = ("python -c \"import json; json.dump(json.load(open('config.json'))['channel_config'], "
-                  f"open('{CONFIG_FILE}', 'w'))\"")
+                  f"open('{CHANNEL_CONFIG_FILE}', 'w'))\"")
 # results.json keys the card lists under Training, with their labels
 TRAINING_FACTS = (('epochs', 'epochs'), ('best_epoch', 'weights of epoch'), ('selected_on', 'selected on'),
                   ('batch_size', 'global batch'), ('seed', 'seed'), ('num_processes', 'processes'),
@@ -76,7 +76,7 @@ def _exported_recipe(recipe: Dict[str, Any], config: ChannelConfig, architecture
     if train.get('config') is None and architecture in zoo:
         extra = f' --config {architecture}{extra}'
     elif train.get('config') not in zoo:
-        train['config'] = CONFIG_FILE
+        train['config'] = CHANNEL_CONFIG_FILE
         lines.append(EXTRACT_CONFIG)
     out.update({k: v for k, v in (('data', data), ('train', train)) if v})
     lines.append(f"aps-zoo {'run' if searched else 'train'} recipe.yaml{extra}")

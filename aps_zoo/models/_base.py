@@ -20,6 +20,7 @@ from timm.layers import ConvNormAct, SelectAdaptivePool2d, create_classifier, ge
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
+from ..filenames import WEIGHTS_FILE
 from ..channels import BlockSpec, ChannelConfig, ChannelConfigError, ConvSpec, NetworkLayout, uniform_widths
 from ..families import get_family
 from ..flops import feature_size
@@ -351,7 +352,7 @@ def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, A
         'paper_name': 'Revisiting Parameter Sharing for Automatic Neural Channel Number Search',
     }
     if hf_hub_id:
-        cfg.update(hf_hub_id=hf_hub_id, hf_hub_filename='model.safetensors')
+        cfg.update(hf_hub_id=hf_hub_id, hf_hub_filename=WEIGHTS_FILE)
     return {**cfg, **kwargs}
 
 

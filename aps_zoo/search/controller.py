@@ -175,11 +175,9 @@ NORM_EPS = 1e-3  # advantages are divided by their RMS plus this (rewards are ac
 
 @dataclass
 class ReinforceStats:
-    """What one REINFORCE update saw: mean reward of its samples, baseline, mean entropy, loss."""
-    reward: float
+    """What one REINFORCE update leaves for the log: the moving-average baseline and the samples' mean entropy."""
     baseline: float
     entropy: float
-    loss: float
 
 
 class Reinforce:
@@ -220,7 +218,7 @@ class Reinforce:
         for r in rewards:
             self.baseline = r if self.baseline is None else \
                 self.baseline_decay * self.baseline + (1 - self.baseline_decay) * r
-        return ReinforceStats(sum(rewards) / len(rewards), self.baseline, entropies.mean().item(), loss.item())
+        return ReinforceStats(self.baseline, entropies.mean().item())
 
     def state_dict(self):
         """Controller, optimizer and baseline state for a checkpoint."""

@@ -14,12 +14,13 @@ from itertools import islice
 from pathlib import Path
 from typing import Dict, List
 
+from ..filenames import (CHANNEL_CONFIG_FILE, RECIPE_FILE, SEARCH_CURVES_FILE, SEARCH_REPORT_FILE, SHARING_PLOT_FILE,
+                         WIDTHS_PLOT_FILE)
 from .. import __version__
 from .._io import atomic_write_text
 from ..channels import ChannelConfig
 from ..flops import count_macs, count_params, uniform_like
 from ..plots import plot_curves, plot_sharing, plot_widths
-from ..runs import RUN_CONFIG, RUN_RECIPE
 from ..inherited import inherited_model, write_inherited
 from ..spaces import SearchSpaceError
 
@@ -111,7 +112,7 @@ def finish(searcher, decoded: Dict, seconds: float):
                   'aps_zoo_version': __version__, **(searcher.parent.provenance() if searcher.parent else {})}
     config = searcher.space.config(best['choices'], provenance)
     uniform = uniform_reference(searcher, config)
-    config_path, report_path = out_dir / RUN_CONFIG, out_dir / 'search_report.md'
+    config_path, report_path = out_dir / CHANNEL_CONFIG_FILE, out_dir / SEARCH_REPORT_FILE
     if searcher.acc.is_main_process:
         config.save(config_path)
         if searcher.parent is not None:  # the child's inherited weights, BN statistics re-estimated
@@ -119,7 +120,7 @@ def finish(searcher, decoded: Dict, seconds: float):
                             out_dir)
         records = searcher.log.read()
         atomic_write_text(report_path, _report(searcher, records, decoded, config, uniform, test_acc, seconds))
-        atomic_write_text(out_dir / RUN_RECIPE, recipe.to_yaml())
+        atomic_write_text(out_dir / RECIPE_FILE, recipe.to_yaml())
         _plots(searcher, records, config)
     searcher.acc.wait_for_everyone()
     return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc, rows,
@@ -173,9 +174,9 @@ def _plots(searcher, records: List[Dict], config: ChannelConfig) -> None:
     if any('entropy' in r for r in records):
         panels['policy entropy (nats)'] = ['entropy']
     panels['sharing level'] = ['sharing_mean']
-    plot_curves(records, 'epoch', panels, searcher.out_dir / 'search_curves.png',
+    plot_curves(records, 'epoch', panels, searcher.out_dir / SEARCH_CURVES_FILE,
                 title=f'APS search {name} ({searcher.recipe.search.strategy}): accuracy, reward, entropy and sharing')
     if any(r.get('sharing') for r in records):
-        plot_sharing(records, searcher.out_dir / 'sharing_layers.png', title=f'APS search {name}: sharing per layer')
-    plot_widths(config, searcher.out_dir / 'widths.png',
+        plot_sharing(records, searcher.out_dir / SHARING_PLOT_FILE, title=f'APS search {name}: sharing per layer')
+    plot_widths(config, searcher.out_dir / WIDTHS_PLOT_FILE,
                 title=f'{config.name} searched on {name}: output channels per width entry')

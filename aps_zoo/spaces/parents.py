@@ -29,6 +29,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file
 
+from ..filenames import HUB_CONFIG_FILE, WEIGHTS_FILE
 from ..channels import ChannelConfig, ChannelConfigError, NetworkLayout, network_layout, shortcut_kind, tied_entries
 from ..families import FAMILIES, TimmNaming
 from ..layout import Layer
@@ -253,7 +254,7 @@ def _hub_revision(model) -> str:
     repo = cfg.get('hf_hub_id')
     if not repo:
         return 'unknown'
-    for filename in ('model.safetensors', 'pytorch_model.bin', cfg.get('hf_hub_filename') or ''):
+    for filename in (WEIGHTS_FILE, 'pytorch_model.bin', cfg.get('hf_hub_filename') or ''):
         path = try_to_load_from_cache(repo, filename) if filename else None
         if isinstance(path, str) and '/snapshots/' in path:
             return path.split('/snapshots/')[1].split('/')[0]
@@ -272,7 +273,7 @@ def read_source(source: str) -> Tuple[Tensors, str, str]:
             raise InheritError(f"space.init_from {source}: not a readable safetensors file: {e}") from None
     import timm
     from huggingface_hub.errors import HfHubHTTPError, OfflineModeIsEnabled
-    if source.startswith('local-dir:') and not (Path(source[len('local-dir:'):]) / 'config.json').is_file():
+    if source.startswith('local-dir:') and not (Path(source[len('local-dir:'):]) / HUB_CONFIG_FILE).is_file():
         raise InheritError(f"space.init_from {source}: no config.json in that folder (an exported or "
                            f"timm save_for_hf folder is needed)")
     try:
@@ -285,7 +286,7 @@ def read_source(source: str) -> Tuple[Tensors, str, str]:
         raise InheritError(f"space.init_from {source}: {(str(e).splitlines() or [''])[0]}") from None
     if source.startswith('local-dir:'):
         folder = Path(source[len('local-dir:'):])
-        weights = folder / 'model.safetensors'
+        weights = folder / WEIGHTS_FILE
         revision = _sha256(weights) if weights.is_file() else 'unknown'
     else:
         revision = source.split('@')[1] if '@' in source else _hub_revision(model)
