@@ -1,9 +1,9 @@
 """ChannelConfig: the per-layer output widths of one network of a family, validated against its layout.
 
-A config lists the output width of every searchable conv in forward order (docs/design.md#published-channel-configs); which entry feeds which
-conv, strides and residuals are the family's layout (``aps_zoo.layout``), built by its entry in the family
-registry (``aps_zoo.families``), so the analytic counter, the supernet and the timm model classes all read the
-same structure.
+A config lists the output width of every searchable conv in forward order
+(docs/design.md#published-channel-configs); which entry feeds which conv, strides and residuals are the
+family's layout (``aps_zoo.layout``), built by its entry in the family registry (``aps_zoo.families``), so
+the analytic counter, the supernet and the timm model classes all read the same structure.
 """
 from __future__ import annotations
 

@@ -49,6 +49,7 @@ from .recipe import DataSection
 logger = logging.getLogger(__name__)
 
 DIGITS = 'digits'
+TRAIN_CROP_MODES = ('rrc', 'rkrc', 'rkrr')  # data.train_crop_mode: timm's create_transform train_crop_mode
 TEST_SPLIT_SEED = 0  # a carved test split is the same for every run seed
 LABEL_COLUMNS = ('label', 'labels', 'fine_label', 'target', 'class')
 _UNREADABLE = (OSError, SyntaxError, ValueError, PILImage.DecompressionBombError)
@@ -461,7 +462,8 @@ def build_loaders(data: DataSection, seed: int, holdout: bool, interpolation: st
     return DataBundle(
         train=train_loader, val=val_loader, test=test_loader, num_classes=label_feature.num_classes,
         input_size=(3, data.image_size, data.image_size), mean=tuple(data.mean), std=tuple(data.std),
-        crop_pct=data.crop_pct, interpolation=interpolation, description=name, sizes=sizes, class_names=list(label_feature.names),
+        crop_pct=data.crop_pct, interpolation=interpolation, description=name, sizes=sizes,
+        class_names=list(label_feature.names),
         skipped=src.skipped)
 
 

@@ -208,22 +208,24 @@ class Recipe:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-CHOICES = {
-    'space.family': FAMILIES,
-    'search.decode': ('beam', 'sample'),
-    'search.strategy': ('reinforce', 'random', 'evolution'),
-    'search.evaluation': ('recalibrate', 'shuffle'),
-    'search.projection_grad': ('penalty', 'task_and_penalty'),
-    'search.on_nonfinite_loss': ('stop', 'skip'),
-    'train.on_nonfinite_loss': ('stop', 'skip'),
-    'train.mixed_precision': ('no', 'fp16', 'bf16'),
-    'data.train_crop_mode': ('rrc', 'rkrc', 'rkrr'),
-    'space.init_importance': ('none', 'bn_scale', 'l1'),
-    'train.init': ('random', 'inherited'),
-}
+def recipe_schema() -> Schema:
+    """The recipe's schema. The allowed values of each choice key are owned by the module that uses them;
+    they are read here, when a recipe is validated (those modules import this one)."""
+    from .aps.sharing import PROJECTION_GRADS
+    from .data import TRAIN_CROP_MODES
+    from .runs import MIXED_PRECISIONS, NONFINITE_POLICIES
+    from .search.evaluation import EVALUATIONS
+    from .search.strategies import DECODERS, STRATEGIES
+    from .spaces.parents import IMPORTANCE
+    from .train import INITS
+    choices = {'space.family': FAMILIES, 'space.init_importance': IMPORTANCE, 'data.train_crop_mode': TRAIN_CROP_MODES,
+               'search.strategy': tuple(STRATEGIES), 'search.decode': DECODERS, 'search.evaluation': EVALUATIONS,
+               'search.projection_grad': PROJECTION_GRADS, 'search.on_nonfinite_loss': NONFINITE_POLICIES,
+               'train.on_nonfinite_loss': NONFINITE_POLICIES, 'train.mixed_precision': MIXED_PRECISIONS,
+               'train.init': INITS}
+    return Schema(RecipeError, noun='recipe', choices=choices)
 
 
-SCHEMA = Schema(RecipeError, noun='recipe', choices=CHOICES)
 MAX_SEED = 2 ** 32 - 1  # what numpy's and accelerate's set_seed accept
 
 
@@ -374,7 +376,7 @@ def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Reci
     data = copy.deepcopy(data)
     moved = _move_old_keys(data, source)
     try:
-        recipe = build(Recipe, data, SCHEMA)
+        recipe = build(Recipe, data, recipe_schema())
         _check_ranges(recipe)
     except RecipeError as e:
         text = str(e)

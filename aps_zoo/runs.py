@@ -19,9 +19,7 @@ import os
 import random
 import shutil
 import signal
-import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
 
@@ -40,6 +38,8 @@ from ._io import WRITE_FAILURES, atomic_write, atomic_write_text, write_error
 # Checkpoint folders: checkpoints/epoch_NNNN, the newest KEEP_CHECKPOINTS kept
 CHECKPOINT_PREFIX = 'epoch_'
 KEEP_CHECKPOINTS = 2
+NONFINITE_POLICIES = ('stop', 'skip')  # on_nonfinite_loss: what check_finite does with a NaN/inf loss
+MIXED_PRECISIONS = ('no', 'fp16', 'bf16')  # what make_accelerator passes to Accelerate
 
 
 class CheckpointError(RuntimeError):
@@ -450,56 +450,3 @@ class Run:
         if self.stop_requested():
             raise Preempted(f"stopped by SIGTERM{where}; checkpoint {folder} written; continue with --resume auto")
         return folder
-
-
-class Progress:
-    """A drop-in for the ``tqdm(...)`` bars of the loops when the output is not a terminal (a batch job's log
-    file): no bar frames, one line per ``interval_s`` seconds and one when the bar closes, as timm's train.py
-    logs. :func:`progress` picks it or tqdm."""
-
-    def __init__(self, iterable=None, *, desc: str = '', total: Optional[int] = None, initial: int = 0,
-                 disable: bool = False, interval_s: float = 60.0, file=None, **_ignored):
-        self.iterable, self.desc, self.n, self.disable = iterable, desc, initial, disable
-        self.total = total if total is not None else (len(iterable) if hasattr(iterable, '__len__') else None)
-        self.interval_s, self.file, self.postfix = interval_s, file, ''
-        self._start = self._last = time.perf_counter()
-
-    def __iter__(self):
-        try:
-            for item in self.iterable:
-                yield item
-                self.update()
-        finally:  # also when the loop breaks out early (the generator is closed)
-            self.close()
-
-    def update(self, n: int = 1) -> None:
-        """Count ``n`` more steps; writes a line when ``interval_s`` passed since the last."""
-        self.n += n
-        if time.perf_counter() - self._last >= self.interval_s:
-            self._write()
-
-    def set_postfix(self, **values) -> None:
-        """The values shown after the count (as tqdm's ``set_postfix``)."""
-        self.postfix = ', '.join(f'{k}={v}' for k, v in values.items())
-
-    def close(self) -> None:
-        """Write the final line (once)."""
-        if self._last is not None:
-            self._write()
-            self._last = None
-
-    def _write(self) -> None:
-        self._last = time.perf_counter()
-        if self.disable:
-            return
-        count = f'{self.n}/{self.total}' if self.total else str(self.n)
-        print(f"{self.desc}: {count} ({self._last - self._start:.0f} s){'; ' + self.postfix if self.postfix else ''}",
-              file=self.file or sys.stderr, flush=True)
-
-
-def progress(iterable=None, **kwargs):
-    """``tqdm(iterable, **kwargs)`` on a terminal, else a :class:`Progress` writing one line per interval."""
-    if (kwargs.get('file') or sys.stderr).isatty():
-        from tqdm.auto import tqdm
-        return tqdm(iterable, **kwargs)
-    return Progress(iterable, **kwargs)

@@ -48,7 +48,11 @@ from .models import create_model_from_config, zoo_config, zoo_names
 from .plots import plot_curves
 from .recipe import Recipe, RecipeError, TrainSection
 from .inherited import inherited_weights, load_inherited
-from .runs import Run, check_finite, make_accelerator, progress
+from .progress import progress
+from .runs import Run, check_finite, make_accelerator
+
+
+INITS = ('random', 'inherited')  # train.init: fresh weights, or the child a search inherited
 
 
 class TrainError(ValueError):
@@ -241,7 +245,8 @@ class _Trainer:
                              "a new run")
         if self.tr.sched == 'plateau':
             raise TrainError(f"{where}; the plateau schedule depends on the history and cannot be stretched to "
-                             f"train.epochs={self.tr.epochs}: resume with train.epochs={saved_epochs} or start a new run")
+                             f"train.epochs={self.tr.epochs}: resume with train.epochs={saved_epochs} or start a "
+                             "new run")
         self.scheduler.step(last)
         if self.tr.sched_on_updates:
             self.scheduler.step_update(num_updates=self.scheduler_updates(last))
@@ -396,8 +401,8 @@ def train(recipe: Recipe, config: Union[ChannelConfig, str, Path, None] = None, 
 
     ``resume`` continues from the newest usable checkpoint in ``out_dir`` (default ``<run_dir>/train``);
     'auto' does when one exists and starts fresh otherwise; a fresh run refuses a folder that already holds
-    checkpoints, and one folder is trained by one process at a time. ``accelerator`` reuses one (its mixed precision wins; the recipe's accumulation steps are
-    applied); otherwise one is made, on CPU if ``cpu``.
+    checkpoints, and one folder is trained by one process at a time. ``accelerator`` reuses one (its mixed
+    precision wins; the recipe's accumulation steps are applied); otherwise one is made, on CPU if ``cpu``.
     ``init`` (default ``recipe.train.init``): 'random', or 'inherited' to start from the weights the recipe's
     search wrote with ``space.init_from`` (``<run_dir>/search/inherited``).
     """

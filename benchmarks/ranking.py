@@ -81,7 +81,7 @@ def supernet_scores(recipe: Recipe, method: str, archs: Sequence[Sequence[int]],
     searcher.calibration = None
     for m in evaluation.norms(searcher.supernet):
         m.use_running_stats = False
-    shuffled = searcher.acc.prepare(evaluation.shuffled(searcher.data.val, recipe.seed))
+    shuffled = searcher.accelerator.prepare(evaluation.shuffled(searcher.data.val, recipe.seed))
     out['shuffle'] = [searcher.accuracy(a, shuffled) for a in archs]
     done.write_text(json.dumps(out, indent=2) + '\n')
     return out

@@ -265,7 +265,7 @@ def _sorted_and_shuffled(searcher):
     labels = [int(test.dataset[i]['label']) for i in range(len(test.dataset))]
     by_label = sorted(range(len(labels)), key=labels.__getitem__)
     shuffled = torch.randperm(len(labels), generator=torch.Generator().manual_seed(0)).tolist()
-    return [searcher.acc.prepare(DataLoader(Subset(test.dataset, idx), batch_size=64, collate_fn=test.collate_fn))
+    return [searcher.accelerator.prepare(DataLoader(Subset(test.dataset, idx), batch_size=64, collate_fn=test.collate_fn))
             for idx in (by_label, shuffled)]
 
 

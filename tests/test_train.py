@@ -257,7 +257,7 @@ def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, caps
     train.py logs, instead of tqdm's carriage-return frames; on a terminal the bar stays tqdm."""
     import io
     from tqdm.auto import tqdm
-    from aps_zoo.runs import Progress, progress
+    from aps_zoo.progress import Progress, progress
 
     class Terminal(io.StringIO):
         def isatty(self):

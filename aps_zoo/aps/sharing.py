@@ -12,6 +12,9 @@ from .projection import basis_overlap, off_diagonal_l1, off_diagonal_l1_grad_, o
 
 # The projections' own SGD group (the reference code's momentum; no Nesterov, no weight decay).
 PROJECTION_MOMENTUM = 0.9
+# search.projection_grad: the projections learn from the penalty alone (detached in the forward, the reference's
+# DETACH_PQ), or from the task loss too
+PROJECTION_GRADS = ('penalty', 'task_and_penalty')
 # lr x weight x updates after which penalty-only projection updates (PROJECTION_MOMENTUM, column
 # renormalisation) take a ResNet-20 CIFAR layer (candidates 4..64, meta 124) from ordinal sharing
 # (overlap 1) to mean sharing 0.05, measured with benchmarks/sharing_transition.py at weight 5e-3:

@@ -57,8 +57,8 @@ def _card_data(config: ChannelConfig, architecture: str, name: str, results: Seq
 
 
 def _comparison(config: ChannelConfig, results: Sequence[Result]) -> dict:
-    """Template fields of the peer comparison (the family's published peers, docs/design.md#peer-results): shown only next to a
-    measured ImageNet result."""
+    """Template fields of the peer comparison (the family's published peers, docs/design.md#peer-results):
+    shown only next to a measured ImageNet result."""
     peers = get_family(config.family).peers.get(config.depth)
     measured = [r for r in results if r.is_imagenet]
     if not peers or not measured:
@@ -104,7 +104,8 @@ def build_card(config: ChannelConfig, architecture: str, repo_id: Optional[str],
         macs=fmt_count(count_macs(config)), params=fmt_count(count_params(config)),
         input_size='x'.join(map(str, config.input_size)), num_classes=config.num_classes,
         provenance_summary=provenance_summary(config), parent=config.provenance.get('parent'),
-        parent_revision=config.provenance.get('parent_revision', 'unknown'), trained='trained ' + ', '.join(trained) if trained else '',
+        parent_revision=config.provenance.get('parent_revision', 'unknown'),
+        trained='trained ' + ', '.join(trained) if trained else '',
         results=list(results), **_comparison(config, results), **_widths(config),
         plot=WIDTHS_PLOT_FILE if with_plot else None,
         provenance=[(k, json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in config.provenance.items()],

@@ -113,7 +113,7 @@ def finish(searcher, decoded: Dict, seconds: float):
     config = searcher.space.config(best['choices'], provenance)
     uniform = uniform_reference(searcher, config)
     config_path, report_path = out_dir / CHANNEL_CONFIG_FILE, out_dir / SEARCH_REPORT_FILE
-    if searcher.acc.is_main_process:
+    if searcher.accelerator.is_main_process:
         config.save(config_path)
         if searcher.parent is not None:  # the child's inherited weights, BN statistics re-estimated
             write_inherited(inherited_model(searcher.supernet, config, islice(searcher.data.train, BN_BATCHES)),
@@ -122,7 +122,7 @@ def finish(searcher, decoded: Dict, seconds: float):
         atomic_write_text(report_path, _report(searcher, records, decoded, config, uniform, test_acc, seconds))
         atomic_write_text(out_dir / RECIPE_FILE, recipe.to_yaml())
         _plots(searcher, records, config)
-    searcher.acc.wait_for_everyone()
+    searcher.accelerator.wait_for_everyone()
     return SearchResult(config, config_path, report_path, out_dir, best['val_acc'], test_acc, rows,
                         decoded['candidates'], uniform)
 
@@ -155,10 +155,11 @@ def _report(searcher, records: List[Dict], decoded: Dict, config: ChannelConfig,
              f"{uniform['uniform_macs']:,} MACs; scored: {uniform['how']}: widths "
              f"{','.join(map(str, uniform['widths']))}, {uniform['macs']:,} MACs): reward-image accuracy "
              f"{uniform['score']:.4f}, held-out accuracy {uniform['val_acc']:.4f}",
-             f"- processes: {searcher.acc.num_processes} x {searcher.acc.device.type}, mixed precision "
-             f"{searcher.acc.mixed_precision}",
+             f"- processes: {searcher.accelerator.num_processes} x {searcher.accelerator.device.type}, mixed precision "
+             f"{searcher.accelerator.mixed_precision}",
              f"- search wall time: {seconds:.1f} s; supernet training throughput "
-             f"{_mean(records, 'images_per_s'):.0f} images/s; strategy update {_mean(records, 'controller_update_ms'):.1f} ms",
+             f"{_mean(records, 'images_per_s'):.0f} images/s; strategy update "
+             f"{_mean(records, 'controller_update_ms'):.1f} ms",
              "",
              f"| rank of {decoded['candidates']} | MACs | reward-image acc | held-out acc | repaired | widths |",
              "|---|---|---|---|---|---|"]

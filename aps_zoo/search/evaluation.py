@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, Subset
 
 from ..aps.layers import APSBatchNorm2d
 
+EVALUATIONS = ('recalibrate', 'shuffle')  # search.evaluation
+
 
 def calibration_batches(loader: DataLoader, count: int, seed: int) -> List[torch.Tensor]:
     """``count`` training batches (images only) drawn once with ``seed``, the same on every rank: a

@@ -36,7 +36,8 @@ from ..data import build_loaders
 from ..families import interpolation
 from ..prefetch import device_loaders, steps_per_epoch
 from ..recipe import Recipe
-from ..runs import Run, check_finite, make_accelerator, progress
+from ..progress import progress
+from ..runs import Run, check_finite, make_accelerator
 from ..spaces import space_from_recipe
 from ..spaces.inherit import supernet_for
 from ..spaces.supernet import keep_projections_out_of_ddp
@@ -52,7 +53,7 @@ class Searcher:
     proposes (the loop itself is :func:`search`; its lifecycle is a :class:`~aps_zoo.runs.Run`)."""
 
     def __init__(self, recipe: Recipe, accelerator: Accelerator, out_dir: Path):
-        self.recipe, self.acc, self.out_dir = recipe, accelerator, out_dir
+        self.recipe, self.accelerator, self.out_dir = recipe, accelerator, out_dir
         s = recipe.search
         self.data = build_loaders(recipe.data, seed=recipe.seed, holdout=True,
                                   interpolation=interpolation(recipe.space.family))
@@ -85,13 +86,13 @@ class Searcher:
     def shared(self, value):
         """``value`` of the main process, on every rank (the strategy runs on the main process only)."""
         box = [value]
-        if self.acc.num_processes > 1:
+        if self.accelerator.num_processes > 1:
             broadcast_object_list(box, from_process=0)
         return box[0]
 
     def propose(self, make):
         """``make()`` called by the main process's strategy, the result on every rank."""
-        return self.shared(make() if self.acc.is_main_process else None)
+        return self.shared(make() if self.accelerator.is_main_process else None)
 
     def _steps_per_epoch(self) -> int:
         """Supernet steps of one epoch: the loader's length, or ``search.steps_per_epoch`` if smaller."""
@@ -131,7 +132,7 @@ class Searcher:
         total = self._steps_per_epoch()
         losses, correct, seen = [], 0.0, 0
         bar = progress(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
-                   disable=not self.acc.is_local_main_process, total=total)
+                   disable=not self.accelerator.is_local_main_process, total=total)
         learn = s.learn_projections and not warm
         digest, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(bar):
@@ -147,9 +148,9 @@ class Searcher:
             if not check_finite(loss, self.step, s.on_nonfinite_loss):
                 self.optimizer.zero_grad()
                 continue
-            self.acc.backward(loss)
+            self.accelerator.backward(loss)
             if penalised:  # added to the task's (synchronised, fp16-unscaled) gradient: the same on every rank
-                self.acc.unscale_gradients()
+                self.accelerator.unscale_gradients()
                 add_orthogonality_grad_(self.supernet, s.orthogonal_weight)
             self.optimizer.step()
             if learn and s.renormalize_projections:
@@ -161,11 +162,11 @@ class Searcher:
             bar.set_postfix(loss=f'{losses[-1]:.3f}')
         return {'train_loss': sum(losses) / max(1, len(losses)), 'train_acc': correct / max(1, seen),
                 'arch_digests': self.digests(digest),
-                'images_per_s': seen * self.acc.num_processes / max(1e-9, time.perf_counter() - start)}
+                'images_per_s': seen * self.accelerator.num_processes / max(1e-9, time.perf_counter() - start)}
 
     def digests(self, digest: int) -> List[int]:
         """Every rank's digest of the architectures it used (a CRC): they must all be equal."""
-        return self.acc.gather(torch.tensor([digest], device=self.acc.device)).tolist()
+        return self.accelerator.gather(torch.tensor([digest], device=self.accelerator.device)).tolist()
 
     @torch.no_grad()
     def accuracy(self, choices: Sequence[int], loader) -> float:
@@ -174,7 +175,7 @@ class Searcher:
         widths = self._prepare_subnet(choices)
         correct, seen = 0.0, 0
         for x, y in loader:
-            hits = self.acc.gather_for_metrics((self.model(x, widths).argmax(-1) == y).float())
+            hits = self.accelerator.gather_for_metrics((self.model(x, widths).argmax(-1) == y).float())
             correct, seen = correct + hits.sum().item(), seen + hits.numel()
         return correct / max(1, seen)
 
@@ -190,9 +191,9 @@ class Searcher:
         whole split), kept on the device as (images, labels, kept): ``kept`` is how many of the batch's
         images gathered over the ranks ``gather_for_metrics`` keeps (a multi-rank loader pads its last batch
         with duplicates), so :meth:`score` counts each image once."""
-        per_step = self.data.val.batch_size * self.acc.num_processes
+        per_step = self.data.val.batch_size * self.accelerator.num_processes
         count = -(-self.recipe.search.controller.reward_images // per_step)
-        batches = [(x, y, len(self.acc.gather_for_metrics(y))) for x, y in islice(self.val_loader, count)]
+        batches = [(x, y, len(self.accelerator.gather_for_metrics(y))) for x, y in islice(self.val_loader, count)]
         if hasattr(self.val_loader, 'end'):  # stopping early skips the loader's own exit from Accelerate's state
             self.val_loader.end()
         return batches
@@ -203,7 +204,7 @@ class Searcher:
         widths = self._prepare_subnet(choices)
         correct, seen = 0.0, 0
         for x, y, kept in self.reward_batches:
-            hits = self.acc.gather((self.model(x, widths).argmax(-1) == y).float())[:kept]
+            hits = self.accelerator.gather((self.model(x, widths).argmax(-1) == y).float())[:kept]
             correct, seen = correct + hits.sum().item(), seen + hits.numel()
         return correct / max(1, seen)
 
@@ -226,7 +227,7 @@ class Searcher:
             archs = self.propose(self.strategy.ask)
             scores = [self.reward(a, cache) for a in archs]
             rewards += scores
-            if self.acc.is_main_process:
+            if self.accelerator.is_main_process:
                 t = time.perf_counter()
                 stats.append(self.strategy.tell(archs, scores))
                 update_s += time.perf_counter() - t
@@ -276,7 +277,7 @@ def search(recipe: Recipe, *, resume: bool = False, accelerator: Optional[Accele
 
 def _search(searcher: Searcher, run: Run) -> SearchResult:
     """The epochs, decoding and outputs of :func:`search`, inside its run."""
-    recipe, accelerator = searcher.recipe, searcher.acc
+    recipe, accelerator = searcher.recipe, searcher.accelerator
     searcher.log = run.log
     start = searcher.restore(run) if run.resuming else 0
     s = recipe.search

@@ -84,6 +84,8 @@ class SearchStrategy:
         self.archive = [[list(a), float(s)] for a, s in state['archive']]
 
 
+DECODERS = ('beam', 'sample')  # search.decode: the reinforce policy's proposals at decoding
+
 class ReinforceStrategy(SearchStrategy):
     """The paper's: an LSTM policy over the band, REINFORCE on batches of ``samples_per_update``."""
     name = 'reinforce'

@@ -268,7 +268,8 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
     mults = list(stage_multipliers) if stage_multipliers else [1.0] * num_stages
     if len(mults) != num_stages:
         raise SearchSpaceError(f"space.stage_multipliers needs {num_stages} values for {family}{depth or ''} "
-                               f"(one per stage{', plus the last conv' if layout.head_entry else ''}), got {len(mults)}")
+                               f"(one per stage{', plus the last conv' if layout.head_entry else ''}), "
+                               f"got {len(mults)}")
     scale = _entry_scale(family, depth)
     stage_of = list(stages)
     for b in layout.blocks:  # expansion widths follow the width feeding the block
