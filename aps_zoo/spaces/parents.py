@@ -12,9 +12,9 @@ Every parent is turned into the state dict of the aps-zoo model of the same widt
 ``blocks.<i>.<conv>``, ``blocks.<i>.shortcut``, ``head.conv``, ``fc``), checked tensor by tensor against the
 family's layout: a missing, unexpected or mis-shaped tensor ends with one line naming the layer.
 
-timm's plain ResNets downsample with a strided 1x1 conv + BN at each stage start, the zoo with a 2x2
-average pool + 1x1 conv (docs/design.md#shortcuts): that shortcut is carried with its BN folded into the
-conv (scale) and the block's last BN (shift), an approximation (the pool averages the four pixels the strided conv samples
+timm's plain ResNets downsample with a strided 1x1 conv + BN at each stage start, the zoo with a 2x2 average
+pool + 1x1 conv (docs/design.md#shortcuts): that shortcut is carried with its BN folded into the conv (scale)
+and the block's last BN (shift), an approximation (the pool averages the four pixels the strided conv samples
 one of). Every other layer, and every layer of the zoo's own models and of timm's EfficientNet-builder models
 (MobileNetV2, MobileNetV3), is exact. timm's layer names are each family's registry entry's ``timm_naming``.
 """

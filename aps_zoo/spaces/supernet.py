@@ -165,8 +165,9 @@ def keep_projections_out_of_ddp(supernet: APSSupernet, projection_grad: str, lea
     Under ``penalty`` they enter the forward detached: their only gradient is the grouped orthogonality
     penalty's, a function of the projections alone and the same on every rank, so DDP would all-reduce the
     task's zero gradient of every projection each step for nothing. Left out of DDP they are neither
-    bucketed nor broadcast from rank 0 at wrap time, so every rank must hold the same projections: built under the same seed (the search's :class:`~aps_zoo.runs.Run` seeds every
-    process alike before the supernet exists) and updated by the same penalty gradient on every rank."""
+    bucketed nor broadcast from rank 0 at wrap time, so every rank must hold the same projections: built
+    under the same seed (the search's :class:`~aps_zoo.runs.Run` seeds every process alike before the
+    supernet exists) and updated by the same penalty gradient on every rank."""
     if projection_grad == 'task_and_penalty' and learn_projections:
         return []
     names = [n for n, _ in supernet.named_parameters() if '_proj.' in n]
