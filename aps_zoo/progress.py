@@ -18,6 +18,7 @@ class Progress:
         self.total = total if total is not None else (len(iterable) if hasattr(iterable, '__len__') else None)
         self.interval_s, self.file, self.postfix = interval_s, file, ''
         self._start = self._last = time.perf_counter()
+        self._written = None  # (count, postfix) of the last line written
 
     def __iter__(self):
         try:
@@ -38,13 +39,14 @@ class Progress:
         self.postfix = ', '.join(f'{k}={v}' for k, v in values.items())
 
     def close(self) -> None:
-        """Write the final line (once)."""
-        if self._last is not None:
+        """Write the final line (once, and only if the last line written is not already it)."""
+        if self._last is not None and self._written != (self.n, self.postfix):
             self._write()
-            self._last = None
+        self._last = None
 
     def _write(self) -> None:
         self._last = time.perf_counter()
+        self._written = (self.n, self.postfix)
         if self.disable:
             return
         count = f'{self.n}/{self.total}' if self.total else str(self.n)

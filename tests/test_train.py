@@ -269,7 +269,7 @@ def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, caps
     assert isinstance(bar, Progress) and list(bar) == [0, 1, 2, 3]
     lines = log.getvalue().splitlines()
     assert [line.split(' (')[0] for line in lines] == ['epoch 0: 1/4', 'epoch 0: 2/4', 'epoch 0: 3/4',
-                                                       'epoch 0: 4/4', 'epoch 0: 4/4']
+                                                       'epoch 0: 4/4']  # closing repeats no line
     log = io.StringIO()
     for i in progress(range(10), desc='search', file=log):  # a loop left early still ends in one line
         if i == 2:
