@@ -85,7 +85,7 @@ class SpaceSection:
 class ControllerSection:
     """The LSTM controller and its REINFORCE updates."""
     hidden_size: int = 100
-    lr: float = 1.6e-4
+    lr: Optional[float] = None      # Adam's; null: POLICY_TRAVEL / the search's updates (strategies.policy_lr)
     entropy_weight: float = 4e-3
     baseline_decay: float = 0.99
     steps_per_epoch: int = 10       # strategy updates per search epoch (every strategy, not only reinforce)
@@ -133,6 +133,7 @@ class SearchSection:
     decode_candidates: int = 100    # N architectures the strategy proposes at the end, scored on reward images
     decode_top_k: int = 8           # the best of those by that score, re-scored on the whole held-out split
     band_samples: int = 16          # band samples scored each search epoch next to the strategy's (a reference)
+    band_train_fraction: float = 0.5  # after warm-up, supernet steps on band samples (SPOS), the rest on the policy's
     max_over_budget: float = 1.02   # decoded architectures above this x budget are shrunk to fit (fit_to_budget)
     min_budget_fraction: float = 0.9  # the controller samples within [this x budget, budget]
     evaluation: str = 'recalibrate'   # subnet scoring: recalibrated BN statistics, or shuffled batches
@@ -308,8 +309,10 @@ def _check_strategy(s: SearchSection) -> None:
     need(0 < s.decode_top_k <= s.decode_candidates, 'decode_top_k', 'between 1 and search.decode_candidates',
          s.decode_top_k)
     need(s.band_samples >= 0, 'band_samples', '>= 0', s.band_samples)
+    need(0 <= s.band_train_fraction <= 1, 'band_train_fraction', 'in [0, 1]', s.band_train_fraction)
     need(s.controller.samples_per_update > 0, 'controller.samples_per_update', 'positive',
          s.controller.samples_per_update)
+    need(s.controller.lr is None or s.controller.lr > 0, 'controller.lr', 'positive or null', s.controller.lr)
     need(s.controller.reward_images > 0, 'controller.reward_images', 'positive', s.controller.reward_images)
     need(s.evolution.population > 1, 'evolution.population', 'at least 2', s.evolution.population)
     need(0 < s.evolution.tournament <= s.evolution.population, 'evolution.tournament',

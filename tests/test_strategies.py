@@ -34,18 +34,32 @@ def _run(strategy, accuracy, updates, images=256, seed=0):
 
 def test_policy_learns_a_realistic_reward_within_the_recipe_steps():
     """Architectures 3 points apart, each reward read off a 256-image batch (2.5 points of noise): within the
-    updates the digits recipe gives the controller, the policy's mean accuracy rises by at least 0.8 points
-    over the band's (its starting distribution)."""
+    updates the digits recipe gives the controller (at the default lr, derived from them), the policy's mean
+    accuracy rises by at least 0.8 points over the band's (its starting distribution)."""
     s = DIGITS.search
     strategy = create_strategy('reinforce', SPACE, s, seed=0)
     accuracy, band_mean = _synthetic_accuracy(strategy)
     with torch.no_grad():
-        start = np.mean([accuracy(strategy.train_arch()) for _ in range(200)])
+        start = np.mean([accuracy(strategy.controller.sample(strategy.generator)[0]) for _ in range(200)])
     assert abs(start - band_mean) < 0.002  # the untrained policy is the band distribution
     _run(strategy, accuracy, (s.epochs - s.warmup_epochs) * s.controller.steps_per_epoch)
     with torch.no_grad():
-        end = np.mean([accuracy(strategy.train_arch()) for _ in range(200)])
+        end = np.mean([accuracy(strategy.controller.sample(strategy.generator)[0]) for _ in range(200)])
     assert end > band_mean + 0.008, (band_mean, end)
+
+
+@pytest.mark.parametrize('fraction', [0.0, 0.5, 1.0])
+def test_supernet_steps_mix_band_samples_into_the_policys(monkeypatch, fraction):
+    """After warm-up the supernet trains a band sample with probability search.band_train_fraction and the
+    policy's sample otherwise (a sentinel here): 2,000 steps land within 4 binomial sigmas of the fraction."""
+    s = recipe_from_dict({'search': {**DIGITS.to_dict()['search'], 'band_train_fraction': fraction}}).search
+    strategy = create_strategy('reinforce', SPACE, s, seed=0)
+    policy_pick = [-1] * SPACE.num_decisions
+    monkeypatch.setattr(strategy.controller, 'sample', lambda generator=None, greedy=False: (policy_pick, None))
+    picks = [strategy.train_arch() for _ in range(2000)]
+    band = [a for a in picks if a != policy_pick]
+    assert all(strategy.band.contains(a) for a in band)
+    assert abs(len(band) / len(picks) - fraction) <= 4 * np.sqrt(fraction * (1 - fraction) / len(picks))
 
 
 def test_evolution_climbs_inside_the_band():

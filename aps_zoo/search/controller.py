@@ -189,7 +189,7 @@ class Reinforce:
     either way and logged.
     """
 
-    def __init__(self, controller: Controller, lr: float = 1.6e-4, entropy_weight: float = 4e-3,
+    def __init__(self, controller: Controller, lr: float, entropy_weight: float = 4e-3,
                  baseline_decay: float = 0.99, grad_clip: float = 5.0):
         self.controller = controller
         self.optimizer = torch.optim.Adam(controller.parameters(), lr=lr)

@@ -7,7 +7,8 @@ phase: ``ask`` for architectures, score them on the held-out split, ``tell`` the
 :meth:`SearchStrategy.propose` for N candidates and keeps the best the supernet scores.
 
 - ``reinforce`` (the paper's): an LSTM policy over the band (:class:`~aps_zoo.search.controller.Controller`),
-  trained with REINFORCE; the supernet trains on its samples.
+  trained with REINFORCE; the supernet trains on its samples, mixed with band samples
+  (``search.band_train_fraction``; 0 is the paper's policy-only training).
 - ``random``: architectures drawn uniformly from the band; keeps the best scored so far.
 - ``evolution`` (as OFA and SPOS do on a trained supernet; aging evolution, Real et al. 2019): a
   population seeded from the band; each child is a tournament winner's mutation, or a crossover of two
@@ -29,6 +30,18 @@ from .controller import Controller, Reinforce
 
 Arch = List[int]
 MAX_TRIES = 50  # draws of a child before it is replaced by a band sample
+# Adam lr x the search's controller updates when search.controller.lr is null: the policy moves as far in a short
+# search as in a long one. At 0.5, 80 updates of 8 samples moved the policy a fifth of the way up a 3-point
+# reward spread read through 256-image noise (tests/test_strategies.py); the shipped ImageNet recipes follow it.
+POLICY_TRAVEL = 0.5
+
+
+def policy_lr(search) -> float:
+    """The controller's Adam lr: ``search.controller.lr``, or POLICY_TRAVEL over the updates of the search."""
+    c = search.controller
+    if c.lr is not None:
+        return c.lr
+    return POLICY_TRAVEL / max(1, (search.epochs - search.warmup_epochs) * c.steps_per_epoch)
 
 
 class SearchStrategy:
@@ -46,6 +59,10 @@ class SearchStrategy:
     def band_arch(self) -> Arch:
         """An architecture drawn uniformly from the band."""
         return self.band.sample(self.generator)
+
+    def _uniform(self) -> float:
+        """A draw from U[0, 1) of the strategy's generator."""
+        return float(torch.rand((), generator=self.generator))
 
     def train_arch(self) -> Arch:
         """The architecture of the next supernet step after warm-up (default: a band sample)."""
@@ -94,10 +111,14 @@ class ReinforceStrategy(SearchStrategy):
         super().__init__(space, search, seed)
         c = search.controller
         self.controller = Controller(space, search.budget_macs, c.hidden_size, search.min_budget_fraction)
-        self.reinforce = Reinforce(self.controller, c.lr, c.entropy_weight, c.baseline_decay, c.grad_clip)
+        self.reinforce = Reinforce(self.controller, policy_lr(search), c.entropy_weight, c.baseline_decay, c.grad_clip)
 
     @torch.no_grad()
     def train_arch(self) -> Arch:
+        """The policy's sample, or with probability ``search.band_train_fraction`` a band sample: the supernet
+        keeps training the whole band (as SPOS), so it can still rank what the policy has stopped sampling."""
+        if self._uniform() < self.settings.band_train_fraction:
+            return self.band_arch()
         return self.controller.sample(self.generator)[0]
 
     def ask(self) -> List[Arch]:
@@ -144,9 +165,6 @@ class EvolutionStrategy(SearchStrategy):
         super().__init__(space, search, seed)
         self.evo = search.evolution
         self.population: List[List] = []  # [choices, score], oldest first
-
-    def _uniform(self) -> float:
-        return float(torch.rand((), generator=self.generator))
 
     def _winner(self) -> Arch:
         picks = torch.randint(len(self.population), (min(self.evo.tournament, len(self.population)),),
