@@ -124,7 +124,7 @@ def _pgm(image: np.ndarray) -> Dict[str, object]:
     return {'bytes': f'P5\n{cols} {rows}\n255\n'.encode() + image.tobytes(), 'path': None}
 
 
-def _split(folder: Path, split: str):
+def read_split(folder: Path, split: str):
     """(images, labels) of ``split``, or None when the folder has neither of its files."""
     paths = {kind: _find(folder, split, kind) for kind in KINDS}
     if not any(paths.values()):
@@ -143,7 +143,7 @@ def _split(folder: Path, split: str):
 def idx_dataset(folder: Path, streaming: bool = False):
     """The IDX files of ``folder`` as a ``DatasetDict`` ('train', and 'test' from the t10k files when present):
     an ``Image`` column and a ``ClassLabel`` of the integer labels (classes 0..max label)."""
-    splits = {name: arrays for name in SPLIT_PREFIXES if (arrays := _split(folder, name)) is not None}
+    splits = {name: arrays for name in SPLIT_PREFIXES if (arrays := read_split(folder, name)) is not None}
     if 'train' not in splits:
         raise IdxError(f"IDX folder {folder} has no {file_names('train', 'image')[0]}[.gz]: a training split is "
                        f"needed")

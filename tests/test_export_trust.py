@@ -209,9 +209,61 @@ def test_export_without_repo_id_is_clearly_marked_and_not_pushed(digits_run, tmp
 
 # ------------------------------------------------------------------------------------ 4. zoo weights
 
+SHIPPED = 'aps_resnet20_fashion_mnist'  # the zoo model whose weights ship in the package
+UNTRAINED = [n for n in models.zoo_names() if n != SHIPPED]
+
+
 def test_list_pretrained_lists_only_published_weights():
-    assert timm.list_pretrained('aps_*') == []
-    assert all(not timm.models.get_pretrained_cfg(n).has_weights for n in models.zoo_names())
+    assert timm.list_pretrained('aps_*') == [SHIPPED]
+    assert all(not timm.models.get_pretrained_cfg(n).has_weights for n in UNTRAINED)
+
+
+def _no_network(monkeypatch):
+    """Every socket connection fails and is recorded (the list of attempted addresses is returned)."""
+    attempts = []
+
+    def no_network(self, address):
+        attempts.append(address)
+        raise OSError(f'network call attempted to {address}')
+
+    monkeypatch.setattr(socket.socket, 'connect', no_network)
+    return attempts
+
+
+def test_shipped_weights_load_offline_as_their_hub_folder(monkeypatch):
+    """pretrained=True reads the package's folder without the network: the weights are that file's, the
+    preprocessing is the one they were trained with, and local-dir: on the folder gives the same logits."""
+    from aps_zoo.models._base import shipped_folder
+    attempts = _no_network(monkeypatch)
+    model = timm.create_model(SHIPPED, pretrained=True).eval()
+    folder = shipped_folder(SHIPPED)
+    weights = load_file(folder / 'model.safetensors')
+    assert weights.keys() == model.state_dict().keys()
+    assert all(torch.equal(model.state_dict()[k], v) for k, v in weights.items())
+    trained = json.loads((folder / 'config.json').read_text())['pretrained_cfg']
+    data = timm.data.resolve_model_data_config(model)
+    assert data['mean'] == tuple(trained['mean']) and data['std'] == tuple(trained['std'])
+    assert data['input_size'] == (3, 28, 28) and trained['mean'] != list(timm.data.IMAGENET_DEFAULT_MEAN)
+    x = torch.randn(2, 3, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(timm.create_model(f'local-dir:{folder}', pretrained=True).eval()(x), model(x))
+    with safe_open(folder / 'model.safetensors', 'pt') as f:
+        assert ChannelConfig.from_dict(json.loads(f.metadata()['channel_config'])).widths == \
+            models.zoo_config(SHIPPED).widths
+    assert attempts == []
+
+
+def test_shipped_card_states_top1_against_uniform_at_the_same_macs():
+    """The card's results are the hub config's measured metrics, and its text names the uniform network's
+    top-1 at the same MACs, trained the same way."""
+    from aps_zoo.models._base import shipped_folder
+    config = hub.load_hub_config(Path(__file__).parents[1] / 'hub_configs' / f'{SHIPPED}.yaml')
+    card = ModelCard.load(shipped_folder(SHIPPED) / 'README.md')
+    test = [r for r in config.metrics if r.split == 'test']
+    assert len(test) == 1 and f'| test | {test[0].top1:.2f} |' in card.text
+    assert 'uniform' in config.description and config.description.split()[0] in card.text
+    index = card.data.eval_results
+    assert [r.metric_value for r in index if r.metric_type == 'accuracy'][0] == pytest.approx(test[0].top1)
 
 
 def test_pretrained_cfg_with_published_weights(monkeypatch):
@@ -224,14 +276,8 @@ def test_pretrained_cfg_with_published_weights(monkeypatch):
 @pytest.mark.parametrize('offline', [True, False])
 def test_pretrained_without_weights_is_one_line_naming_the_recipe(monkeypatch, offline):
     monkeypatch.setattr('huggingface_hub.constants.HF_HUB_OFFLINE', offline)
-    attempts = []
-
-    def no_network(self, address):
-        attempts.append(address)
-        raise OSError(f'network call attempted to {address}')
-
-    monkeypatch.setattr(socket.socket, 'connect', no_network)
-    for name in models.zoo_names():
+    attempts = _no_network(monkeypatch)
+    for name in UNTRAINED:
         with pytest.raises(PretrainedWeightsNotFoundError) as info:
             timm.create_model(name, pretrained=True)
         message = str(info.value)

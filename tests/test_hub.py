@@ -440,8 +440,22 @@ def test_hub_configs_cover_the_zoo():
     assert sorted(c.model for c in configs) == models.zoo_names()
     for c in configs:
         assert c.repo_id == f'aps-zoo/{c.model}'
-        assert timm.models.get_pretrained_cfg(c.model).hf_hub_id is None  # no weights published: none to look up
-        assert c.metrics == [] and c.checkpoint is None  # paper configs: nothing trained or measured yet
+        cfg = timm.models.get_pretrained_cfg(c.model)
+        if cfg.file:  # weights shipped in the package: measured, and on the Hub under the config's repo id
+            assert cfg.hf_hub_id == c.repo_id and len(c.metrics) == 1
+        else:  # no weights published: none to look up, nothing trained or measured yet
+            assert cfg.hf_hub_id is None and c.metrics == [] and c.checkpoint is None
+    assert sum(bool(timm.models.get_pretrained_cfg(c.model).file) for c in configs) == 1
+
+
+def test_results_merge_at_the_cards_precision():
+    """A results.json float32 figure and a hub config's rounded one are one result; 0.01 points apart is two."""
+    from aps_zoo.hub.results import Result, merge_results
+    measured = Result('fashion-mnist', 92.61000061035156, 99.9200008392334, 'test')
+    stated = Result('fashion-mnist', 92.61, None, 'test', 10)
+    assert merge_results([stated], [measured]) == [Result('fashion-mnist', 92.61, 99.9200008392334, 'test', 10)]
+    with pytest.raises(hub.HubError, match='two different results for fashion-mnist'):
+        merge_results([Result('fashion-mnist', 92.62, split='test')], [measured])
 
 
 def test_load_hub_config_names_the_bad_key(tmp_path):
@@ -468,7 +482,8 @@ def test_zoo_table_rows(hub_configs_dir):
         config = models.zoo_config(r['name'])
         searched = f"searched ({config.provenance['dataset']})"
         assert r['provenance'] == ('APS paper' if config.provenance['source'] == 'paper' else searched)
-        assert r['macs'] == count_macs(config) and r['top1'] is None
+        assert r['macs'] == count_macs(config)
+        assert r['top1'] == (92.61 if r['name'] == 'aps_resnet20_fashion_mnist' else None)  # its hub config's
     measured = {r['name']: r for r in hub.zoo_table(hub_configs_dir)}
     assert measured[ZOO]['top1'] == 91.25 and measured[ZOO]['family'] == 'CIFAR ResNet-20'
     assert measured['aps_resnet56_cifar_60m']['top1'] is None

@@ -183,28 +183,44 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
 
 @pytest.mark.slow
 def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path):
-    """SIGKILL a real `aps-zoo search` process once it has written a checkpoint, then --resume."""
+    """SIGKILL a real `aps-zoo search` process once it has written a checkpoint, then --resume: the same config
+    and the same controller. Every part runs on one intra-op thread (in-process and the killed process), so
+    the thread count cannot change the float sums; MKL's kernels may still differ in the last bits with the
+    memory alignment of their inputs (one run in many under heavy load did), hence a tolerance far below what
+    one REINFORCE step moves (an RNG or sampling error after resume moves it by about the Adam lr, 0.06 here)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
+        resumed, run = _kill_then_resume(tmp_path)
+    finally:
+        torch.set_num_threads(threads)
+    assert resumed.config.widths == full.config.widths
+    a = load_plain_state(tmp_path / 'a' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
+    b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
+    for key, tensor in a['strategy']['reinforce']['controller'].items():
+        torch.testing.assert_close(b['strategy']['reinforce']['controller'][key], tensor, rtol=1e-5, atol=1e-6,
+                                   msg=lambda m, key=key: f'{key}: {m}')
+
+
+def _kill_then_resume(tmp_path):
+    """The tiny search in a subprocess (one thread), SIGKILLed once it has written a checkpoint, then resumed
+    in this process: (the resumed result, its run folder)."""
     import signal
     import time
-    full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
     path = tmp_path / 'b.yaml'
     path.write_text(yaml.safe_dump(tiny(tmp_path / 'b')))
     run = tmp_path / 'b' / 'tiny' / 'search'
     proc = subprocess.Popen([sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu'],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, 'OMP_NUM_THREADS': '1'})
     deadline = time.time() + 300
     while not list_checkpoints(run) and proc.poll() is None and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (run / 'channel_config.json').exists(), 'the run finished before it could be killed'
-    resumed = search(recipe_from_dict(tiny(tmp_path / 'b')), resume=True, cpu=True)
-    assert resumed.config.widths == full.config.widths
-    a = load_plain_state(tmp_path / 'a' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
-    b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
-    for key, tensor in a['strategy']['reinforce']['controller'].items():  # float sums may differ in the last bits
-        torch.testing.assert_close(b['strategy']['reinforce']['controller'][key], tensor, rtol=1e-5, atol=1e-6,
-                                   msg=lambda m, key=key: f'{key}: {m}')
+    return search(recipe_from_dict(tiny(tmp_path / 'b')), resume=True, cpu=True), run
 
 
 def test_recipe_for_more_gpus_than_present(tmp_path):

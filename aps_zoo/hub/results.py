@@ -11,7 +11,8 @@ from .errors import HubConfigError, HubError
 IMAGENET_IDS = {'imagenet', 'imagenet-1k', 'imagenet1k', 'imagenet_1k', 'ilsvrc2012', 'ilsvrc/imagenet-1k',
                 'timm/imagenet-1k-wds'}
 DATASET_NAMES = {'imagenet-1k': 'ImageNet-1k', 'cifar10': 'CIFAR-10', 'cifar100': 'CIFAR-100',
-                 'digits': 'scikit-learn digits'}
+                 'digits': 'scikit-learn digits', 'fashion-mnist': 'Fashion-MNIST', 'fashion_mnist': 'Fashion-MNIST',
+                 'zalando-datasets/fashion_mnist': 'Fashion-MNIST'}
 SCHEMA = Schema(HubConfigError)
 _ACCURACY = check(lambda v: 0 <= v <= 100, 'an accuracy in percent (0-100)')
 
@@ -57,9 +58,15 @@ def as_results(results) -> List[Result]:
     return [r if isinstance(r, Result) else parse_result(r, 'results', strict=False) for r in results]
 
 
+def _differ(a: float, b: float) -> bool:
+    """Accuracies that differ at the card's precision (0.01 points): results.json holds float32 sums, a hub
+    config the rounded figure."""
+    return round(a, 2) != round(b, 2)
+
+
 def merge_results(*groups: Iterable[Result]) -> List[Result]:
     """One result per dataset and split, gaps (top-5, epochs) filled from repeats; different accuracies
-    for the same dataset and split are an error."""
+    (at the card's 0.01-point precision) for the same dataset and split are an error."""
     merged: Dict[Tuple[str, Optional[str]], Result] = {}
     for group in groups:
         for r in group:
@@ -67,7 +74,7 @@ def merge_results(*groups: Iterable[Result]) -> List[Result]:
             if old is None:
                 merged[(r.dataset, r.split)] = r
                 continue
-            if old.top1 != r.top1 or None not in (old.top5, r.top5) and old.top5 != r.top5:
+            if _differ(old.top1, r.top1) or None not in (old.top5, r.top5) and _differ(old.top5, r.top5):
                 raise HubError(f"two different results for {r.dataset} ({r.split or 'no split'}): {old} and {r}")
             merged[(r.dataset, r.split)] = dataclasses.replace(
                 old, top5=old.top5 if old.top5 is not None else r.top5,

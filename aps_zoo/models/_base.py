@@ -6,6 +6,7 @@ The family files (``aps_resnet.py``, ``aps_mobilenetv2.py``) add their blocks an
 """
 
 import dataclasses
+import json
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Type, Union
@@ -20,12 +21,15 @@ from timm.layers import ConvNormAct, SelectAdaptivePool2d, create_classifier, ge
 from timm.models import build_model_with_cfg, checkpoint, checkpoint_seq, resolve_pretrained_cfg
 from timm.models._features import feature_take_indices
 
-from ..filenames import WEIGHTS_FILE
+from ..filenames import HUB_CONFIG_FILE, WEIGHTS_FILE
 from ..channels import BlockSpec, ChannelConfig, ChannelConfigError, ConvSpec, NetworkLayout, uniform_widths
 from ..families import get_family
 from ..flops import feature_size
 
 CONFIG_DIR = Path(__file__).parent / 'configs'
+# Zoo models whose trained weights ship inside the package: ``pretrained/<name>/`` is the Hub folder exported
+# for ``aps-zoo/<name>`` (card, timm's config.json, weights), so ``pretrained=True`` works offline.
+PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
 HUB_ORG = 'aps-zoo'
 _HUB_MISSING = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)
 # Zoo models whose trained weights are on the Hub at aps-zoo/<name>: only these get an ``hf_hub_id``, so
@@ -318,8 +322,10 @@ def generic_args(family: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def zoo_args(name: str, kwargs: Dict[str, Any]) -> Dict[str, Any]:
-    """Model kwargs of a zoo model: its config's widths (and depth); other widths are refused."""
+    """Model kwargs of a zoo model: its config's widths (and depth) and nominal input size; other widths are
+    refused."""
     config = zoo_config(name)
+    kwargs.setdefault('img_size', tuple(config.input_size[1:]))
     widths = list(kwargs.setdefault('widths', list(config.widths)))
     if widths != list(config.widths):
         i = next((i for i, (a, b) in enumerate(zip(widths, config.widths)) if a != b), None)
@@ -356,10 +362,27 @@ def aps_cfg(config: ChannelConfig, hf_hub_id: str = '', **kwargs) -> Dict[str, A
     return {**cfg, **kwargs}
 
 
+def shipped_folder(name: str) -> Optional[Path]:
+    """The exported Hub folder of zoo model ``name`` shipped in the package (None if its weights do not ship)."""
+    folder = PRETRAINED_DIR / name
+    return folder if (folder / WEIGHTS_FILE).is_file() else None
+
+
+def _shipped_cfg(folder: Path) -> Dict[str, Any]:
+    """The weights file and the preprocessing they were trained with (the folder's timm config.json)."""
+    trained = json.loads((folder / HUB_CONFIG_FILE).read_text())['pretrained_cfg']
+    keys = ('input_size', 'crop_pct', 'crop_mode', 'interpolation', 'mean', 'std')
+    return {'file': str(folder / WEIGHTS_FILE),
+            **{k: tuple(v) if isinstance(v, list) else v for k, v in trained.items() if k in keys}}
+
+
 def zoo_cfg(name: str, **kwargs) -> Dict[str, Any]:
     """Pretrained cfg of a zoo model: its config's input size and classes; weights at ``aps-zoo/<name>`` once
-    published (``PUBLISHED_WEIGHTS``)."""
-    return aps_cfg(zoo_config(name), hf_hub_id=f'{HUB_ORG}/{name}' if name in PUBLISHED_WEIGHTS else '', **kwargs)
+    published (``PUBLISHED_WEIGHTS``) or shipped in the package (``file=``, with their preprocessing)."""
+    folder = shipped_folder(name)
+    published = name in PUBLISHED_WEIGHTS or folder is not None
+    shipped = _shipped_cfg(folder) if folder else {}
+    return aps_cfg(zoo_config(name), hf_hub_id=f'{HUB_ORG}/{name}' if published else '', **{**shipped, **kwargs})
 
 
 def train_recipe(name: str) -> str:

@@ -86,6 +86,7 @@ default_cfgs = generate_default_cfgs({
     'aps_resnet': generic_cfg('resnet'),
     'aps_resnet20_cifar_20m': zoo_cfg('aps_resnet20_cifar_20m'),
     'aps_resnet56_cifar_60m': zoo_cfg('aps_resnet56_cifar_60m'),
+    'aps_resnet20_fashion_mnist': zoo_cfg('aps_resnet20_fashion_mnist'),
     'aps_resnet18_1g8': zoo_cfg('aps_resnet18_1g8'),
     'aps_resnet18_1g': zoo_cfg('aps_resnet18_1g'),
     'aps_resnet50_2g': zoo_cfg('aps_resnet50_2g'),
@@ -118,6 +119,13 @@ def aps_resnet56_cifar_60m(pretrained: bool = False, **kwargs) -> ApsResNet:
     """CIFAR-10 ResNet-56 searched by APS under a 60M MACs budget (paper config)."""
     kwargs = zoo_args('aps_resnet56_cifar_60m', kwargs)
     return _create_aps_resnet('aps_resnet56_cifar_60m', 'resnet_cifar', pretrained, **kwargs)
+
+
+@register_model
+def aps_resnet20_fashion_mnist(pretrained: bool = False, **kwargs) -> ApsResNet:
+    """Fashion-MNIST ResNet-20 searched by aps-zoo with APS-T (8.8M MACs at 28x28); weights ship in the package."""
+    kwargs = zoo_args('aps_resnet20_fashion_mnist', kwargs)
+    return _create_aps_resnet('aps_resnet20_fashion_mnist', 'resnet_cifar', pretrained, **kwargs)
 
 
 @register_model
