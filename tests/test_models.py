@@ -3,6 +3,7 @@ import random
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import timm
@@ -54,6 +55,12 @@ SEARCHED = {
         widths=[32, 32, 32, 128, 48, 48, 192, 48, 48, 192] + [64, 64, 256] * 4 + [320, 320, 1280] * 2
         + [128, 128, 512] * 4 + [256, 256, 1024] * 3),
 }
+# Searched here on Fashion-MNIST; its trained weights ship in the package (pretrained_cfg file=).
+SHIPPED = {
+    'aps_resnet20_fashion_mnist': dict(
+        family='resnet_cifar', depth=20, macs=8_768_896, params=48_402, size=28,
+        widths=[8, 16, 8, 16, 8, 8, 8, 8, 8, 8, 8, 32, 32, 8, 32, 32, 16, 8, 64]),
+}
 GENERIC = {'aps_resnet_cifar': ('resnet_cifar', 20), 'aps_resnet': ('resnet', 50),
            'aps_mobilenetv2': ('mobilenetv2', 0), 'aps_mobilenetv3_large_100': ('mobilenetv3_large', 0)}
 # Random configs of every family: (family, depth, input size); small inputs keep the ImageNet families fast,
@@ -93,8 +100,8 @@ def paper_models():
 # --- registry and zoo configs -----------------------------------------------------------------------------------
 
 def test_registry_lists_zoo_and_generic_architectures():
-    assert set(timm.list_models('aps_*')) == set(PAPER) | set(SEARCHED) | set(GENERIC)
-    assert zoo_names() == sorted(set(PAPER) | set(SEARCHED))
+    assert set(timm.list_models('aps_*')) == set(PAPER) | set(SEARCHED) | set(SHIPPED) | set(GENERIC)
+    assert zoo_names() == sorted(set(PAPER) | set(SEARCHED) | set(SHIPPED))
     for name, (family, depth) in GENERIC.items():
         config = timm.create_model(name).channel_config
         assert architecture_for(config) == name
@@ -130,6 +137,21 @@ def test_paper_model_macs_and_params(name, paper_models):
     for n in sorted(PAPER)])
 def test_paper_model_macs_within_5pct_of_name_budget(name):
     assert abs(count_macs(zoo_config(name)) / PAPER[name]['budget'] - 1) <= 0.05
+
+
+@pytest.mark.parametrize('name', sorted(SHIPPED))
+def test_shipped_model_config_macs_and_weights_file(name):
+    ref, config = SHIPPED[name], zoo_config(name)
+    assert (config.family, config.depth, list(config.widths)) == (ref['family'], ref['depth'], ref['widths'])
+    assert (config.num_classes, config.input_size) == (10, (3, ref['size'], ref['size']))
+    model = timm.create_model(name)
+    cfg = model.pretrained_cfg
+    assert Path(cfg['file']).is_file() and cfg['hf_hub_id'] == f'aps-zoo/{name}'
+    assert cfg['input_size'] == config.input_size
+    assert model.channel_config.input_size == config.input_size  # the zoo config's size, not the family's 32x32
+    assert count_macs(config) == flop_counter_macs(model, config.input_size) == ref['macs']
+    assert count_params(config) == num_params(model) == ref['params']
+    assert config.provenance['source'] == 'search' and 'Fashion-MNIST' in config.provenance['dataset']
 
 
 @pytest.mark.parametrize('name', sorted(SEARCHED))
