@@ -32,8 +32,9 @@ CONFIG_DIR = Path(__file__).parent / 'configs'
 PRETRAINED_DIR = Path(__file__).parent / 'pretrained'
 HUB_ORG = 'aps-zoo'
 _HUB_MISSING = (EntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError, OfflineModeIsEnabled)
-# Zoo models whose trained weights are on the Hub at aps-zoo/<name>: only these get an ``hf_hub_id``, so
-# ``timm.list_pretrained('aps_*')`` lists exactly them. None yet; add a name once its weights are pushed.
+# Zoo models whose trained weights are on the Hub at aps-zoo/<name> (and not shipped in PRETRAINED_DIR): these
+# and the shipped ones get an ``hf_hub_id``, so ``timm.list_pretrained('aps_*')`` lists exactly the models with
+# weights. None yet; add a name once its weights are pushed.
 PUBLISHED_WEIGHTS: frozenset = frozenset()
 
 
