@@ -12,7 +12,8 @@ N distinct architectures are drawn uniformly from the band [search.min_budget_fr
 
 Kendall's tau and Spearman's rho between the two, with percentile bootstrap CIs over architectures,
 go to ``<out>/ranking.md`` (+ ``ranking.png`` scatter, ``ranking.json``). Runs are cached under
-``--runs`` (a rerun reuses finished searches and trainings):
+``--runs`` (a rerun reuses finished searches and trainings); ``--workers N`` runs the supernets and the
+standalone trainings in N processes at once (each with ``--threads`` torch threads):
 
     OMP_NUM_THREADS=1 python benchmarks/ranking.py recipes/search_resnet20_digits.yaml --out docs
 """
@@ -21,12 +22,14 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import multiprocessing
 import os
 import shlex
 import sys
 import time
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -58,6 +61,28 @@ def sample_archs(space, budget: float, min_fraction: float, count: int, seed: in
     if len(archs) < count:
         raise ValueError(f"the band holds fewer than {count} distinct architectures")
     return archs
+
+
+def standalone_top1(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> float:
+    """Test top-1 of ``config`` trained standalone in ``out_dir`` (reused when done there)."""
+    cached = out_dir / CHANNEL_CONFIG_FILE
+    if cached.is_file() and ChannelConfig.load(cached).widths != config.widths:
+        raise ValueError(f"{out_dir} holds another architecture (other recipe or seed): use another --runs")
+    return train_run(recipe, config, out_dir, cpu)['top1']
+
+
+def run_jobs(jobs: Sequence[Tuple[Callable, tuple]], workers: int, threads: int) -> List:
+    """``fn(*args)`` of every ``(fn, args)`` job, in order: here, or in ``workers`` spawned processes with
+    ``threads`` torch threads each (longest jobs first gives the best packing)."""
+    if workers == 1:
+        return [fn(*args) for fn, args in tqdm(jobs, desc='runs')]
+    context = multiprocessing.get_context('spawn')  # no fork of a process that holds torch threads
+    with ProcessPoolExecutor(workers, mp_context=context, initializer=torch.set_num_threads,
+                             initargs=(threads,)) as pool:
+        futures = [pool.submit(fn, *args) for fn, args in jobs]
+        for future in tqdm(as_completed(futures), total=len(futures), desc=f'runs ({workers} processes)'):
+            future.result()  # the first failure stops the benchmark
+        return [future.result() for future in futures]
 
 
 def supernet_scores(recipe: Recipe, method: str, archs: Sequence[Sequence[int]], runs: Path, cpu: bool) -> Dict:
@@ -99,8 +124,9 @@ def rank_agreement(x: Sequence[float], y: Sequence[float], reps: int = 2000, see
             continue  # a resample without spread has no rank correlation
         boot['tau'].append(stats.kendalltau(x[i], y[i]).statistic)
         boot['rho'].append(stats.spearmanr(x[i], y[i]).statistic)
-    for k, values in boot.items():
-        out[f'{k}_lo'], out[f'{k}_hi'] = (float(v) for v in np.nanpercentile(values, [2.5, 97.5]))
+    for k, values in boot.items():  # no CI (nan) when no resample has spread
+        lo_hi = np.nanpercentile(values, [2.5, 97.5]) if values else (np.nan, np.nan)
+        out[f'{k}_lo'], out[f'{k}_hi'] = (float(v) for v in lo_hi)
     return out
 
 
@@ -150,7 +176,7 @@ def reading(summary: Dict) -> List[str]:
                  f"{mean_tau['shuffle']:+.3f}: {best} ranks better here.")
     for m, sc in sn.items():
         a = sc['agreement'][best]
-        sig = 'above 0' if a['tau_lo'] > 0 else 'not distinguishable from 0'
+        sig = 'above 0' if a['tau_lo'] > 0 else 'below 0' if a['tau_hi'] < 0 else 'not distinguishable from 0'
         lines.append(f"{LABELS[m]} ({best}): tau {a['tau']:+.3f}, 95% CI [{a['tau_lo']:+.2f}, {a['tau_hi']:+.2f}], "
                      f"{sig}.")
     warm = ', '.join(f"{m} {sc['warmup_val_acc']:.3f}" for m, sc in sn.items() if sc['warmup_val_acc'] is not None)
@@ -192,7 +218,7 @@ def _previous_invocations(path: Path, archs) -> List[Dict]:
 
 
 def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: int, train_epochs: Optional[int],
-        cpu: bool, command: str) -> Dict:
+        cpu: bool, command: str, workers: int = 1, threads: int = 1) -> Dict:
     """Every step of the benchmark; writes ranking.{md,json,png} into ``out``."""
     t0, load0 = time.time(), os.getloadavg()[0]
     recipe = load_recipe(recipe_path, overrides)
@@ -202,18 +228,13 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
     space = space_from_recipe(recipe, data.num_classes, data.input_size)
     archs = sample_archs(space, s.budget_macs, s.min_budget_fraction, count, recipe.seed)
-    standalone = []
-    for i, arch in enumerate(tqdm(archs, desc='standalone training')):
-        config, out_dir = space.config(arch, {'source': 'ranking', 'draw': i}), runs / 'standalone' / f'arch{i}'
-        cached = out_dir / CHANNEL_CONFIG_FILE
-        if cached.is_file() and ChannelConfig.load(cached).widths != config.widths:
-            raise ValueError(f"{out_dir} holds another architecture (other recipe or seed): use another --runs")
-        standalone.append(train_run(recipe, config, out_dir, cpu)['top1'])
-    supernets = {}
-    for method in SUPERNETS:
-        sc = supernet_scores(recipe, method, archs, runs, cpu)
+    jobs = [(supernet_scores, (recipe, method, archs, runs, cpu)) for method in SUPERNETS]
+    jobs += [(standalone_top1, (recipe, space.config(arch, {'source': 'ranking', 'draw': i}),
+                                runs / 'standalone' / f'arch{i}', cpu)) for i, arch in enumerate(archs)]
+    results = run_jobs(jobs, workers, threads)
+    supernets, standalone = dict(zip(SUPERNETS, results)), results[len(SUPERNETS):]
+    for sc in supernets.values():
         sc['agreement'] = {ev: rank_agreement(sc[ev], standalone) for ev in EVALUATIONS}
-        supernets[method] = sc
     summary = {'command': command, 'recipe': str(recipe_path), 'overrides': overrides, 'dataset': data.description,
                'space': f"{recipe.space.family}{recipe.space.depth}, candidates {recipe.space.candidates}",
                'seed': recipe.seed, 'band': [s.min_budget_fraction * s.budget_macs, s.budget_macs],
@@ -222,7 +243,8 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
                'val_images': data.sizes['val'], 'num_classes': data.num_classes, 'test_images': data.sizes['test'], 'supernets': supernets,
                'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
                'invocations': _previous_invocations(out / 'ranking.json', archs)
-               + [{'command': command, 'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]]}]}
+               + [{'command': command, 'wall_s': time.time() - t0, 'load': [load0, os.getloadavg()[0]],
+                   'workers': workers}]}
     summary['reading'] = reading(summary)
     out.mkdir(parents=True, exist_ok=True)
     (out / 'ranking.json').write_text(json.dumps(summary, indent=2) + '\n')
@@ -240,15 +262,18 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--runs', type=Path, default=Path('runs/ranking'), help='folder for the cached runs')
     parser.add_argument('--archs', type=int, default=20, help='architectures to rank (default 20)')
     parser.add_argument('--train-epochs', type=int, default=None, help='standalone epochs (default: the recipe)')
-    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
+    parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per process (default 1)')
+    parser.add_argument('--workers', type=int, default=1, help='processes running supernets and trainings (default 1)')
     args = parser.parse_args(argv)
     if args.archs < 3:
         parser.error('--archs must be at least 3')
+    if args.workers < 1 or args.threads < 1:
+        parser.error('--workers and --threads must be at least 1')
     torch.set_num_threads(args.threads)
     command = ' '.join(['python benchmarks/ranking.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
         summary = run(args.recipe, args.set, args.out, args.runs, args.archs, args.train_epochs,
-                      not torch.cuda.is_available(), command)
+                      not torch.cuda.is_available(), command, args.workers, args.threads)
     except (ValueError, RecipeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

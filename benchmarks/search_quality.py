@@ -190,25 +190,25 @@ def _write_json(path: Path, data) -> None:
     path.write_text(json.dumps(data, indent=2) + '\n')
 
 
-def method_recipe(recipe: Recipe, method: str, runs: Path, q: Quality) -> Recipe:
+def method_recipe(recipe: Recipe, method: str, runs: Path, independent_warmup: Optional[int] = None) -> Recipe:
     """The recipe of one search method: its sharing settings, run folder ``<runs>/<method>``; the independent
-    search gets ``quality.independent_warmup_epochs`` of warm-up when set, then the recipe's search epochs."""
+    search gets ``independent_warmup`` epochs of warm-up when set (``quality.independent_warmup_epochs``),
+    then the recipe's search epochs."""
     sharing = dict(SEARCHES[method])
     space = dataclasses.replace(recipe.space, **{k: sharing.pop(k) for k in ('overlap',) if k in sharing})
     s = recipe.search
-    if method == 'independent' and q.independent_warmup_epochs:
-        sharing.update(warmup_epochs=q.independent_warmup_epochs,
-                       epochs=q.independent_warmup_epochs + s.epochs - s.warmup_epochs)
+    if method == 'independent' and independent_warmup:
+        sharing.update(warmup_epochs=independent_warmup, epochs=independent_warmup + s.epochs - s.warmup_epochs)
     return dataclasses.replace(recipe, name=method, output_dir=str(runs), space=space,
                                search=dataclasses.replace(s, **sharing))
 
 
-def run_search(recipe: Recipe, method: str, runs: Path, q: Quality, cpu: bool) -> Dict:
+def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_warmup: Optional[int] = None) -> Dict:
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
     done = runs / method / 'search_result.json'
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    r = method_recipe(recipe, method, runs, q)
+    r = method_recipe(recipe, method, runs, independent_warmup)
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
@@ -303,7 +303,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     for method in jobs:
         jobs.set_postfix(method=method)
         if method in SEARCHES:
-            found = run_search(recipe, method, runs, q, cpu)
+            found = run_search(recipe, method, runs, cpu, q.independent_warmup_epochs)
             records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
             keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
             summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],

@@ -1,10 +1,14 @@
-"""The ranking benchmark's pure parts: architectures in the band, rank agreement with bootstrap CIs."""
+"""The ranking benchmark: architectures in the band, rank agreement with bootstrap CIs, its jobs in worker
+processes, and one tiny end-to-end run on digits (the benchmark's calls into the library stay in sync)."""
 import importlib
+import json
+import os
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from aps_zoo.spaces import build_space
 
@@ -33,3 +37,38 @@ def test_rank_agreement(ranking):
     assert flipped['tau'] == pytest.approx(-1) and flipped['tau_hi'] == pytest.approx(-1)
     noise = ranking.rank_agreement(x, np.random.default_rng(0).permutation(20), reps=300)
     assert noise['tau_lo'] < noise['tau'] < noise['tau_hi'] and noise['tau_lo'] < 0 < noise['tau_hi']
+
+
+def test_jobs_in_worker_processes_return_in_order(ranking):
+    """Results come back in the jobs' order, from other processes, each with the asked torch threads."""
+    jobs = [(pow, (2, i)) for i in range(5)] + [(os.getpid, ()), (torch.get_num_threads, ())]
+    out = ranking.run_jobs(jobs, workers=2, threads=1)
+    assert out[:5] == [1, 2, 4, 8, 16] and out[5] != os.getpid() and out[6] == 1
+    assert ranking.run_jobs(jobs[:5], workers=1, threads=1) == out[:5]
+
+
+TINY = ['search.epochs=2', 'search.warmup_epochs=1', 'search.steps_per_epoch=2', 'search.controller.steps_per_epoch=1',
+        'search.calibration_batches=1', 'search.decode_candidates=4', 'search.decode_top_k=2']
+
+
+def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranking, tmp_path):
+    """Three digits architectures: each standalone top-1 is what its saved weights score on the test split,
+    every supernet scores every architecture under both evaluations, and a rerun reuses the runs."""
+    sq = sys.modules['search_quality']
+    recipe = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
+    args = (recipe, TINY, tmp_path / 'out', tmp_path / 'runs', 3, 1, True)
+    summary = ranking.run(*args, command='first')
+    assert len(summary['archs']) == 3 and all(0.9 * 1.3e6 <= m <= 1.3e6 for m in summary['macs'])
+    data = ranking.build_loaders(ranking.load_recipe(recipe, TINY).data, 0, holdout=True)
+    for i, top1 in enumerate(summary['standalone']):
+        correct = sq.test_correctness(tmp_path / 'runs' / 'standalone' / f'arch{i}', data.test)
+        assert top1 == pytest.approx(100 * np.mean(correct), abs=1e-4)
+    for sc in summary['supernets'].values():
+        assert all(len(sc[ev]) == 3 and all(0 <= v <= 1 for v in sc[ev]) for ev in ranking.EVALUATIONS)
+    again = ranking.run(*args, command='second')
+    assert again['standalone'] == summary['standalone']
+    assert {m: sc['recalibrate'] for m, sc in again['supernets'].items()} == \
+        {m: sc['recalibrate'] for m, sc in summary['supernets'].items()}
+    written = json.loads((tmp_path / 'out' / 'ranking.json').read_text())
+    assert [i['command'] for i in written['invocations']] == ['first', 'second']
+    assert (tmp_path / 'out' / 'ranking.png').stat().st_size > 0

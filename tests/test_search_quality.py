@@ -58,7 +58,7 @@ def test_independent_gets_its_own_warmup(sq, tmp_path):
     recipe, q = sq.load_quality_recipe(ROOT / 'recipes' / 'quality_resnet20_digits_10.yaml')
     s = recipe.search
     for method in sq.SEARCHES:
-        r = sq.method_recipe(recipe, method, tmp_path, q).search
+        r = sq.method_recipe(recipe, method, tmp_path, q.independent_warmup_epochs).search
         warm = q.independent_warmup_epochs if method == 'independent' else s.warmup_epochs
         assert (r.warmup_epochs, r.epochs - r.warmup_epochs) == (warm, s.epochs - s.warmup_epochs)
     assert q.independent_warmup_epochs > s.warmup_epochs
