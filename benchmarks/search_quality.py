@@ -7,6 +7,9 @@ For one recipe (space, data, budget) it runs, in one process and one after anoth
     independent  the same search with projections frozen at overlap 0 (no sharing)
     task_and_penalty  APS with projections learning from the task loss and the penalty
     uniform      the family's standard network with every width scaled to fit the budget
+    standard     the family's standard network itself, over the budget: not a competitor but the capacity
+                 check of the setting (the retraining must separate it from uniform, or no allocation of
+                 channels can show)
     random       N random configs drawn uniformly from the band [min_budget_fraction x budget, budget]
                  (the library's ``random`` strategy), the best one by a short proxy training scored on
                  the held-out split (never the test split)
@@ -67,14 +70,15 @@ from aps_zoo.search.strategies import create_strategy
 from aps_zoo.spaces import space_from_recipe
 from aps_zoo.train import train
 
-METHODS = ('aps', 'ordinal', 'independent', 'task_and_penalty', 'uniform', 'random', 'evolution')
+METHODS = ('aps', 'ordinal', 'independent', 'task_and_penalty', 'uniform', 'random', 'evolution', 'standard')
 SEARCHES = {'aps': {}, 'ordinal': {'overlap': 1.0, 'learn_projections': False},
             'independent': {'overlap': 0.0, 'learn_projections': False},
             'task_and_penalty': {'projection_grad': 'task_and_penalty'}, 'evolution': {'strategy': 'evolution'}}
 LABELS = {'aps': 'APS-T (learned sharing, penalty gradients)', 'ordinal': 'ordinal sharing (overlap 1, frozen)',
           'independent': 'independent (overlap 0, frozen)',
           'task_and_penalty': 'APS, projections from task loss + penalty', 'uniform': 'uniform width',
-          'random': 'random search (best of N)', 'evolution': 'APS-T supernet, evolution strategy'}
+          'random': 'random search (best of N)', 'evolution': 'APS-T supernet, evolution strategy',
+          'standard': 'standard network (capacity reference, over budget)'}
 BOOTSTRAP = 4000
 SHARING_TOL = 0.01
 
@@ -308,6 +312,8 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
             keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
             summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],
                                           'trend': sharing_trend(records)}
+        elif method == 'standard':
+            found = {'config': reference.to_dict(), 'search_s': 0.0}
         elif method == 'uniform':
             found = {'config': uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
                                                  input_size=data.input_size).to_dict(), 'search_s': 0.0}
@@ -359,9 +365,11 @@ def reading(summary: Dict) -> List[str]:
     """Plain-language comparison of APS with every other method, relative to the seed spread."""
     rows = {r['method']: r for r in method_rows(summary)}
     lines = []
-    if rows:
-        best = max(rows.values(), key=lambda r: r['mean'])
+    if competitors(rows):
+        best = max(competitors(rows), key=lambda r: r['mean'])
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
+    capacity = capacity_check(summary)
+    lines += [capacity] if capacity else []
     if 'aps' not in rows:
         return lines + ['APS has not finished in this run, so it is not compared.']
     for method, c in comparisons(summary).items():
@@ -376,8 +384,31 @@ def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
     rows = {r['method']: r for r in method_rows(summary)}
     if 'aps' not in rows:
         return {}
-    correct = {m: [[int(c) for c in v['correct']] for v in r['seeds'].values()] for m, r in rows.items()}
-    return {m: paired_bootstrap(correct['aps'], c) for m, c in correct.items() if m != 'aps'}
+    return {m: paired_bootstrap(per_image(rows['aps']), per_image(r)) for m, r in rows.items()
+            if m not in ('aps', 'standard')}
+
+
+def competitors(rows: Dict[str, Dict]) -> List[Dict]:
+    """The rows of the methods that meet the budget (all but the standard network)."""
+    return [r for m, r in rows.items() if m != 'standard']
+
+
+def per_image(row: Dict) -> List[List[int]]:
+    """Per-image correctness of one method: retraining seeds x test images."""
+    return [[int(c) for c in v['correct']] for v in row['seeds'].values()]
+
+
+def capacity_check(summary: Dict) -> Optional[str]:
+    """Standard network vs uniform at the budget (the setting's capacity gate), when both have finished."""
+    rows = {r['method']: r for r in method_rows(summary)}
+    if not {'standard', 'uniform'} <= set(rows):
+        return None
+    c = paired_bootstrap(per_image(rows['standard']), per_image(rows['uniform']))
+    verdict = ('capacity decides the retraining' if c['lo'] > 0 else
+               'the retraining does NOT separate them, so no allocation of channels can show here')
+    return (f"Capacity check: the standard network ({rows['standard']['macs'] / 1e6:.3g}M MACs) vs uniform at the "
+            f"budget ({rows['uniform']['macs'] / 1e6:.3g}M): {c['diff']:+.2f} points, 95% CI [{c['lo']:+.2f}, "
+            f"{c['hi']:+.2f}]: {verdict}.")
 
 
 def plot_bars(summary: Dict, path: Path) -> None:
@@ -512,16 +543,18 @@ def overview(settings: List[Dict]) -> List[str]:
             continue
         comps = comparisons(s)
         verdicts = [c['verdict'].split()[0] for c in comps.values()]
-        best = max(rows.values(), key=lambda r: r['mean'])
+        best = max(competitors(rows), key=lambda r: r['mean'])
         widths = [c['half_width'] for c in comps.values()]
         resolved = 'resolves' if max(widths, default=0) < 0.5 else 'does not resolve'
+        capacity = capacity_check(s)
         lines.append(f"- {s['setting']}: APS-T is better than {verdicts.count('better')}, tied with "
                      f"{verdicts.count('tie')} and worse than {verdicts.count('worse')} of {len(verdicts)} other "
                      f"methods; best mean {best['mean']:.2f} ({best['method']}), spread of the means "
-                     f"{best['mean'] - min(r['mean'] for r in rows.values()):.2f} points; 95% CI half-widths "
+                     f"{best['mean'] - min(r['mean'] for r in competitors(rows)):.2f} points; 95% CI half-widths "
                      f"{min(widths, default=0):.2f}-{max(widths, default=0):.2f} points, so this setting {resolved} a "
                      f"0.5-point difference; sharing: "
-                     f"{s['sharing'].get('aps', {}).get('trend', {}).get('verdict', 'no APS search log')}.")
+                     f"{s['sharing'].get('aps', {}).get('trend', {}).get('verdict', 'no APS search log')}."
+                     + (f" {capacity}" if capacity else ''))
     total = sum(compute_s(s) for s in settings)
     return lines + [f"- time in the runs of all settings above: {total / 60:.1f} min (searches' wall time + "
                     f"retraining epochs)"]

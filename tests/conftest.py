@@ -10,6 +10,11 @@ os.environ.setdefault('HF_HUB_OFFLINE', '1')
 os.environ.setdefault('HF_HUB_DISABLE_TELEMETRY', '1')
 os.environ.setdefault('HF_DATASETS_OFFLINE', '1')
 os.environ.setdefault('TOKENIZERS_PARALLELISM', 'false')
+# Under pytest-xdist (-n auto) each worker gets its share of the cores for torch's OpenMP threads (set before
+# any test module imports torch): oversubscribed threads spin against each other and slow every worker.
+if 'PYTEST_XDIST_WORKER_COUNT' in os.environ:
+    workers = int(os.environ['PYTEST_XDIST_WORKER_COUNT'])
+    os.environ.setdefault('OMP_NUM_THREADS', str(max(1, (os.cpu_count() or 1) // workers)))
 
 
 def free_port() -> int:

@@ -26,6 +26,16 @@ def test_recipes_load(sq, name):
     assert recipe.search.learn_projections
 
 
+@pytest.mark.parametrize('path', sorted((ROOT / 'recipes').glob('quality_*.yaml')), ids=lambda p: p.stem)
+def test_every_quality_recipe_loads_and_fits_its_space(sq, path):
+    """Every shipped quality recipe passes the schema; a fixed budget is one the space can meet."""
+    recipe, q = sq.load_quality_recipe(path)
+    assert len(q.seeds) >= 3 and q.methods
+    if q.budget_fraction is None:
+        space = sq.space_from_recipe(recipe, 10, (3, recipe.data.image_size, recipe.data.image_size))
+        space.check_budget(recipe.search.budget_macs)
+
+
 @pytest.mark.parametrize('section, match', [
     (None, "needs a 'quality' section"),
     ({'seeds': [0, 1], 'budget': 3}, "unknown recipe key 'quality.budget'"),
@@ -131,3 +141,32 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     assert '1.0 min wall, 0.9 min process CPU time' in text and 'time in the runs: 0.2 min' in text
     assert '- toy: APS-T is better than 0, tied with 1 and worse than 0 of 1 other methods' in text
     assert 'so this setting resolves a 0.5-point difference' in text
+
+
+def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
+    """The over-budget standard network is compared with uniform (the setting's capacity gate), never with APS-T,
+    and is never the 'best' method; the check's verdict follows the paired bootstrap's CI."""
+    rng = np.random.default_rng(1)
+    easy = rng.random(2000) < 0.88  # seeds mostly agree on which images are hard
+    uniform = np.array([easy ^ (rng.random(2000) < 0.01) for _ in range(3)], dtype=int)
+    wide = uniform.copy()
+    for s in range(3):
+        wide[s, np.flatnonzero(uniform[s] == 0)[:60]] = 1  # 3 more points on every seed
+
+    def method(correct, macs):
+        return {'widths': [8], 'macs': macs, 'params': 1e4, 'search_s': 0.0,
+                'seeds': {s: {'top1': 100 * row.mean(), 'train_s': 1.0, 'correct': ''.join(map(str, row))}
+                          for s, row in enumerate(correct)}}
+    summary = {'test_images': 2000, 'methods': {'aps': method(uniform, 2.5e6), 'uniform': method(uniform, 2.5e6),
+                                                'standard': method(wide, 10.2e6)}}
+    assert set(sq.comparisons(summary)) == {'uniform'}
+    line = sq.capacity_check(summary)
+    expect = sq.paired_bootstrap(wide, uniform)
+    assert expect['lo'] > 0 and f"{expect['diff']:+.2f} points" in line and 'capacity decides' in line
+    assert '10.2M MACs' in line and '2.5M)' in line
+    text = sq.reading(summary)
+    assert text[0].startswith('Highest mean test top-1: APS-T') and text[1] == line
+    summary['methods']['standard'] = method(uniform, 10.2e6)
+    assert 'does NOT separate them' in sq.capacity_check(summary)
+    del summary['methods']['uniform']
+    assert sq.capacity_check(summary) is None
