@@ -384,8 +384,8 @@ def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
     rows = {r['method']: r for r in method_rows(summary)}
     if 'aps' not in rows:
         return {}
-    return {m: paired_bootstrap(per_image(rows['aps']), per_image(r)) for m, r in rows.items()
-            if m not in ('aps', 'standard')}
+    return {r['method']: paired_bootstrap(per_image(rows['aps']), per_image(r)) for r in competitors(rows)
+            if r['method'] != 'aps'}
 
 
 def competitors(rows: Dict[str, Dict]) -> List[Dict]:
