@@ -349,6 +349,11 @@ def method_rows(summary: Dict) -> List[Dict]:
     return rows
 
 
+def rows_by_method(summary: Dict) -> Dict[str, Dict]:
+    """:func:`method_rows` keyed by method name."""
+    return {r['method']: r for r in method_rows(summary)}
+
+
 def table_markdown(summary: Dict) -> str:
     lines = ['| method | MACs | % of budget | params | test top-1 (mean ± std) | per seed | search wall time | '
              'retraining time (all seeds) |', '|---|---:|---:|---:|---:|---|---:|---:|']
@@ -363,10 +368,11 @@ def table_markdown(summary: Dict) -> str:
 
 def reading(summary: Dict) -> List[str]:
     """Plain-language comparison of APS with every other method, relative to the seed spread."""
-    rows = {r['method']: r for r in method_rows(summary)}
+    rows = rows_by_method(summary)
     lines = []
-    if competitors(rows):
-        best = max(competitors(rows), key=lambda r: r['mean'])
+    others = competitors(rows)
+    if others:
+        best = max(others, key=lambda r: r['mean'])
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
     capacity = capacity_check(summary)
     lines += [capacity] if capacity else []
@@ -381,7 +387,7 @@ def reading(summary: Dict) -> List[str]:
 
 def comparisons(summary: Dict) -> Dict[str, Dict[str, float]]:
     """APS-T against every other finished method: paired bootstrap over test images and retraining seeds."""
-    rows = {r['method']: r for r in method_rows(summary)}
+    rows = rows_by_method(summary)
     if 'aps' not in rows:
         return {}
     return {r['method']: paired_bootstrap(per_image(rows['aps']), per_image(r)) for r in competitors(rows)
@@ -400,7 +406,7 @@ def per_image(row: Dict) -> List[List[int]]:
 
 def capacity_check(summary: Dict) -> Optional[str]:
     """Standard network vs uniform at the budget (the setting's capacity gate), when both have finished."""
-    rows = {r['method']: r for r in method_rows(summary)}
+    rows = rows_by_method(summary)
     if not {'standard', 'uniform'} <= set(rows):
         return None
     c = paired_bootstrap(per_image(rows['standard']), per_image(rows['uniform']))
@@ -537,7 +543,7 @@ def overview(settings: List[Dict]) -> List[str]:
     """One line per setting: APS's verdicts against the other methods, the best method, the sharing verdict."""
     lines = []
     for s in settings:
-        rows = {r['method']: r for r in method_rows(s)}
+        rows = rows_by_method(s)
         if 'aps' not in rows:
             lines.append(f"- {s['setting']}: APS has not finished.")
             continue
