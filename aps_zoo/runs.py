@@ -226,6 +226,7 @@ def save_checkpoint(accelerator, run_dir, epoch: int, extra_state: Dict[str, Any
     except WRITE_FAILURES as e:  # disk full, read-only: no partial checkpoint stays behind
         shutil.rmtree(tmp, ignore_errors=True)
         raise write_error(final, e) from None
+    accelerator.wait_for_everyone()  # every rank writes its RNG state into tmp: all must be done before it moves
     if accelerator.is_main_process:
         if final.exists():
             shutil.rmtree(final)
