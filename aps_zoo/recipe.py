@@ -3,6 +3,10 @@
 A recipe has up to five sections: ``data``, ``space``, ``search``, ``train``, ``export``,
 plus ``name``, ``seed`` and ``output_dir``. Every key is checked: an unknown key or a value
 of the wrong type ends with an error naming the key and what is allowed.
+
+A recipe file may start from another: ``base: other.yaml`` (a path relative to the recipe's folder)
+reads that recipe first, and the file's own keys go over it: a section merges key by key, any other
+value (a list too) replaces the base's. Bases may chain; a cycle is refused.
 """
 from __future__ import annotations
 
@@ -391,9 +395,11 @@ def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Reci
     return recipe
 
 
-def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
-    """Read a YAML recipe; ``overrides`` are ``section.key=value`` strings (value parsed as YAML)."""
-    path = Path(path)
+BASE_KEY = 'base'
+
+
+def _read_mapping(path: Path) -> Dict[str, Any]:
+    """The top-level mapping of one YAML recipe file; errors name the file."""
     if not path.is_file():
         raise RecipeError(f"recipe file not found: {path}")
     try:
@@ -405,6 +411,44 @@ def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
     if not isinstance(data, dict):
         raise RecipeError(f"{path}: a recipe must be a mapping of sections (name, data, space, search, train, "
                           f"...), got a {type(data).__name__}")
+    return data
+
+
+def merge_sections(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]:
+    """``over`` on top of ``base``: mappings merge key by key, any other value replaces the base's."""
+    merged = dict(base)
+    for key, value in over.items():
+        both = isinstance(value, dict) and isinstance(base.get(key), dict)
+        merged[key] = merge_sections(base[key], value) if both else value
+    return merged
+
+
+def read_recipe_data(path, _chain: tuple = ()) -> Dict[str, Any]:
+    """The mapping of a recipe file with its ``base:`` recipes (if any) merged under it, not yet validated."""
+    path = Path(path)
+    data = _read_mapping(path)
+    if BASE_KEY not in data:
+        return data
+    base = data.pop(BASE_KEY)
+    if not isinstance(base, str) or not base.strip():
+        raise RecipeError(f"{path}: recipe key '{BASE_KEY}' must be the path of another recipe, relative to "
+                          f"{path.parent} (for example base: search_resnet20_digits.yaml), got {base!r}")
+    base_path = path.parent / base
+    chain = (*_chain, path.resolve())
+    if base_path.resolve() in chain:
+        cycle = ' -> '.join(str(p) for p in (*chain, base_path.resolve()))
+        raise RecipeError(f"{path}: recipe key '{BASE_KEY}' makes a cycle ({cycle}); a base cannot lead back")
+    try:
+        return merge_sections(read_recipe_data(base_path, chain), data)
+    except RecipeError as e:
+        raise RecipeError(f"{path}: recipe key '{BASE_KEY}': {e}") from None
+
+
+def load_recipe(path, overrides: Optional[List[str]] = None) -> Recipe:
+    """Read a YAML recipe (with its ``base:``, if any); ``overrides`` are ``section.key=value`` strings (value
+    parsed as YAML)."""
+    path = Path(path)
+    data = read_recipe_data(path)
     for item in overrides or []:
         key, sep, value = item.partition('=')
         if not sep:

@@ -52,7 +52,6 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
-import yaml
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
@@ -62,8 +61,8 @@ from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs, count_params, uniform_at_budget
 from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
-from aps_zoo._schema import Schema, build, check, load_yaml
-from aps_zoo.recipe import Recipe, RecipeError, recipe_from_dict
+from aps_zoo._schema import Schema, build, check
+from aps_zoo.recipe import Recipe, RecipeError, read_recipe_data, recipe_from_dict
 from aps_zoo.runs import list_checkpoints
 from aps_zoo.search.loop import search
 from aps_zoo.search.strategies import create_strategy
@@ -125,17 +124,12 @@ def parse_quality(section) -> Quality:
 
 
 def load_quality_recipe(path) -> tuple:
-    """(Recipe, Quality) of a quality recipe file (repeated keys refused, as for every recipe); errors name
-    the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise QualityError(f"recipe file not found: {path}")
+    """(Recipe, Quality) of a quality recipe file (with its ``base:``, repeated keys refused, as for every
+    recipe); errors name the file."""
     try:
-        data = load_yaml(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise QualityError(f"{path}: {e}") from None
-    if not isinstance(data, dict):
-        raise QualityError(f"{path}: a recipe must be a mapping")
+        data = read_recipe_data(path)  # its errors name the file
+    except RecipeError as e:
+        raise QualityError(str(e)) from None
     try:
         quality = parse_quality(data.pop('quality', None))
         return recipe_from_dict(data, source=str(path)), quality

@@ -265,6 +265,11 @@ CLI_ROWS = {
                              ['search', _write_recipe(root, output_dir='out')],
                              ["'output_dir'", 'out is a file']),
     'empty repo id': (lambda root: ['push', 'runs', ''], ['non-empty REPO_ID']),
+    'recipe bases in a cycle': (lambda root: (root / 'a.yaml').write_text('base: b.yaml\n') and
+                                (root / 'b.yaml').write_text('base: a.yaml\n') and ['search', 'a.yaml'],
+                                ["a.yaml: recipe key 'base'", 'makes a cycle', 'b.yaml']),
+    'recipe base missing': (lambda root: (root / 'a.yaml').write_text('base: nowhere.yaml\n') and
+                            ['train', 'a.yaml'], ["a.yaml: recipe key 'base'", 'not found', 'nowhere.yaml']),
     'one-class imagefolder': (lambda root: ['search', _one_class_folder(root)],
                               ['cats', 'at least', 'two classes']),
 }

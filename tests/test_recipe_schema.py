@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from aps_zoo._schema import INTERNAL, Schema, build, check
-from aps_zoo.recipe import RecipeError, recipe_from_dict
+from aps_zoo.recipe import RecipeError, load_recipe, read_recipe_data, recipe_from_dict
 
 RECIPES = sorted((Path(__file__).parent.parent / 'recipes').glob('*.yaml'))
 
@@ -91,8 +91,45 @@ def test_overlap_moved_to_space_and_old_recipes_still_load(capsys):
 
 @pytest.mark.parametrize('path', RECIPES, ids=lambda p: p.name)
 def test_shipped_recipes_state_overlap_in_space(path, capsys):
-    raw = yaml.safe_load(path.read_text())
-    assert 'overlap' not in (raw.get('search') or {})
-    recipe = recipe_from_dict({k: v for k, v in raw.items() if k != 'quality'}, source=str(path))  # quality_*:
-    assert capsys.readouterr().err == ''                                           # the benchmark's section
-    assert recipe.space.overlap == (raw.get('space') or {}).get('overlap', 1.0)
+    assert 'overlap' not in (yaml.safe_load(path.read_text()).get('search') or {})
+    data = read_recipe_data(path)
+    recipe = recipe_from_dict({k: v for k, v in data.items() if k != 'quality'}, source=str(path))  # quality_*:
+    assert capsys.readouterr().err == ''                                             # the benchmark's section
+    assert recipe.space.overlap == (data.get('space') or {}).get('overlap', 1.0)
+
+
+def test_base_recipe_merges_sections_and_saves_resolved(tmp_path):
+    """``base:`` chains merge section by section (a list replaces the base's), relative to each file's folder;
+    ``--set`` overrides go on top, and the saved recipe needs no base to load."""
+    (tmp_path / 'shared').mkdir()
+    root = {'name': 'root', 'data': {'dataset': 'digits', 'image_size': 8, 'batch_size': 32},
+            'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
+            'search': {'budget_macs': 1e6, 'epochs': 4, 'warmup_epochs': 2}}
+    (tmp_path / 'shared' / 'root.yaml').write_text(yaml.safe_dump(root))
+    (tmp_path / 'shared' / 'mid.yaml').write_text('base: root.yaml\nsearch: {epochs: 6}\n')
+    (tmp_path / 'leaf.yaml').write_text('base: shared/mid.yaml\nname: leaf\nspace: {candidates: [8, 16]}\n')
+    leaf = load_recipe(tmp_path / 'leaf.yaml', ['data.batch_size=16'])
+    by_hand = {'name': 'leaf', 'data': {'dataset': 'digits', 'image_size': 8, 'batch_size': 16},
+               'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [8, 16]},
+               'search': {'budget_macs': 1e6, 'epochs': 6, 'warmup_epochs': 2}}
+    assert leaf.to_dict() == recipe_from_dict(by_hand).to_dict()
+    saved = tmp_path / 'saved.yaml'
+    saved.write_text(leaf.to_yaml())
+    assert 'base' not in yaml.safe_load(saved.read_text()) and load_recipe(saved).to_dict() == leaf.to_dict()
+    assert yaml.safe_load((tmp_path / 'shared' / 'root.yaml').read_text()) == root  # bases are only read
+
+
+@pytest.mark.parametrize('text, message', [
+    ('base: 3\n', "recipe key 'base' must be the path of another recipe"),
+    ('base: ""\n', "recipe key 'base' must be the path of another recipe"),
+    ('base: r.yaml\n', "recipe key 'base' makes a cycle"),
+    ('base: list.yaml\n', "recipe key 'base': {dir}/list.yaml: a recipe must be a mapping"),
+    ('base: ok.yaml\nsearch: {epoch: 3}\n', "unknown recipe key 'search.epoch'"),
+])
+def test_base_recipe_errors_name_the_files(tmp_path, text, message):
+    (tmp_path / 'list.yaml').write_text('- 1\n')
+    (tmp_path / 'ok.yaml').write_text('name: ok\n')
+    (tmp_path / 'r.yaml').write_text(text)
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / 'r.yaml')
+    assert str(info.value).startswith(f"{tmp_path / 'r.yaml'}: ") and message.format(dir=tmp_path) in str(info.value)

@@ -58,7 +58,7 @@ def test_bad_recipe_names_file(sq, tmp_path):
         sq.load_quality_recipe(path)
     assert sq.main([str(path), '--out', str(tmp_path / 'out')]) == 2
     path.write_text('quality: {seeds: [0, 1]}\nquality: {seeds: [2, 3]}\n')  # plain PyYAML keeps the last
-    with pytest.raises(sq.QualityError, match=r"q\.yaml: duplicate key 'quality'"):
+    with pytest.raises(sq.QualityError, match=r"q\.yaml is not valid YAML: duplicate key 'quality'"):
         sq.load_quality_recipe(path)
 
 
