@@ -287,7 +287,8 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'widest_macs': widest, 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
                'limit_macs': limit, 'search_epochs': recipe.search.epochs, 'warmup_epochs': recipe.search.warmup_epochs,
-               'aps_overlap': recipe.space.overlap, 'train_epochs': recipe.train.epochs, 'seeds': q.seeds,
+               'search_seed': recipe.seed, 'aps_overlap': recipe.space.overlap, 'train_epochs': recipe.train.epochs,
+               'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
                'independent_warmup_epochs': q.independent_warmup_epochs,
                'methods_planned': q.methods, 'methods': {}, 'sharing': {}}
@@ -482,13 +483,14 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
     if s['budget_fraction'] is not None:
         budget += (f" ({s['budget_fraction']:.0%} of the widest uniform member of the space, "
                    f"{s['widest_macs'] / 1e6:.4g}M; the standard uniform network is {s['reference_macs'] / 1e6:.4g}M)")
+    search_seed = s.get('search_seed', 0)  # settings written before the key was recorded ran seed 0
     out = [f"## {stem}", "",
            f"- status: {status}",
            f"- recipe: `{s['recipe']}`",
            f"- data: {s['dataset']}",
            f"- space: {s['space']}; budget {budget}; searched/random configs may use up to "
            f"{s['limit_macs'] / 1e6:.4g}M (the decoder's limit)",
-           f"- search: {s['search_epochs']} epochs ({s['warmup_epochs']} warm-up), one search per method (seed 0); "
+           f"- search: {s['search_epochs']} epochs ({s['warmup_epochs']} warm-up), one search per method (seed {search_seed}); "
            f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
            f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split" + independent_schedule(s),
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",

@@ -115,7 +115,8 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
         'setting': 'toy', 'recipe': 'recipes/toy.yaml', 'command': 'python benchmarks/search_quality.py toy',
         'dataset': 'digits', 'test_images': 10, 'space': 'resnet_cifar20', 'reference_macs': 2e6, 'widest_macs': 4e6,
         'budget_macs': 1e6,
-        'budget_fraction': 0.5, 'limit_macs': 1.02e6, 'search_epochs': 2, 'warmup_epochs': 1, 'aps_overlap': 1.0,
+        'budget_fraction': 0.5, 'limit_macs': 1.02e6, 'search_epochs': 2, 'warmup_epochs': 1, 'search_seed': 3,
+        'aps_overlap': 1.0,
         'train_epochs': 1, 'seeds': [0, 1], 'random_samples': 2, 'random_proxy_epochs': 1,
         'methods_planned': ['aps', 'uniform', 'random'], 'complete': False,
         'invocations': [{'command': 'python benchmarks/search_quality.py toy', 'started': '2026-01-01 00:00 UTC',
@@ -138,6 +139,7 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     assert '91.00 ± 1.41 (n=2)' in text and '](results/toy.png)' in text
     assert 'APS-T vs uniform width: +0.00 points, 95% CI [+0.00, +0.00]' in text and "for APS: held" in text
     assert 'repaired to fit: 0 of 8' in text and '(50% of the widest uniform member of the space, 4M;' in text
+    assert 'one search per method (seed 3)' in text
     assert '1.0 min wall, 0.9 min process CPU time' in text and 'time in the runs: 0.2 min' in text
     assert '- toy: APS-T is better than 0, tied with 1 and worse than 0 of 1 other methods' in text
     assert 'so this setting resolves a 0.5-point difference' in text
