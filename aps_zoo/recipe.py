@@ -423,6 +423,10 @@ def merge_sections(base: Dict[str, Any], over: Dict[str, Any]) -> Dict[str, Any]
     return merged
 
 
+class _BaseCycleError(RecipeError):
+    """A ``base:`` chain that leads back to one of its files; its message already names the whole chain."""
+
+
 def read_recipe_data(path, _chain: tuple = ()) -> Dict[str, Any]:
     """The mapping of a recipe file with its ``base:`` recipes (if any) merged under it, not yet validated."""
     path = Path(path)
@@ -434,12 +438,15 @@ def read_recipe_data(path, _chain: tuple = ()) -> Dict[str, Any]:
         raise RecipeError(f"{path}: recipe key '{BASE_KEY}' must be the path of another recipe, relative to "
                           f"{path.parent} (for example base: search_resnet20_digits.yaml), got {base!r}")
     base_path = path.parent / base
-    chain = (*_chain, path.resolve())
-    if base_path.resolve() in chain:
-        cycle = ' -> '.join(str(p) for p in (*chain, base_path.resolve()))
-        raise RecipeError(f"{path}: recipe key '{BASE_KEY}' makes a cycle ({cycle}); a base cannot lead back")
+    chain = (*_chain, path)
+    if base_path.resolve() in {p.resolve() for p in chain}:
+        cycle = ' -> '.join(str(p) for p in (*chain, base_path))
+        raise _BaseCycleError(f"{chain[0]}: recipe key '{BASE_KEY}' makes a cycle ({cycle}); a base cannot lead "
+                              f"back")
     try:
         return merge_sections(read_recipe_data(base_path, chain), data)
+    except _BaseCycleError:
+        raise
     except RecipeError as e:
         raise RecipeError(f"{path}: recipe key '{BASE_KEY}': {e}") from None
 

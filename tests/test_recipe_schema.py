@@ -119,6 +119,20 @@ def test_base_recipe_merges_sections_and_saves_resolved(tmp_path):
     assert yaml.safe_load((tmp_path / 'shared' / 'root.yaml').read_text()) == root  # bases are only read
 
 
+def test_base_cycle_error_names_each_file_once(tmp_path):
+    """A cycle three files long is one message that starts at the file given and follows the chain."""
+    (tmp_path / 'sub').mkdir()
+    (tmp_path / 'a.yaml').write_text('base: b.yaml\n')
+    (tmp_path / 'b.yaml').write_text('base: sub/c.yaml\n')
+    (tmp_path / 'sub' / 'c.yaml').write_text('base: ../a.yaml\n')
+    with pytest.raises(RecipeError) as info:
+        load_recipe(tmp_path / 'a.yaml')
+    message = str(info.value)
+    assert message.startswith(f"{tmp_path / 'a.yaml'}: recipe key 'base' makes a cycle (")
+    assert message.count('b.yaml') == 1 and message.count('c.yaml') == 1 and message.count('a.yaml') == 3
+    assert '\n' not in message
+
+
 @pytest.mark.parametrize('text, message', [
     ('base: 3\n', "recipe key 'base' must be the path of another recipe"),
     ('base: ""\n', "recipe key 'base' must be the path of another recipe"),
