@@ -127,6 +127,10 @@ class SearchSection:
     # derived lr, applied to the task gradient too, wrecks the supernet (docs/results.md).
     sharing_transition: float = 0.5
     projection_lr: Optional[float] = None   # set: this lr, whatever sharing_transition says
+    # Epoch from which the projections learn (null: the end of warm-up, as the reference code). Earlier puts
+    # the sharing transition inside warm-up; on Fashion-MNIST the supernet then stopped learning on band
+    # architectures for the rest of warm-up (docs/design.md#how-the-projections-learn).
+    projection_start_epoch: Optional[int] = None
     orthogonal_weight: float = 5e-3
     orthogonal_every: int = 1       # the penalty and the projections' update on every k-th step only
     renormalize_projections: bool = True
@@ -285,6 +289,8 @@ def _check_ranges(r: Recipe) -> None:
     need(r.search.calibration_batches > 0, 'search.calibration_batches', 'positive', r.search.calibration_batches)
     need(r.search.orthogonal_every > 0, 'search.orthogonal_every', 'positive', r.search.orthogonal_every)
     need(0 < r.search.sharing_transition <= 1, 'search.sharing_transition', 'in (0, 1]', r.search.sharing_transition)
+    need(r.search.projection_start_epoch is None or 0 <= r.search.projection_start_epoch < r.search.epochs,
+         'search.projection_start_epoch', 'in [0, search.epochs) or null', r.search.projection_start_epoch)
     need(r.search.projection_lr is None or r.search.projection_lr >= 0, 'search.projection_lr', '>= 0 or null',
          r.search.projection_lr)
     need(r.search.orthogonal_weight >= 0, 'search.orthogonal_weight', '>= 0', r.search.orthogonal_weight)

@@ -12,11 +12,16 @@ threshold, and the product lr x weight x updates there: the constant
 
     python benchmarks/sharing_transition.py [--lrs 1e-3 1e-2 4e-2] [--weight 5e-3] [--model layer|cifar|digits]
     python benchmarks/sharing_transition.py --model digits --lrs 0.05714 --horizon 2 --points 20 --curve
+    python benchmarks/sharing_transition.py --candidates 8 12 16 24 32 48 64 --lrs 4e-2 --horizon 2
+
+"trained share" is where the transition leaves the candidates: the mean share of a projection's squared norm on
+the first max(candidates) meta channels, the only ones ordinal sharing (the warm-up's) trains.
 """
 from __future__ import annotations
 
 import argparse
 import time
+from typing import Sequence
 
 import torch
 
@@ -27,11 +32,13 @@ from aps_zoo.spaces import APSSupernet, build_space
 THRESHOLDS = (0.54, 0.3, 0.05)
 
 
-def make_model(kind: str) -> torch.nn.Module:
-    """One ResNet-20 CIFAR conv (candidates 4..64, meta 124), or a supernet of the CIFAR or digits space."""
+def make_model(kind: str, layer_candidates: Sequence[int] = (4, 8, 16, 32, 64)) -> torch.nn.Module:
+    """One ResNet-20 CIFAR conv (``layer_candidates``, meta width their sum), or a supernet of the CIFAR or
+    digits space."""
     torch.manual_seed(0)
     if kind == 'layer':
-        return APSConv2d([4, 8, 16, 32, 64], [4, 8, 16, 32, 64], 124, 124, 3, overlap=1.0)
+        meta = sum(layer_candidates)
+        return APSConv2d(layer_candidates, layer_candidates, meta, meta, 3, overlap=1.0)
     candidates, size = ([4, 8, 16, 32, 64], 32) if kind == 'cifar' else ([8, 16, 32, 64], 8)
     return APSSupernet(build_space('resnet_cifar', 20, candidates, num_classes=10, input_size=(3, size, size)))
 
@@ -39,6 +46,14 @@ def make_model(kind: str) -> torch.nn.Module:
 def sharing_mean(model) -> float:
     levels = sharing_levels(model)
     return sum(levels.values()) / len(levels)
+
+
+@torch.no_grad()
+def trained_share(model, trained: int) -> float:
+    """Mean share of a projection column's squared norm on the first ``trained`` meta channels (a bank stores
+    one projection column per row, meta channels along its columns)."""
+    banks = [p for n, p in model.named_parameters() if '_proj.' in n]
+    return float(sum((p[:, :trained] ** 2).sum() for p in banks) / sum((p ** 2).sum() for p in banks))
 
 
 def simulate(model, lr: float, weight: float, updates: int, every: int):
@@ -65,24 +80,28 @@ def main() -> None:
     parser.add_argument('--lrs', type=float, nargs='+', default=[1e-3, 1e-2, 4e-2])
     parser.add_argument('--weight', type=float, default=5e-3)
     parser.add_argument('--model', choices=['layer', 'cifar', 'digits'], default='layer')
+    parser.add_argument('--candidates', type=int, nargs='+', default=[4, 8, 16, 32, 64],
+                        help="the layer's candidates (--model layer)")
     parser.add_argument('--horizon', type=float, default=2.5,
                         help='run each lr for horizon x the constant / (lr x weight) updates')
     parser.add_argument('--points', type=int, default=100, help='sharing measurements per run')
     parser.add_argument('--curve', action='store_true', help='also print every measured (update, sharing)')
     args = parser.parse_args()
-    print(f"model {args.model}, weight {args.weight}, momentum {PROJECTION_MOMENTUM}, column renormalisation; "
+    print(f"model {args.model}{f' {args.candidates}' if args.model == 'layer' else ''}, weight {args.weight}, momentum {PROJECTION_MOMENTUM}, column renormalisation; "
           f"constant in use {TRANSITION_LR_WEIGHT_UPDATES}")
     print(f"{'lr':>8} | " + ' | '.join(f"{f'updates to {t}':>16} | {'lr*w*updates':>12}" for t in THRESHOLDS)
-          + f" | {'end sharing':>11} | {'s':>5}")
+          + f" | {'end sharing':>11} | {'trained share':>13} | {'s':>5}")
     for lr in args.lrs:
         updates = int(args.horizon * TRANSITION_LR_WEIGHT_UPDATES / (lr * args.weight))
         start = time.perf_counter()
-        curve = simulate(make_model(args.model), lr, args.weight, updates, max(1, updates // args.points))
+        model = make_model(args.model, args.candidates)
+        curve = simulate(model, lr, args.weight, updates, max(1, updates // args.points))
         cells = []
         for t in THRESHOLDS:
             n = first_below(curve, t)
             cells.append(f"{'-' if n is None else n:>16} | {'-' if n is None else f'{lr * args.weight * n:.4f}':>12}")
-        print(f"{lr:>8.0e} | " + ' | '.join(cells) + f" | {curve[-1][1]:>11.4f} | {time.perf_counter() - start:>5.0f}",
+        print(f"{lr:>8.0e} | " + ' | '.join(cells) + f" | {curve[-1][1]:>11.4f} | {trained_share(model, max(args.candidates)):>13.2f}"
+              f" | {time.perf_counter() - start:>5.0f}",
               flush=True)
         if args.curve:
             print('  ' + ', '.join(f'{t}: {v:.4f}' for t, v in curve))

@@ -270,7 +270,7 @@ def _trained_searcher(tmp_path, **search_overrides):
     recipe = recipe_from_dict(tiny(tmp_path, epochs=3, warmup_epochs=3, steps_per_epoch=None, **search_overrides))
     searcher = Searcher(recipe, make_accelerator(cpu=True, seedable_sampler=True), tmp_path / 'out')
     for epoch in range(3):
-        searcher.set_schedule(epoch, True)
+        searcher.set_schedule(epoch)
         searcher.train_epoch(epoch, True)
     return searcher
 

@@ -102,8 +102,8 @@ class Searcher:
         """``search.projection_lr`` when set; under ``projection_grad: task_and_penalty`` the reference's
         lr (the transition law is for penalty-only updates: the derived lr, applied to the task gradient
         too, wrecks the supernet); else the lr that completes the sharing transition after
-        ``search.sharing_transition`` of the post-warm-up projection updates (0 without a penalty:
-        nothing moves the projections then)."""
+        ``search.sharing_transition`` of the projection updates from :meth:`projection_start` on (0 without a
+        penalty: nothing moves the projections then)."""
         s = self.recipe.search
         if s.projection_lr is not None:
             return s.projection_lr
@@ -111,14 +111,24 @@ class Searcher:
             return REFERENCE_PROJECTION_LR
         if s.orthogonal_weight == 0:
             return 0.0
-        updates = (s.epochs - s.warmup_epochs) * self._steps_per_epoch() // s.orthogonal_every
+        updates = (s.epochs - self.projection_start()) * self._steps_per_epoch() // s.orthogonal_every
         return transition_projection_lr(s.sharing_transition, updates, s.orthogonal_weight)
 
-    def set_schedule(self, epoch: int, warm: bool) -> float:
+    def projection_start(self) -> int:
+        """The first epoch in which the projections learn: ``search.projection_start_epoch``, else the end of
+        warm-up."""
+        s = self.recipe.search
+        return s.warmup_epochs if s.projection_start_epoch is None else s.projection_start_epoch
+
+    def learns_projections(self, epoch: int) -> bool:
+        """Whether the projections learn in ``epoch``."""
+        return self.recipe.search.learn_projections and epoch >= self.projection_start()
+
+    def set_schedule(self, epoch: int) -> float:
         """Set this epoch's meta-weight lr (cosine), projection lr and projection gradients; returns the lr."""
         s = self.recipe.search
         lr = 0.5 * s.lr * (1 + math.cos(math.pi * epoch / s.epochs))
-        learn = s.learn_projections and not warm
+        learn = self.learns_projections(epoch)
         self.optimizer.param_groups[0]['lr'] = lr
         self.optimizer.param_groups[1]['lr'] = self.projection_lr if learn else 0.0
         attach_projections(self.supernet, learn and s.projection_grad == 'task_and_penalty')
@@ -133,7 +143,7 @@ class Searcher:
         losses, correct, seen = [], 0.0, 0
         bar = progress(self.train_loader, desc=f'epoch {epoch} {"warm-up" if warm else "search"}', leave=False,
                    disable=not self.accelerator.is_local_main_process, total=total)
-        learn = s.learn_projections and not warm
+        learn = self.learns_projections(epoch)
         digest, start = 0, time.perf_counter()
         for i, (x, y) in enumerate(bar):
             if i >= total:
@@ -286,7 +296,7 @@ def _search(searcher: Searcher, run: Run) -> SearchResult:
                   initial=start, total=s.epochs)
     for epoch in epochs:
         warm = epoch < s.warmup_epochs
-        lr = searcher.set_schedule(epoch, warm)
+        lr = searcher.set_schedule(epoch)
         record = {'epoch': epoch, 'phase': 'warmup' if warm else 'search', 'lr': lr,
                   **searcher.train_epoch(epoch, warm)}
         if not warm:
