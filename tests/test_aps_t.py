@@ -175,7 +175,8 @@ def tiny(tmp_path, **search):
             'data': {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
             'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
             'search': {'budget_macs': 2e5, 'epochs': 4, 'warmup_epochs': 1, 'steps_per_epoch': 4,
-                       'decode_top_k': 2, 'controller': {'steps_per_epoch': 2}, **search}}
+                       'decode_candidates': 8, 'decode_top_k': 2, 'band_samples': 4,
+                       'controller': {'steps_per_epoch': 2}, **search}}
 
 
 def test_projection_lr_precedence(tmp_path):

@@ -178,8 +178,8 @@ def test_search_on_an_idx_folder(tmp_path):
         'name': 'idx', 'seed': 0, 'output_dir': str(tmp_path / 'runs'),
         'data': {'dataset': str(tmp_path / 'm'), 'image_size': 8, 'batch_size': 32, 'augment': False},
         'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8]},
-        'search': {'budget_macs': 2e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 2, 'decode_top_k': 2,
-                   'controller': {'steps_per_epoch': 2}}})
+        'search': {'budget_macs': 2e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 2, 'decode_candidates': 8,
+                   'decode_top_k': 2, 'band_samples': 4, 'controller': {'steps_per_epoch': 2}}})
     result = search(recipe, cpu=True)
     config = ChannelConfig.load(tmp_path / 'runs' / 'idx' / 'search' / 'channel_config.json')
     assert config == result.config and config.num_classes == 4

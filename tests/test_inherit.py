@@ -1,9 +1,7 @@
-"""Slimming a trained parent (issue 17): the inherited supernet and child, timm checkpoints, bad parents."""
+"""Slimming a trained parent (issue 17): the inherited supernet and child, timm checkpoints, bad parents.
+The inherited search under two CPU ranks is in tests/test_distributed.py (one launch runs the two-rank runs)."""
 import json
-import os
 import random
-import subprocess
-import sys
 
 import pytest
 import timm
@@ -26,7 +24,6 @@ from aps_zoo.spaces import APSSupernet, build_space
 from aps_zoo.spaces.inherit import inherit_space, load_parent_into, supernet_for
 from aps_zoo.spaces.parents import InheritError, load_parent
 from aps_zoo.train import train
-from conftest import launch_command
 
 DEPTH = 8  # resnet_cifar8: stem + 3 basic blocks, widths 16/32/64
 
@@ -42,9 +39,9 @@ def _save(model, path):
     return path
 
 
-@pytest.fixture(scope='module')
-def parent(tmp_path_factory):
-    """A full-width resnet_cifar8 trained here for a few SGD steps on digits (BN statistics and affine moved)."""
+def train_parent(path):
+    """A full-width resnet_cifar8 trained here for a few SGD steps on digits (BN statistics and affine moved):
+    (the model, its weights saved at ``path``)."""
     torch.manual_seed(0)
     model = timm.create_model('aps_resnet_cifar', depth=DEPTH, num_classes=10, img_size=8)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
@@ -56,7 +53,12 @@ def parent(tmp_path_factory):
         loss.backward()
         opt.step()
     model.eval()
-    return model, _save(model, tmp_path_factory.mktemp('parent') / 'parent.safetensors')
+    return model, _save(model, path)
+
+
+@pytest.fixture(scope='module')
+def parent(tmp_path_factory):
+    return train_parent(tmp_path_factory.mktemp('parent') / 'parent.safetensors')
 
 
 def truncated_parent(parent_model, config):
@@ -288,8 +290,8 @@ def _recipe(tmp_path, init_from, **train):
         'data': {'dataset': 'digits', 'image_size': 8, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
         'space': {'family': 'resnet_cifar', 'depth': DEPTH, 'candidates': [4, 8, 16], 'stage_multipliers': [1, 2, 4],
                   'meta_width': 'max', 'init_from': init_from, 'init_importance': 'bn_scale'},
-        'search': {'budget_macs': 2.0e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 3, 'decode_top_k': 2,
-                   'controller': {'steps_per_epoch': 2}},
+        'search': {'budget_macs': 2.0e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 3, 'decode_candidates': 8,
+                   'decode_top_k': 2, 'band_samples': 4, 'controller': {'steps_per_epoch': 2}},
         'train': {'epochs': 1, 'select_best': False, **train},
     }
 
@@ -311,7 +313,7 @@ def test_search_fine_tune_and_export_from_a_trained_parent(tmp_path):
                                  pretrained=True).eval()  # the un-tuned child, as `aps-zoo export` writes it
     x, y = next(iter(build_loaders(recipe.data, recipe.seed, holdout=False).test))
     with torch.no_grad():
-        assert (exported(x).argmax(-1) == y).float().mean() > 0.5  # measured 0.74 (parent 0.98, chance 0.1)
+        assert (exported(x).argmax(-1) == y).float().mean() > 0.5  # measured 0.77 (parent 0.98, chance 0.1)
     tuned = train(recipe, result.config_path, cpu=True)
     assert tuned.config.provenance['init'].startswith('inherited') and tuned.top1 > 30
     card = (export_run(tuned.out_dir, tmp_path / 'export') / 'README.md').read_text()
@@ -338,28 +340,10 @@ def test_cli_one_line_errors(parent, tmp_path, capsys):
     assert 'space.init_importance' in capsys.readouterr().err
 
 
-@pytest.mark.slow
-def test_inherited_search_under_two_cpu_ranks(parent, tmp_path):
-    """`accelerate launch` with two gloo ranks (docs/design.md#two-cpu-ranks): both ranks load the parent and train the same
-    architectures; the main process writes the inherited child."""
-    _, path = parent
-    recipe = _recipe(tmp_path, str(path))
-    (tmp_path / 'r.yaml').write_text(yaml.safe_dump(recipe))
-    cmd = [*launch_command(2), '-m', 'aps_zoo.cli', 'search', str(tmp_path / 'r.yaml'), '--cpu']
-    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, 'OMP_NUM_THREADS': '1'},
-                          timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / 'slim' / 'search'
-    for record in (json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()):
-        assert len(record['arch_digests']) == 2 and len(set(record['arch_digests'])) == 1
-    config = ChannelConfig.load(out / 'inherited' / 'channel_config.json')
-    assert config.widths == ChannelConfig.load(out / 'channel_config.json').widths
-    assert config.provenance['parent'] == str(path)
-
-
-def test_timm_name_and_hf_hub_parents_load_from_the_hub_cache_offline(tmp_path):
+def test_timm_name_and_hf_hub_parents_load_from_the_hub_cache_offline(tmp_path, monkeypatch):
     """A timm name and `hf-hub:` go through timm.create_model(pretrained=True): here from a Hub cache laid out
     under HF_HUB_CACHE as after a download (HF_HUB_OFFLINE=1); the revision is the cached commit."""
+    from huggingface_hub import constants
     from timm.models import save_for_hf
     torch.manual_seed(0)
     folder = tmp_path / 'resnet18'
@@ -371,15 +355,9 @@ def test_timm_name_and_hf_hub_parents_load_from_the_hub_cache_offline(tmp_path):
         (snapshot / name).write_bytes((folder / name).read_bytes())
     (snapshot.parents[1] / 'refs').mkdir()
     (snapshot.parents[1] / 'refs' / 'main').write_text(sha)
-    code = """
-import json
-from aps_zoo.spaces.parents import load_parent
-print(json.dumps([load_parent(s, 'resnet', 18).provenance() for s in ('resnet18', 'hf-hub:timm/resnet18.a1_in1k')]))
-"""
-    env = {**os.environ, 'HF_HUB_CACHE': str(tmp_path / 'cache'), 'HF_HUB_OFFLINE': '1', 'OMP_NUM_THREADS': '1'}
-    done = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-2000:]
-    by_name, by_hub = json.loads(done.stdout.strip().splitlines()[-1])
+    monkeypatch.setattr(constants, 'HF_HUB_CACHE', str(tmp_path / 'cache'))  # conftest sets HF_HUB_OFFLINE=1
+    assert constants.HF_HUB_OFFLINE
+    by_name, by_hub = [load_parent(s, 'resnet', 18).provenance() for s in ('resnet18', 'hf-hub:timm/resnet18.a1_in1k')]
     assert by_name['parent_revision'] == by_hub['parent_revision'] == sha
     assert by_name['parent_architecture'] == 'resnet18' and by_name['parent_widths'] == uniform_widths('resnet', 18)
 

@@ -21,7 +21,8 @@ def test_mobilenetv3_search_train_export_load(tmp_path, capsys):
         'data': {'dataset': 'digits', 'image_size': 16, 'val_fraction': 0.2, 'batch_size': 64, 'augment': False},
         'space': {'family': 'mobilenetv3_large', 'depth': 0, 'candidates': [4, 8]},
         'search': {'budget_macs': BUDGET, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 2,
-                   'decode_top_k': 2, 'controller': {'steps_per_epoch': 2}},
+                   'decode_candidates': 8, 'decode_top_k': 2, 'band_samples': 4, 'calibration_batches': 1,
+                   'controller': {'steps_per_epoch': 2}},
         'train': {'epochs': 1, 'steps_per_epoch': 4, 'select_best': False},
     }
     path = tmp_path / 'mbv3.yaml'

@@ -1,5 +1,6 @@
 """The ranking benchmark: architectures in the band, rank agreement with bootstrap CIs, its jobs in worker
 processes, and one tiny end-to-end run on digits (the benchmark's calls into the library stay in sync)."""
+import functools
 import importlib
 import json
 import os
@@ -47,14 +48,18 @@ def test_jobs_in_worker_processes_return_in_order(ranking):
     assert ranking.run_jobs(jobs[:5], workers=1, threads=1) == out[:5]
 
 
-TINY = ['search.epochs=2', 'search.warmup_epochs=1', 'search.steps_per_epoch=2', 'search.controller.steps_per_epoch=1',
-        'search.calibration_batches=1', 'search.decode_candidates=4', 'search.decode_top_k=2']
+# the recipe on resnet_cifar8 (its band at the recipe's budget holds plenty of architectures), a few steps of each run
+TINY = ['space.depth=8', 'search.epochs=2', 'search.warmup_epochs=1', 'search.steps_per_epoch=2',
+        'search.controller.steps_per_epoch=1', 'search.calibration_batches=1', 'search.decode_candidates=4',
+        'search.decode_top_k=2', 'search.band_samples=2', 'data.val_fraction=0.1', 'train.steps_per_epoch=2']
 
 
-def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranking, tmp_path):
+def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranking, tmp_path, monkeypatch):
     """Three digits architectures: each standalone top-1 is what its saved weights score on the test split,
     every supernet scores every architecture under both evaluations, and a rerun reuses the runs."""
     sq = sys.modules['search_quality']
+    # the bootstrap CIs over 3 architectures with fewer resamples (test_rank_agreement checks the statistics)
+    monkeypatch.setattr(ranking, 'rank_agreement', functools.partial(ranking.rank_agreement, reps=100))
     recipe = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
     args = (recipe, TINY, tmp_path / 'out', tmp_path / 'runs', 3, 1, True)
     summary = ranking.run(*args, command='first')

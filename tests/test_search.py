@@ -1,6 +1,6 @@
-"""End-to-end APS search on digits: outputs, budget, resume, bad input, two CPU ranks."""
+"""End-to-end APS search on digits: outputs, budget, resume, bad input. Under two CPU ranks and under bf16 from
+the launcher: tests/test_distributed.py and tests/test_launch_bf16.py (one launch each runs their runs)."""
 import json
-import math
 import os
 import shutil
 import subprocess
@@ -11,13 +11,11 @@ import torch
 import yaml
 
 from aps_zoo.channels import ChannelConfig
-from aps_zoo.data import build_loaders
 from aps_zoo.flops import count_macs
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.runs import CheckpointError, NonFiniteLossError, list_checkpoints, load_plain_state
 from aps_zoo.search.loop import search
 from aps_zoo.spaces import SearchSpaceError
-from conftest import launch_command
 
 BUDGET = 2.0e5  # the space spans 31k-420k MACs: the band [0.9, 1] x budget binds
 
@@ -34,9 +32,28 @@ def tiny(tmp_path, **search_overrides):
     return data
 
 
-def test_search_writes_config_report_and_plots(tmp_path):
-    result = search(recipe_from_dict(tiny(tmp_path)), cpu=True)
-    out = tmp_path / 'tiny' / 'search'
+@pytest.fixture(scope='module')
+def tiny_run(tmp_path_factory):
+    """The tiny search with its defaults, run once (on one intra-op thread, as the kill-and-resume test needs):
+    (its result, the output_dir holding tiny/search). Tests that change the run folder work on a copy."""
+    root = tmp_path_factory.mktemp('tiny_run')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return search(recipe_from_dict(tiny(root)), cpu=True), root
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _copy_run(tiny_run, tmp_path):
+    """A copy of the tiny search's output folder at ``tmp_path`` (as if ``search(tiny(tmp_path))`` had run)."""
+    shutil.copytree(tiny_run[1] / 'tiny', tmp_path / 'tiny')
+    return tmp_path / 'tiny' / 'search'
+
+
+def test_search_writes_config_report_and_plots(tiny_run):
+    result, root = tiny_run
+    out = root / 'tiny' / 'search'
     config = ChannelConfig.load(out / 'channel_config.json')
     assert config == result.config
     assert config.provenance['source'] == 'search' and 'digits' in config.provenance['dataset']
@@ -67,9 +84,13 @@ STRATEGIES = {'reinforce': {}, 'random': {'strategy': 'random'},
 
 
 @pytest.mark.parametrize('strategy', sorted(STRATEGIES))
-def test_resume_after_kill_matches_uninterrupted_run(tmp_path, strategy):
+def test_resume_after_kill_matches_uninterrupted_run(tmp_path, strategy, tiny_run):
     """Every strategy's state (policy and optimizer, archive, population, RNG) is in the checkpoint."""
-    full = search(recipe_from_dict(tiny(tmp_path / 'a', **STRATEGIES[strategy])), cpu=True)
+    if strategy == 'reinforce':  # the defaults: the shared run is the uninterrupted one
+        full = tiny_run[0]
+        _copy_run(tiny_run, tmp_path / 'a')
+    else:
+        full = search(recipe_from_dict(tiny(tmp_path / 'a', **STRATEGIES[strategy])), cpu=True)
     run_a = tmp_path / 'a' / 'tiny' / 'search'
     # a run killed during epoch 3: its newest checkpoint is epoch 2
     shutil.copytree(tmp_path / 'a', tmp_path / 'b')
@@ -101,9 +122,8 @@ def test_budget_below_smallest_network_fails_before_writing(tmp_path):
     assert sorted(p.name for p in out.iterdir()) == ['keep.txt']
 
 
-def test_resume_falls_back_from_corrupted_checkpoint(tmp_path, capsys):
-    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
-    run = tmp_path / 'tiny' / 'search'
+def test_resume_falls_back_from_corrupted_checkpoint(tmp_path, capsys, tiny_run):
+    run = _copy_run(tiny_run, tmp_path)
     (epoch3 := run / 'checkpoints' / 'epoch_0003' / 'state.safetensors').write_bytes(b'garbage')
     assert [e for e, _ in list_checkpoints(run)] == [2, 3]
     search(recipe_from_dict(tiny(tmp_path)), resume=True, cpu=True)
@@ -115,8 +135,8 @@ def test_resume_falls_back_from_corrupted_checkpoint(tmp_path, capsys):
         search(recipe_from_dict(tiny(tmp_path)), resume=True, cpu=True)
 
 
-def test_resume_rejects_checkpoint_of_another_space(tmp_path):
-    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
+def test_resume_rejects_checkpoint_of_another_space(tmp_path, tiny_run):
+    _copy_run(tiny_run, tmp_path)
     before = (tmp_path / 'tiny' / 'search' / 'metrics.jsonl').read_text()
     with pytest.raises(CheckpointError, match='already holds a run'):
         search(recipe_from_dict(tiny(tmp_path)), cpu=True)  # a fresh run never overwrites an earlier one
@@ -127,47 +147,23 @@ def test_resume_rejects_checkpoint_of_another_space(tmp_path):
         search(recipe_from_dict(other), resume=True, cpu=True)
 
 
-def test_cli_reports_bad_recipe_key_in_one_line(tmp_path):
+def test_cli_reports_bad_recipe_key_in_one_line(tmp_path, capfd):
+    """`aps-zoo search` (its entry point, in this process as tests/test_bad_input.py runs it)."""
+    from aps_zoo.cli import main
     recipe = tiny(tmp_path)
     recipe['search']['budget'] = 5
     path = tmp_path / 'bad.yaml'
     path.write_text(yaml.safe_dump(recipe))
-    proc = subprocess.run([sys.executable, '-m', 'aps_zoo.cli', 'search', str(path), '--cpu'],
-                          capture_output=True, text=True)
-    assert proc.returncode == 2
-    assert proc.stderr.strip().count('\n') == 0
-    assert "unknown recipe key 'search.budget'" in proc.stderr and 'budget_macs' in proc.stderr
+    capfd.readouterr()
+    assert main(['search', str(path), '--cpu']) == 2
+    stderr = capfd.readouterr().err
+    assert stderr.strip().count('\n') == 0
+    assert "unknown recipe key 'search.budget'" in stderr and 'budget_macs' in stderr
+    assert not (tmp_path / 'tiny').exists()
 
 
-@pytest.mark.slow
-def test_two_cpu_ranks_train_the_same_architectures(tmp_path):
-    """docs/design.md#two-cpu-ranks: two gloo ranks on CPU via --multi_gpu with Accelerator(cpu=True) (the --cpu flag)."""
-    path = tmp_path / 'r.yaml'
-    path.write_text(yaml.safe_dump(tiny(tmp_path)))
-    env = {**os.environ, 'OMP_NUM_THREADS': '1'}
-    cmd = [*launch_command(2), '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / 'tiny' / 'search'
-    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert len(records) == 4
-    for r in records:
-        assert len(r['arch_digests']) == 2 and r['arch_digests'][0] == r['arch_digests'][1], r['arch_digests']
-        assert r['greedy_digests'][0] == r['greedy_digests'][1]  # the main process's pick, broadcast
-    # each held-out image counted once across ranks: accuracies are multiples of 1 / 288 (the held-out images);
-    # counting the duplicates that pad them to one batch of 256 per rank would make them multiples of 1 / 512
-    held_out = build_loaders(recipe_from_dict(tiny(tmp_path)).data, seed=3, holdout=True).sizes['val']
-    assert held_out == 288
-    for acc in [r['val_acc'] for r in records]:
-        assert abs(acc * held_out - round(acc * held_out)) < 1e-6, (acc, held_out)
-    assert sorted(p.name for p in out.glob('*.json')) == ['channel_config.json']
-    assert 0.9 * BUDGET <= count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET
-    assert 'repaired: 0 of 3 re-scored candidates' in (out / 'search_report.md').read_text()
-
-
-def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
-    search(recipe_from_dict(tiny(tmp_path)), cpu=True)
-    run = tmp_path / 'tiny' / 'search'
+def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path, tiny_run):
+    run = _copy_run(tiny_run, tmp_path)
     before = {p: p.read_bytes() for _, folder in list_checkpoints(run) for p in folder.iterdir()}
     exploding = tiny(tmp_path, lr=1e30, epochs=6)
     with pytest.raises(NonFiniteLossError, match=r'at step \d+'):
@@ -182,21 +178,21 @@ def test_nonfinite_loss_stops_naming_the_step_and_keeps_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
-def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path):
+def test_search_killed_mid_run_resumes_to_the_same_result(tmp_path, tiny_run):
     """SIGKILL a real `aps-zoo search` process once it has written a checkpoint, then --resume: the same config
     and the same controller. Every part runs on one intra-op thread (in-process and the killed process), so
     the thread count cannot change the float sums; MKL's kernels may still differ in the last bits with the
     memory alignment of their inputs (one run in many under heavy load did), hence a tolerance far below what
     one REINFORCE step moves (an RNG or sampling error after resume moves it by about the Adam lr, 0.06 here)."""
+    full, root = tiny_run  # the uninterrupted run, on one thread
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        full = search(recipe_from_dict(tiny(tmp_path / 'a')), cpu=True)
         resumed, run = _kill_then_resume(tmp_path)
     finally:
         torch.set_num_threads(threads)
     assert resumed.config.widths == full.config.widths
-    a = load_plain_state(tmp_path / 'a' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
+    a = load_plain_state(root / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
     b = load_plain_state(run / 'checkpoints' / 'epoch_0003')
     for key, tensor in a['strategy']['reinforce']['controller'].items():
         torch.testing.assert_close(b['strategy']['reinforce']['controller'][key], tensor, rtol=1e-5, atol=1e-6,
@@ -231,37 +227,23 @@ def test_recipe_for_more_gpus_than_present(tmp_path):
     assert not (tmp_path / 'tiny').exists()
 
 
-def test_lazy_orthogonality_penalty_skips_exactly(tmp_path):
+def test_lazy_orthogonality_penalty_skips_exactly(tmp_path, tiny_run):
     """orthogonal_every=k adds the penalty on every k-th step only: with k beyond the run's steps the
     supernet ends bit-identical to a run without the penalty, while k=1 moves the projections."""
     from safetensors.torch import load_file
 
-    def projections(name, **overrides):
-        search(recipe_from_dict(tiny(tmp_path / name, **overrides)), cpu=True)
-        state = load_file(tmp_path / name / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003' / 'model.safetensors')
+    def projections(root, **overrides):
+        if overrides:
+            search(recipe_from_dict(tiny(root, **overrides)), cpu=True)
+        state = load_file(root / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003' / 'model.safetensors')
         return {k: v for k, v in state.items() if '_proj.' in k}
 
-    unpenalised = projections('zero', orthogonal_weight=0.0)
-    skipped = projections('lazy', orthogonal_every=1000)
-    every_step = projections('every')
+    unpenalised = projections(tmp_path / 'zero', orthogonal_weight=0.0)
+    skipped = projections(tmp_path / 'lazy', orthogonal_every=1000)
+    every_step = projections(tiny_run[1])  # the defaults: orthogonal_every 1
     assert unpenalised.keys() == skipped.keys() == every_step.keys()
     assert all(torch.equal(unpenalised[k], skipped[k]) for k in unpenalised)
     assert any(not torch.equal(unpenalised[k], every_step[k]) for k in unpenalised)
-
-
-def test_search_under_bf16_mixed_precision(tmp_path):
-    """`accelerate launch --mixed_precision bf16` (bf16 autocast, here on CPU) runs the whole search."""
-    path = tmp_path / 'r.yaml'
-    path.write_text(yaml.safe_dump(tiny(tmp_path)))
-    cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', '1', '--num_machines', '1',
-           '--mixed_precision', 'bf16', '--dynamo_backend', 'no', '-m', 'aps_zoo.cli', 'search', str(path), '--cpu']
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    out = tmp_path / 'tiny' / 'search'
-    assert '- processes: 1 x cpu, mixed precision bf16' in (out / 'search_report.md').read_text()
-    records = [json.loads(line) for line in (out / 'metrics.jsonl').read_text().splitlines()]
-    assert len(records) == 4 and all(math.isfinite(r['train_loss']) for r in records)
-    assert count_macs(ChannelConfig.load(out / 'channel_config.json')) <= BUDGET * 1.02
 
 
 def _trained_searcher(tmp_path, **search_overrides):

@@ -26,8 +26,8 @@ def _recipe(tmp_path, root, data=None, search=None, train_keys=None):
         'data': {'dataset': str(root), 'streaming': True, 'image_size': 8, 'batch_size': 32, 'eval_batch_size': 64,
                  'augment': False, 'val_size': 128, **(data or {})},
         'space': {'family': 'resnet_cifar', 'depth': 8, 'candidates': [4, 8, 16]},
-        'search': {'budget_macs': 2.0e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 3, 'decode_top_k': 2,
-                   'controller': {'steps_per_epoch': 2}, **(search or {})},
+        'search': {'budget_macs': 2.0e5, 'epochs': 2, 'warmup_epochs': 1, 'steps_per_epoch': 3, 'decode_candidates': 8,
+                   'decode_top_k': 2, 'band_samples': 4, 'controller': {'steps_per_epoch': 2}, **(search or {})},
         'train': {'config': 'aps_resnet20_cifar_20m', 'epochs': 1, **(train_keys or {})},
     })
 

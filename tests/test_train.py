@@ -1,9 +1,8 @@
-"""Retraining on digits (CPU, seconds): learning, outputs, exact resume, non-finite losses, bad input."""
+"""Retraining on digits (CPU, seconds): learning, outputs, exact resume, non-finite losses, bad input. Mixed precision
+from the launcher: tests/test_launch_bf16.py."""
 import json
 import math
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -233,23 +232,6 @@ def test_changed_epochs_on_resume_refused_in_one_line(tmp_path, change, message)
         train(_recipe(tmp_path, **{**base, **change}), resume=True)
     assert '\n' not in str(info.value)
     assert (tmp_path / 'run' / 'train' / 'model.safetensors').read_bytes() == before
-
-
-@pytest.mark.slow
-def test_mixed_precision_from_the_launcher_unless_the_recipe_sets_it(tmp_path):
-    """`accelerate launch --mixed_precision bf16` decides when the recipe leaves train.mixed_precision unset;
-    a recipe that sets it wins."""
-    results = {}
-    for name, train_keys in (('launched', {}), ('explicit', {'mixed_precision': 'no'})):
-        path = tmp_path / f'{name}.yaml'
-        path.write_text(yaml.safe_dump(_recipe(tmp_path, name, epochs=1, steps_per_epoch=2, **train_keys).to_dict()))
-        cmd = [sys.executable, '-m', 'accelerate.commands.launch', '--num_processes', '1', '--num_machines', '1',
-               '--mixed_precision', 'bf16', '--dynamo_backend', 'no', '-m', 'aps_zoo.cli', 'train', str(path), '--cpu']
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
-        assert proc.returncode == 0, proc.stderr[-3000:]
-        results[name] = json.loads((tmp_path / name / 'train' / 'results.json').read_text())
-    assert results['launched']['mixed_precision'] == 'bf16' and results['explicit']['mixed_precision'] == 'no'
-    assert load_recipe(tmp_path / 'launched' / 'train' / 'recipe.yaml').train.mixed_precision is None
 
 
 def test_progress_writes_lines_not_bar_frames_when_not_a_terminal(tmp_path, capsys):

@@ -9,6 +9,14 @@
         the tiny search space's supernet wrapped by DDP with and without keep_projections_out_of_ddp: the
         bytes DDP buckets, the bytes of the meta weights and of the projections, and a digest of the
         projections after three penalised steps.
+    two_ranks.py cli ARGS...
+        `aps-zoo ARGS...` (aps_zoo.cli.main, as `-m aps_zoo.cli ARGS...` runs it); a non-zero exit code ends
+        the launch with that code.
+    two_ranks.py batch JOBS_JSON
+        the jobs of a JSON list (each the arguments of one of the commands above), one after the other in
+        the same two ranks: one launch (process start, imports, gloo) instead of one per job. A job that
+        is killed (--kill-after-epoch) has written its rank files; the message goes into them under 'error' and
+        the next job starts. The patches of a train job are undone after it.
 """
 import hashlib
 import json
@@ -67,7 +75,11 @@ def run_train(recipe_path: str, out: Path, resume: bool, kill_after: int, nan_st
 
     train_mod._Trainer._step, train_mod._Trainer.train_epoch = recording_step, seeded_epoch
     train_mod._Trainer.finish, runs.save_checkpoint = digesting_finish, save_then_die
-    train_mod.train(load_recipe(recipe_path), resume=resume, cpu=True)
+    try:
+        train_mod.train(load_recipe(recipe_path), resume=resume, cpu=True)
+    finally:
+        train_mod._Trainer._step, train_mod._Trainer.train_epoch = step, train_epoch
+        train_mod._Trainer.finish, runs.save_checkpoint = finish, save
     _write(out, {**record, 'images': seen})
 
 
@@ -104,12 +116,36 @@ def run_buckets(out: Path) -> None:
     _write(out, record)
 
 
-if __name__ == '__main__':
-    args = sys.argv[1:]
+def run(args) -> None:
     if args[0] == 'train':
         def option(name):
             return int(args[args.index(name) + 1]) if name in args else -1
         run_train(args[1], Path(args[2]), '--resume' in args, option('--kill-after-epoch'),
                   option('--nan-on-rank1-step'))
+    elif args[0] == 'cli':
+        from aps_zoo.cli import main
+        code = main(args[1:])
+        if code:
+            sys.exit(code)
     else:
         run_buckets(Path(args[1]))
+
+
+def run_batch(jobs_path: str) -> None:
+    from accelerate.state import PartialState
+    for args in json.loads(Path(jobs_path).read_text()):
+        try:
+            run(args)
+        except SystemExit as e:  # --kill-after-epoch; any other failure ends the launch, as a job of its own would
+            if '--kill-after-epoch' not in args:
+                raise
+            out = Path(args[2])
+            rank = out / f'rank{PartialState().process_index}.json'
+            _write(out, {**json.loads(rank.read_text()), 'error': str(e)})
+
+
+if __name__ == '__main__':
+    if sys.argv[1] == 'batch':
+        run_batch(sys.argv[2])
+    else:
+        run(sys.argv[1:])

@@ -1,0 +1,65 @@
+"""What tests/test_faults.py runs in processes of their own forked from a fork server that has imported timm,
+the exporter and the `aps-zoo` command once: each case costs a fork, not a fresh interpreter's imports, and
+still runs in its own process, which the test signals or kills.
+
+- :func:`export_killed_inside_the_swap`: an export of the ResNet-20 over an earlier one at ``out``, SIGKILLed
+  just before or after one step of the swap that puts it at the name;
+- :func:`cli`: `aps-zoo ARGV` as `python -m aps_zoo.cli ARGV` runs it (exit code, stdout and stderr to files).
+"""
+import importlib
+import os
+import resource
+import signal
+import sys
+
+import timm
+import torch
+
+import aps_zoo  # noqa: F401  (registers the aps_* models with timm)
+
+ex = importlib.import_module('aps_zoo.hub.export')  # the module (aps_zoo.hub.export is also the function)
+
+
+def export_killed_inside_the_swap(out: str, step: str, where: str, mode: str) -> None:
+    """``mode`` 'exchange' swaps with RENAME_EXCHANGE, 'link' as on a file system without it; ``step`` the call
+    to kill around ('exchange', 'replace', 'rmtree'), ``where`` 'before' or 'after' it."""
+    ex._exchange_supported = lambda parent: mode == 'exchange'
+    real = {'exchange': ex._rename_exchange, 'replace': os.replace, 'rmtree': ex.shutil.rmtree}[step]
+
+    def in_swap(*args):
+        """Calls of the swap itself (not the atomic writes of the export's files, which use os.replace too)."""
+        names = [os.path.basename(str(a)) for a in args]
+        return os.path.basename(out) in names or any(n.endswith(('.v', '.link')) for n in names) or step == 'exchange'
+
+    def killing(*args, **kwargs):
+        if not in_swap(*args):
+            return real(*args, **kwargs)
+        if where == 'before':
+            os.kill(os.getpid(), signal.SIGKILL)
+        result = real(*args, **kwargs)
+        os.kill(os.getpid(), signal.SIGKILL)
+        return result
+
+    if step == 'exchange':
+        ex._rename_exchange = killing
+    elif step == 'replace':
+        ex.os.replace = killing
+    else:
+        ex.shutil.rmtree = killing
+    ex.export(timm.create_model('aps_resnet20_cifar_20m'), out, results={'dataset': 'cifar10', 'top1': 55.0},
+              plots=False)
+
+
+def cli(argv, stdout: str, stderr: str, fsize=None) -> None:
+    """`aps-zoo ARGV` with OMP_NUM_THREADS=1 (one intra-op thread), its output to the files ``stdout`` and
+    ``stderr``; the process exits with the command's exit code. ``fsize``: RLIMIT_FSIZE of the process (bytes;
+    with SIGXFSZ ignored, a write past it fails with EFBIG)."""
+    for fd, path in ((1, stdout), (2, stderr)):
+        os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
+    if fsize is not None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
+    os.environ['OMP_NUM_THREADS'] = '1'
+    torch.set_num_threads(1)
+    from aps_zoo.cli import main
+    sys.exit(main(argv))
