@@ -30,16 +30,17 @@ from aps_zoo.aps.sharing import PROJECTION_MOMENTUM, TRANSITION_LR_WEIGHT_UPDATE
 from aps_zoo.spaces import APSSupernet, build_space
 
 THRESHOLDS = (0.54, 0.3, 0.05)
+RESNET20_CIFAR = (4, 8, 16, 32, 64)  # the paper's ResNet-20 candidates (meta 124)
 
 
-def make_model(kind: str, layer_candidates: Sequence[int] = (4, 8, 16, 32, 64)) -> torch.nn.Module:
+def make_model(kind: str, layer_candidates: Sequence[int] = RESNET20_CIFAR) -> torch.nn.Module:
     """One ResNet-20 CIFAR conv (``layer_candidates``, meta width their sum), or a supernet of the CIFAR or
     digits space."""
     torch.manual_seed(0)
     if kind == 'layer':
         meta = sum(layer_candidates)
         return APSConv2d(layer_candidates, layer_candidates, meta, meta, 3, overlap=1.0)
-    candidates, size = ([4, 8, 16, 32, 64], 32) if kind == 'cifar' else ([8, 16, 32, 64], 8)
+    candidates, size = (list(RESNET20_CIFAR), 32) if kind == 'cifar' else ([8, 16, 32, 64], 8)
     return APSSupernet(build_space('resnet_cifar', 20, candidates, num_classes=10, input_size=(3, size, size)))
 
 
@@ -48,17 +49,22 @@ def sharing_mean(model) -> float:
     return sum(levels.values()) / len(levels)
 
 
+def projection_parameters(model):
+    """The projection banks of ``model``."""
+    return [p for n, p in model.named_parameters() if '_proj.' in n]
+
+
 @torch.no_grad()
 def trained_share(model, trained: int) -> float:
     """Mean share of a projection column's squared norm on the first ``trained`` meta channels (a bank stores
     one projection column per row, meta channels along its columns)."""
-    banks = [p for n, p in model.named_parameters() if '_proj.' in n]
+    banks = projection_parameters(model)
     return float(sum((p[:, :trained] ** 2).sum() for p in banks) / sum((p ** 2).sum() for p in banks))
 
 
 def simulate(model, lr: float, weight: float, updates: int, every: int):
     """(update, mean sharing level) every ``every`` updates of penalty-only projection SGD."""
-    projections = [p for n, p in model.named_parameters() if '_proj.' in n]
+    projections = projection_parameters(model)
     opt = torch.optim.SGD(projections, lr=lr, momentum=PROJECTION_MOMENTUM)
     curve = [(0, sharing_mean(model))]
     for t in range(1, updates + 1):
@@ -80,7 +86,7 @@ def main() -> None:
     parser.add_argument('--lrs', type=float, nargs='+', default=[1e-3, 1e-2, 4e-2])
     parser.add_argument('--weight', type=float, default=5e-3)
     parser.add_argument('--model', choices=['layer', 'cifar', 'digits'], default='layer')
-    parser.add_argument('--candidates', type=int, nargs='+', default=[4, 8, 16, 32, 64],
+    parser.add_argument('--candidates', type=int, nargs='+', default=list(RESNET20_CIFAR),
                         help="the layer's candidates (--model layer)")
     parser.add_argument('--horizon', type=float, default=2.5,
                         help='run each lr for horizon x the constant / (lr x weight) updates')
