@@ -131,6 +131,9 @@ class SearchSection:
     # the sharing transition inside warm-up; on Fashion-MNIST the supernet then stopped learning on band
     # architectures for the rest of warm-up (docs/design.md#how-the-projections-learn).
     projection_start_epoch: Optional[int] = None
+    # Mean sharing level at which the projections stop learning for the rest of the search (null: they learn to
+    # the end, as the reference code). Checked every SHARING_CHECK_EVERY steps (aps_zoo.search.loop).
+    sharing_floor: Optional[float] = None
     orthogonal_weight: float = 5e-3
     orthogonal_every: int = 1       # the penalty and the projections' update on every k-th step only
     renormalize_projections: bool = True
@@ -291,6 +294,8 @@ def _check_ranges(r: Recipe) -> None:
     need(0 < r.search.sharing_transition <= 1, 'search.sharing_transition', 'in (0, 1]', r.search.sharing_transition)
     need(r.search.projection_start_epoch is None or 0 <= r.search.projection_start_epoch < r.search.epochs,
          'search.projection_start_epoch', 'in [0, search.epochs) or null', r.search.projection_start_epoch)
+    need(r.search.sharing_floor is None or 0 < r.search.sharing_floor < 1, 'search.sharing_floor',
+         'in (0, 1) or null', r.search.sharing_floor)
     need(r.search.projection_lr is None or r.search.projection_lr >= 0, 'search.projection_lr', '>= 0 or null',
          r.search.projection_lr)
     need(r.search.orthogonal_weight >= 0, 'search.orthogonal_weight', '>= 0', r.search.orthogonal_weight)

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import sys
 from pathlib import Path
 
 import torch
@@ -25,9 +26,11 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from aps_zoo.data import build_loaders
-from aps_zoo.recipe import read_recipe_data, recipe_from_dict
 from aps_zoo.spaces import APSSupernet, space_from_recipe
 from aps_zoo.spaces.band import band_sampler
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import QualityError, load_quality_recipe  # noqa: E402  (sibling benchmark)
 
 WINDOW = 20
 
@@ -55,9 +58,10 @@ def main() -> None:
     parser.add_argument('--steps', type=int, default=80)
     parser.add_argument('--lr', type=float, default=0.08, help="meta-weight lr (the search's at that epoch)")
     args = parser.parse_args()
-    data = read_recipe_data(args.recipe)
-    data.pop('quality', None)  # a quality recipe (benchmarks/search_quality.py) is a recipe plus that section
-    recipe = recipe_from_dict(data, source=str(args.recipe))
+    try:
+        recipe, _ = load_quality_recipe(args.recipe)
+    except QualityError as e:
+        parser.exit(2, f'supernet_probe: {e}\n')
     s = recipe.search
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
     space = space_from_recipe(recipe, data.num_classes, data.input_size)

@@ -1,6 +1,7 @@
 """APS-T: the grouped orthogonality penalty, where projections learn from, and the sharing transition."""
 import importlib.util
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -197,6 +198,7 @@ def test_projection_lr_precedence(tmp_path):
     ('sharing_transition', 0.0, r"'search.sharing_transition' must be in \(0, 1\]"),
     ('projection_lr', -1.0, "'search.projection_lr' must be >= 0 or null"),
     ('projection_start_epoch', 4, r"'search.projection_start_epoch' must be in \[0, search.epochs\) or null, got 4"),
+    ('sharing_floor', 1.0, r"'search.sharing_floor' must be in \(0, 1\) or null, got 1.0"),
 ])
 def test_bad_projection_keys(tmp_path, key, value, match):
     with pytest.raises(RecipeError, match=match):
@@ -226,3 +228,28 @@ def test_projection_start_epoch_moves_sharing_inside_warm_up(tmp_path):
     assert [r['projection_lr'] for r in records] == [0.0] + [pytest.approx(derived)] * 3
     sharing = [r['sharing_mean'] for r in records]
     assert sharing[0] > 0.99 and all(a > b for a, b in zip(sharing, sharing[1:]))
+
+
+def test_sharing_floor_stops_the_projections_and_survives_resume(tmp_path):
+    """``sharing_floor: 0.9`` at a fast projection lr: the first check in the learning phase (step 20, the end of
+    epoch 1) finds sharing below 0.9, and the projections stop there: sharing stays at that level and the lr at 0
+    for the rest of the search (without the floor the same lr takes sharing to 0.48 by epoch 3). A run resumed
+    from epoch 2 keeps the floor: its last epoch matches the uninterrupted run's."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # bit-identical resume
+    try:
+        recipe = tiny(tmp_path / 'a', steps_per_epoch=10, projection_lr=2.0, sharing_floor=0.9)
+        search(recipe_from_dict(recipe), cpu=True)
+        run_a = tmp_path / 'a' / 'tiny' / 'search'
+        shutil.copytree(tmp_path / 'a', tmp_path / 'b')
+        shutil.rmtree(tmp_path / 'b' / 'tiny' / 'search' / 'checkpoints' / 'epoch_0003')
+        search(recipe_from_dict({**recipe, 'output_dir': str(tmp_path / 'b')}), resume=True, cpu=True)
+    finally:
+        torch.set_num_threads(threads)
+    records = [json.loads(line) for line in (run_a / 'metrics.jsonl').read_text().splitlines()]
+    assert [r['floor_step'] for r in records] == [None, 20, 20, 20]
+    assert [r['projection_lr'] for r in records] == [0.0] * 4  # epoch 1 ends frozen
+    sharing = [r['sharing_mean'] for r in records]
+    assert sharing[0] > 0.99 and 0.5 < sharing[1] <= 0.9 and sharing[1] == sharing[2] == sharing[3]
+    resumed = json.loads((tmp_path / 'b' / 'tiny' / 'search' / 'metrics.jsonl').read_text().splitlines()[-1])
+    assert resumed['floor_step'] == 20 and resumed['sharing_mean'] == sharing[3]
