@@ -32,12 +32,14 @@ def _run(strategy, accuracy, updates, images=256, seed=0):
         strategy.tell(archs, [rng.binomial(images, accuracy(a)) / images for a in archs])
 
 
-def test_policy_learns_a_realistic_reward_within_the_recipe_steps():
+@pytest.mark.parametrize('seed', [0, 1, 2])
+def test_policy_learns_a_realistic_reward_within_the_recipe_steps(seed):
     """Architectures 3 points apart, each reward read off a 256-image batch (2.5 points of noise): within the
     updates the digits recipe gives the controller (at the default lr, derived from them), the policy's mean
-    accuracy rises by at least 0.8 points over the band's (its starting distribution)."""
+    accuracy rises by at least 0.5 points over the band's (its starting distribution), from each of three
+    initialisations (0.6-1.3 points measured over six; a 200-sample mean varies by about 0.06)."""
     s = DIGITS.search
-    strategy = create_strategy('reinforce', SPACE, s, seed=0)
+    strategy = create_strategy('reinforce', SPACE, s, seed=seed)
     accuracy, band_mean = _synthetic_accuracy(strategy)
     with torch.no_grad():
         start = np.mean([accuracy(strategy.controller.sample(strategy.generator)[0]) for _ in range(200)])
@@ -45,7 +47,7 @@ def test_policy_learns_a_realistic_reward_within_the_recipe_steps():
     _run(strategy, accuracy, (s.epochs - s.warmup_epochs) * s.controller.steps_per_epoch)
     with torch.no_grad():
         end = np.mean([accuracy(strategy.controller.sample(strategy.generator)[0]) for _ in range(200)])
-    assert end > band_mean + 0.008, (band_mean, end)
+    assert end > band_mean + 0.005, (band_mean, end)
 
 
 @pytest.mark.parametrize('fraction', [0.0, 0.5, 1.0])

@@ -112,7 +112,9 @@ class ReinforceStrategy(SearchStrategy):
     def __init__(self, space: SearchSpace, search, seed: int):
         super().__init__(space, search, seed)
         c = search.controller
-        self.controller = Controller(space, search.budget_macs, c.hidden_size, search.min_budget_fraction)
+        with torch.random.fork_rng(devices=[]):  # the policy's initial weights follow ``seed``, not the global RNG
+            torch.manual_seed(seed)
+            self.controller = Controller(space, search.budget_macs, c.hidden_size, search.min_budget_fraction)
         self.reinforce = Reinforce(self.controller, policy_lr(search), c.entropy_weight, c.baseline_decay, c.grad_clip)
 
     @torch.no_grad()
