@@ -25,7 +25,8 @@ from typing import Sequence
 
 import torch
 
-from aps_zoo.aps import APSConv2d, add_orthogonality_grad_, renormalize_projections, sharing_levels
+from aps_zoo.aps import (APSConv2d, add_orthogonality_grad_, mean_sharing_level, renormalize_projections,
+                         sharing_levels)
 from aps_zoo.aps.sharing import PROJECTION_MOMENTUM, TRANSITION_LR_WEIGHT_UPDATES
 from aps_zoo.spaces import APSSupernet, build_space
 
@@ -45,8 +46,7 @@ def make_model(kind: str, layer_candidates: Sequence[int] = RESNET20_CIFAR) -> t
 
 
 def sharing_mean(model) -> float:
-    levels = sharing_levels(model)
-    return sum(levels.values()) / len(levels)
+    return mean_sharing_level(sharing_levels(model))
 
 
 def projection_parameters(model):

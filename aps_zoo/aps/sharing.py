@@ -54,6 +54,12 @@ def sharing_levels(model: nn.Module) -> Dict[str, float]:
     return {k: v for k, v in levels.items() if v == v}
 
 
+def mean_sharing_level(levels: Dict[str, float]) -> float:
+    """The mean of :func:`sharing_levels` over the layers (0 without a layer that shares): the ``sharing_mean``
+    of metrics.jsonl and what ``search.sharing_floor`` is compared with."""
+    return sum(levels.values()) / max(1, len(levels))
+
+
 def grouped_orthogonality(layer: nn.Module) -> torch.Tensor:
     """The grouped orthogonality penalty of one APS layer, one value per group (in the order of
     ``layer.projection_groups()``): one batched Gram per run of equal-width groups of each bank."""

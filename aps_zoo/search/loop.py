@@ -29,8 +29,8 @@ from accelerate import Accelerator
 from accelerate.utils import broadcast_object_list
 
 from .._memory import check_supernet_memory
-from ..aps import (add_orthogonality_grad_, attach_projections, orthogonality_loss, renormalize_projections,
-                   sharing_levels)
+from ..aps import (add_orthogonality_grad_, attach_projections, mean_sharing_level, orthogonality_loss,
+                   renormalize_projections, sharing_levels)
 from ..aps.sharing import PROJECTION_MOMENTUM, REFERENCE_PROJECTION_LR, transition_projection_lr
 from ..data import build_loaders
 from ..families import interpolation
@@ -135,8 +135,7 @@ class Searcher:
         floor = self.recipe.search.sharing_floor
         if floor is None or self.step % SHARING_CHECK_EVERY:
             return False
-        levels = sharing_levels(self.supernet)
-        if not self.shared(sum(levels.values()) / max(1, len(levels)) <= floor):
+        if not self.shared(mean_sharing_level(sharing_levels(self.supernet)) <= floor):
             return False
         self.floor_step = self.step
         self.optimizer.param_groups[1]['lr'] = 0.0
@@ -330,7 +329,7 @@ def _search(searcher: Searcher, run: Run) -> SearchResult:
         record.update(projection_lr=searcher.optimizer.param_groups[1]['lr'], floor_step=searcher.floor_step)
         record.update(val_acc=searcher.accuracy(greedy, searcher.val_loader), greedy_macs=searcher.space.macs(greedy),
                       greedy_widths=searcher.space.widths(greedy),
-                      sharing_mean=sum(levels.values()) / max(1, len(levels)), sharing=levels)
+                      sharing_mean=mean_sharing_level(levels), sharing=levels)
         searcher.log.write(**record)
         epochs.set_postfix(val_acc=f"{record['val_acc']:.3f}", reward=f"{record.get('reward', float('nan')):.3f}")
         run.save(epoch, searcher.extra_state(epoch))
