@@ -13,7 +13,10 @@ N distinct architectures are drawn uniformly from the band [search.min_budget_fr
 Kendall's tau and Spearman's rho between the two, with percentile bootstrap CIs over architectures,
 go to ``<out>/ranking.md`` (+ ``ranking.png`` scatter, ``ranking.json``). Runs are cached under
 ``--runs`` (a rerun reuses finished searches and trainings); ``--workers N`` runs the supernets and the
-standalone trainings in N processes at once (each with ``--threads`` torch threads):
+standalone trainings in N processes at once (each with ``--threads`` torch threads). ``--supernets`` picks
+some of the three; ``--standalone-from <earlier ranking.json>`` reuses the standalone accuracies an earlier
+run measured for the same architectures, trained the same way, so another supernet setting (a ``--set
+search.*`` override) is ranked against the same ground truth without retraining it:
 
     OMP_NUM_THREADS=1 python benchmarks/ranking.py recipes/search_resnet20_digits.yaml --out docs
 """
@@ -69,6 +72,28 @@ def standalone_top1(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: b
     if cached.is_file() and ChannelConfig.load(cached).widths != config.widths:
         raise ValueError(f"{out_dir} holds another architecture (other recipe or seed): use another --runs")
     return train_run(recipe, config, out_dir, cpu)['top1']
+
+
+def reused_standalone(path: Path, recipe: Recipe, archs: List[List[int]], dataset: str) -> List[float]:
+    """The standalone accuracies in an earlier ``ranking.json``, when it ranked the same architectures on the
+    same data, trained as ``recipe`` trains (seed and ``train`` section); a ValueError names what differs."""
+    if not path.is_file():
+        raise ValueError(f"--standalone-from {path}: no such file")
+    previous = json.loads(path.read_text())
+    try:
+        trained = load_recipe(Path(previous['recipe']), previous['overrides'])
+        trained = dataclasses.replace(trained, train=dataclasses.replace(trained.train, epochs=previous['train_epochs']))
+        measured = {'archs': previous['archs'], 'dataset': previous['dataset'], 'seed': previous['seed'],
+                    'train': trained.train}
+        standalone = previous['standalone']
+    except KeyError as e:
+        raise ValueError(f"--standalone-from {path}: not a ranking.json (no key {e})") from None
+    wanted = {'archs': archs, 'dataset': dataset, 'seed': recipe.seed, 'train': recipe.train}
+    differ = [k for k in wanted if measured[k] != wanted[k]]
+    if differ:
+        raise ValueError(f"--standalone-from {path}: its {', '.join(differ)} differ from this run's; "
+                         f"rank the same architectures trained the same way, or drop --standalone-from")
+    return standalone
 
 
 def run_jobs(jobs: Sequence[Tuple[Callable, tuple]], workers: int, threads: int) -> List:
@@ -142,7 +167,8 @@ def markdown(summary: Dict) -> str:
              f"- supernets: {s['search_epochs']} search epochs ({s['warmup_epochs']} warm-up) each, same steps; "
              f"scored on the held-out split ({s['val_images']} images)",
              f"- standalone: {s['train_epochs']} epochs each, seed {s['seed']}, test split ({s['test_images']} images); "
-             f"standalone test top-1 ranges {min(s['standalone']):.2f} - {max(s['standalone']):.2f}",
+             f"standalone test top-1 ranges {min(s['standalone']):.2f} - {max(s['standalone']):.2f}"
+             + (f" (reused from `{s['standalone_from']}`, measured by an earlier run)" if s.get('standalone_from') else ''),
              f"- on {s['device']} ({s['cpu_count']} CPUs, shared with other jobs); invocations (later ones reuse the "
              f"cached runs):"]
     lines += [f"  - `{i['command']}`: {i['wall_s'] / 60:.1f} min wall, load average {i['load'][0]:.1f} at start, "
@@ -202,7 +228,8 @@ def plot(summary: Dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8, loc='best')
     np.atleast_1d(axes)[0].set_ylabel(f"standalone test top-1 (%), {summary['train_epochs']} epochs")
-    fig.suptitle(f"{len(summary['archs'])} architectures near {summary['band'][1] / 1e6:.2f}M MACs", fontsize=11)
+    overrides = f" ({', '.join(summary['overrides'])})" if summary['overrides'] else ''
+    fig.suptitle(f"{len(summary['archs'])} architectures near {summary['band'][1] / 1e6:.2f}M MACs{overrides}", fontsize=11)
     fig.savefig(path, dpi=130, bbox_inches='tight')
     plt.close(fig)
 
@@ -218,8 +245,9 @@ def _previous_invocations(path: Path, archs) -> List[Dict]:
 
 
 def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: int, train_epochs: Optional[int],
-        cpu: bool, command: str, workers: int = 1, threads: int = 1) -> Dict:
-    """Every step of the benchmark; writes ranking.{md,json,png} into ``out``."""
+        cpu: bool, command: str, workers: int = 1, threads: int = 1, methods: Sequence[str] = SUPERNETS,
+        standalone_from: Optional[Path] = None) -> Dict:
+    """Every step of the benchmark for the ``methods`` supernets; writes ranking.{md,json,png} into ``out``."""
     t0, load0 = time.time(), os.getloadavg()[0]
     recipe = load_recipe(recipe_path, overrides)
     if train_epochs is not None:
@@ -228,16 +256,19 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
     space = space_from_recipe(recipe, data.num_classes, data.input_size)
     archs = sample_archs(space, s.budget_macs, s.min_budget_fraction, count, recipe.seed)
-    jobs = [(supernet_scores, (recipe, method, archs, runs, cpu)) for method in SUPERNETS]
-    jobs += [(standalone_top1, (recipe, space.config(arch, {'source': 'ranking', 'draw': i}),
-                                runs / 'standalone' / f'arch{i}', cpu)) for i, arch in enumerate(archs)]
+    reused = standalone_from and reused_standalone(standalone_from, recipe, archs, data.description)
+    jobs = [(supernet_scores, (recipe, method, archs, runs, cpu)) for method in methods]
+    if not reused:
+        jobs += [(standalone_top1, (recipe, space.config(arch, {'source': 'ranking', 'draw': i}),
+                                    runs / 'standalone' / f'arch{i}', cpu)) for i, arch in enumerate(archs)]
     results = run_jobs(jobs, workers, threads)
-    supernets, standalone = dict(zip(SUPERNETS, results)), results[len(SUPERNETS):]
+    supernets, standalone = dict(zip(methods, results)), reused or results[len(methods):]
     for sc in supernets.values():
         sc['agreement'] = {ev: rank_agreement(sc[ev], standalone) for ev in EVALUATIONS}
     summary = {'command': command, 'recipe': str(recipe_path), 'overrides': overrides, 'dataset': data.description,
                'space': f"{recipe.space.family}{recipe.space.depth}, candidates {recipe.space.candidates}",
                'seed': recipe.seed, 'band': [s.min_budget_fraction * s.budget_macs, s.budget_macs],
+               'standalone_from': standalone_from and str(standalone_from),
                'archs': archs, 'macs': [space.macs(a) for a in archs], 'standalone': standalone,
                'search_epochs': s.epochs, 'warmup_epochs': s.warmup_epochs, 'train_epochs': recipe.train.epochs,
                'val_images': data.sizes['val'], 'num_classes': data.num_classes, 'test_images': data.sizes['test'], 'supernets': supernets,
@@ -262,6 +293,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--runs', type=Path, default=Path('runs/ranking'), help='folder for the cached runs')
     parser.add_argument('--archs', type=int, default=20, help='architectures to rank (default 20)')
     parser.add_argument('--train-epochs', type=int, default=None, help='standalone epochs (default: the recipe)')
+    parser.add_argument('--supernets', nargs='+', choices=SUPERNETS, default=list(SUPERNETS),
+                        help='supernets to train and score (default: all three)')
+    parser.add_argument('--standalone-from', type=Path, default=None, metavar='RANKING_JSON',
+                        help="reuse the standalone accuracies of an earlier run's ranking.json (same architectures "
+                             "and training)")
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads per process (default 1)')
     parser.add_argument('--workers', type=int, default=1, help='processes running supernets and trainings (default 1)')
     args = parser.parse_args(argv)
@@ -273,7 +309,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     command = ' '.join(['python benchmarks/ranking.py'] + [shlex.quote(a) for a in sys.argv[1:]])
     try:
         summary = run(args.recipe, args.set, args.out, args.runs, args.archs, args.train_epochs,
-                      not torch.cuda.is_available(), command, args.workers, args.threads)
+                      not torch.cuda.is_available(), command, args.workers, args.threads,
+                      list(dict.fromkeys(args.supernets)), args.standalone_from)
     except (ValueError, RecipeError) as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

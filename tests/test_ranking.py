@@ -77,3 +77,27 @@ def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranki
     written = json.loads((tmp_path / 'out' / 'ranking.json').read_text())
     assert [i['command'] for i in written['invocations']] == ['first', 'second']
     assert (tmp_path / 'out' / 'ranking.png').stat().st_size > 0
+
+
+def test_another_supernet_setting_is_ranked_against_the_standalone_accuracies_of_an_earlier_run(ranking, tmp_path,
+                                                                                               monkeypatch):
+    """--standalone-from: one supernet with a search override ranked against an earlier run's standalone
+    accuracies, without training a standalone network; an earlier run of other training is refused by name."""
+    monkeypatch.setattr(ranking, 'rank_agreement', functools.partial(ranking.rank_agreement, reps=100))
+    recipe = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
+    first = ranking.run(recipe, TINY, tmp_path / 'out', tmp_path / 'runs', 3, 1, True, command='first',
+                        methods=('ordinal',))
+    earlier = tmp_path / 'out' / 'ranking.json'
+    floor = TINY + ['search.sharing_floor=0.9']
+    second = ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='second',
+                         methods=('aps',), standalone_from=earlier)
+    assert second['standalone'] == first['standalone'] and list(second['supernets']) == ['aps']
+    assert not (tmp_path / 'floor_runs' / 'standalone').exists()
+    assert all(len(second['supernets']['aps'][ev]) == 3 for ev in ranking.EVALUATIONS)
+    assert str(earlier) in (tmp_path / 'floor' / 'ranking.md').read_text()
+    with pytest.raises(ValueError, match='train differ'):
+        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 2, True, command='third',
+                    methods=('aps',), standalone_from=earlier)
+    with pytest.raises(ValueError, match='no such file'):
+        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
+                    methods=('aps',), standalone_from=tmp_path / 'missing.json')
