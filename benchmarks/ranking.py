@@ -86,8 +86,8 @@ def reused_standalone(path: Path, recipe: Recipe, archs: List[List[int]], datase
         measured = {'archs': previous['archs'], 'dataset': previous['dataset'], 'seed': previous['seed'],
                     'train': trained.train}
         standalone = previous['standalone']
-    except KeyError as e:
-        raise ValueError(f"--standalone-from {path}: not a ranking.json (no key {e})") from None
+    except (KeyError, TypeError) as e:
+        raise ValueError(f"--standalone-from {path}: not a ranking.json ({type(e).__name__} {e})") from None
     wanted = {'archs': archs, 'dataset': dataset, 'seed': recipe.seed, 'train': recipe.train}
     differ = [k for k in wanted if measured[k] != wanted[k]]
     if differ:

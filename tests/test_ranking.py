@@ -101,3 +101,8 @@ def test_another_supernet_setting_is_ranked_against_the_standalone_accuracies_of
     with pytest.raises(ValueError, match='no such file'):
         ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
                     methods=('aps',), standalone_from=tmp_path / 'missing.json')
+    not_ranking = tmp_path / 'list.json'
+    not_ranking.write_text('[1, 2]')
+    with pytest.raises(ValueError, match='not a ranking.json'):
+        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
+                    methods=('aps',), standalone_from=not_ranking)
