@@ -168,7 +168,7 @@ def markdown(summary: Dict) -> str:
              f"scored on the held-out split ({s['val_images']} images)",
              f"- standalone: {s['train_epochs']} epochs each, seed {s['seed']}, test split ({s['test_images']} images); "
              f"standalone test top-1 ranges {min(s['standalone']):.2f} - {max(s['standalone']):.2f}"
-             + (f" (reused from `{s['standalone_from']}`, measured by an earlier run)" if s.get('standalone_from') else ''),
+             + (f" (reused from `{s['standalone_from']}`, measured by an earlier run)" if s['standalone_from'] else ''),
              f"- on {s['device']} ({s['cpu_count']} CPUs, shared with other jobs); invocations (later ones reuse the "
              f"cached runs):"]
     lines += [f"  - `{i['command']}`: {i['wall_s'] / 60:.1f} min wall, load average {i['load'][0]:.1f} at start, "
@@ -256,19 +256,20 @@ def run(recipe_path: Path, overrides: List[str], out: Path, runs: Path, count: i
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
     space = space_from_recipe(recipe, data.num_classes, data.input_size)
     archs = sample_archs(space, s.budget_macs, s.min_budget_fraction, count, recipe.seed)
-    reused = standalone_from and reused_standalone(standalone_from, recipe, archs, data.description)
+    reused = reused_standalone(standalone_from, recipe, archs, data.description) if standalone_from else None
     jobs = [(supernet_scores, (recipe, method, archs, runs, cpu)) for method in methods]
-    if not reused:
+    if reused is None:
         jobs += [(standalone_top1, (recipe, space.config(arch, {'source': 'ranking', 'draw': i}),
                                     runs / 'standalone' / f'arch{i}', cpu)) for i, arch in enumerate(archs)]
     results = run_jobs(jobs, workers, threads)
-    supernets, standalone = dict(zip(methods, results)), reused or results[len(methods):]
+    supernets = dict(zip(methods, results))
+    standalone = results[len(methods):] if reused is None else reused
     for sc in supernets.values():
         sc['agreement'] = {ev: rank_agreement(sc[ev], standalone) for ev in EVALUATIONS}
     summary = {'command': command, 'recipe': str(recipe_path), 'overrides': overrides, 'dataset': data.description,
                'space': f"{recipe.space.family}{recipe.space.depth}, candidates {recipe.space.candidates}",
                'seed': recipe.seed, 'band': [s.min_budget_fraction * s.budget_macs, s.budget_macs],
-               'standalone_from': standalone_from and str(standalone_from),
+               'standalone_from': str(standalone_from) if standalone_from else None,
                'archs': archs, 'macs': [space.macs(a) for a in archs], 'standalone': standalone,
                'search_epochs': s.epochs, 'warmup_epochs': s.warmup_epochs, 'train_epochs': recipe.train.epochs,
                'val_images': data.sizes['val'], 'num_classes': data.num_classes, 'test_images': data.sizes['test'], 'supernets': supernets,
