@@ -39,6 +39,7 @@ import statistics
 import time
 from contextlib import contextmanager, nullcontext
 from functools import partial
+from typing import Callable, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -150,7 +151,7 @@ def nbytes(tensors) -> int:
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
-def main() -> None:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--batch', type=int, default=64)
     parser.add_argument('--archs', type=int, default=5)
@@ -167,13 +168,25 @@ def main() -> None:
     parser.add_argument('--device', default='cuda' if torch.cuda.is_available() else 'cpu')
     parser.add_argument('--bf16', action='store_true', help='bf16 autocast, as Accelerate mixed_precision=bf16')
     parser.add_argument('--threads', type=int, default=0, help='torch threads (0: leave as is)')
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    return parser.parse_args()
+
+
+def print_profile(step: Callable[[], None], device: torch.device, rows: int) -> None:
+    """torch.profiler's top ``rows`` operators of one call of ``step``."""
+    activities = [torch.profiler.ProfilerActivity.CPU] + \
+        ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
+    with torch.profiler.profile(activities=activities) as prof:
+        step()
+    print(prof.key_averages().table(sort_by=f'self_{"device" if device.type == "cuda" else "cpu"}_time_total',
+                                    row_limit=rows))
+
+
+def measure(args: argparse.Namespace) -> Tuple[APSSupernet, List[tuple], List[list]]:
+    """The supernet, one row of timings, MAC ratios and saved bytes per sampled architecture, and the MAC
+    ratios with and without the penalty at each of ``args.floor_batches``."""
     memory_format = torch.channels_last if args.channels_last else torch.contiguous_format
     device = torch.device(args.device)
     autocast = partial(torch.autocast, device.type, dtype=torch.bfloat16, enabled=args.bf16)
-
     space = make_space(args.family, args.depth, args.size)
     torch.manual_seed(0)
     rng = random.Random(0)
@@ -201,12 +214,7 @@ def main() -> None:
                              'standalone': train_step(alone_fwd, sgd(model.parameters()), y, autocast)},
                             args.steps, device)
         if args.profile and not rows:
-            activities = [torch.profiler.ProfilerActivity.CPU] + \
-                ([torch.profiler.ProfilerActivity.CUDA] if device.type == 'cuda' else [])
-            with torch.profiler.profile(activities=activities) as prof:
-                super_step()
-            print(prof.key_averages().table(sort_by=f'self_{"device" if device.type == "cuda" else "cpu"}_time_total',
-                                            row_limit=args.profile))
+            print_profile(super_step, device, args.profile)
         with autocast():
             saved = (saved_activation_bytes(super_fwd, supernet.parameters()),
                      saved_activation_bytes(alone_fwd, model.parameters()))
@@ -214,7 +222,12 @@ def main() -> None:
                      forward_mac_ratio(counting, choices, args.batch, plan_kernel_only=True), *saved))
         floors.append([(forward_mac_ratio(counting, choices, b), forward_mac_ratio(counting, choices, b, penalty=False))
                        for b in args.floor_batches])
+    return supernet, rows, floors
 
+
+def print_report(args: argparse.Namespace, supernet: APSSupernet, rows: List[tuple], floors: List[list]) -> None:
+    """The setting, the per-architecture table, the median ratios, the MAC-ratio floors and the state sizes."""
+    device = torch.device(args.device)
     print(f"{args.family}{args.depth} space, input {args.size}x{args.size}, batch {args.batch}, standalone "
           f"{'channels_last' if args.channels_last else 'contiguous'}, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, malloc {os.environ.get('GLIBC_TUNABLES', 'glibc defaults')}")
@@ -241,6 +254,13 @@ def main() -> None:
     print(f"supernet state: meta weights {meta / MIB:.1f} MiB, projections {proj / MIB:.1f} MiB, "
           f"BN buffers {nbytes(supernet.buffers()) / MIB:.1f} MiB; training state (params, buffers, grads and "
           f"momentum of every parameter) {(3 * (meta + proj) + nbytes(supernet.buffers())) / MIB:.1f} MiB")
+
+
+def main() -> None:
+    args = parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    print_report(args, *measure(args))
 
 
 if __name__ == '__main__':
