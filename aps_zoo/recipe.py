@@ -20,12 +20,30 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ._schema import INTERNAL, Schema, build, load_yaml
+from ._schema import INTERNAL, Schema, build, check, load_yaml
 from .channels import FAMILIES, MAX_WIDTH, ChannelConfigError, network_layout
 
 
 class RecipeError(ValueError):
     """A recipe that cannot be run, with the offending key in the message."""
+
+
+MAX_SEED = 2 ** 32 - 1  # what numpy's and accelerate's set_seed accept
+
+# Value checks of single keys (a null is not checked: Optional keys say "or null" in their own rule).
+POSITIVE = check(lambda v: v > 0, 'positive')
+POSITIVE_OR_NULL = check(lambda v: v > 0, 'positive or null')
+NON_NEGATIVE = check(lambda v: v >= 0, '>= 0')
+IN_OPEN_UNIT = check(lambda v: 0 < v < 1, 'in (0, 1)')
+IN_UNIT = check(lambda v: 0 <= v <= 1, 'in [0, 1]')
+IN_HALF_OPEN_UNIT = check(lambda v: 0 < v <= 1, 'in (0, 1]')
+
+
+def _field(default, rule: dict):
+    """A recipe key with its default (a callable: a factory, for lists) and its value check."""
+    if callable(default):
+        return field(default_factory=default, metadata=rule)
+    return field(default=default, metadata=rule)
 
 
 @dataclass
@@ -44,28 +62,30 @@ class DataSection:
     config_name: Optional[str] = None       # load_dataset(name=...)
     revision: Optional[str] = None          # load_dataset(revision=...): a Hub branch, tag or commit
     data_files: Optional[Union[str, List[str], DataFiles]] = None  # load_dataset(data_files=...)
-    num_classes: Optional[int] = None       # needed when streaming labels that are not a ClassLabel
-    image_size: int = 32
-    val_fraction: float = 0.1
-    val_size: Optional[int] = None          # a stream: images taken from its head as the held-out split
-    batch_size: int = 64
-    eval_batch_size: int = 256
-    num_workers: int = 0
+    num_classes: Optional[int] = _field(None, check(lambda v: v >= 2, 'at least 2'))  # needed when streaming labels that are not a ClassLabel
+    image_size: int = _field(32, POSITIVE)
+    val_fraction: float = _field(0.1, IN_OPEN_UNIT)
+    val_size: Optional[int] = _field(None, POSITIVE)  # a stream: images taken from its head as the held-out split
+    batch_size: int = _field(64, POSITIVE)
+    eval_batch_size: int = _field(256, POSITIVE)
+    num_workers: int = _field(0, NON_NEGATIVE)
     train_split: str = 'train'              # a split name or expression: 'train[:90%]', 'train+validation'
     test_split: str = 'test'
     image_column: Optional[str] = None
     label_column: Optional[str] = None
-    max_train_samples: Optional[int] = None
+    max_train_samples: Optional[int] = _field(None, POSITIVE)
     augment: bool = True
     streaming: bool = False
-    test_fraction: float = 0.2              # carved from train (fixed seed) when the dataset has no test split
-    crop_pct: float = 0.875                 # eval: resize to size / crop_pct, centre crop (timm convention)
+    test_fraction: float = _field(0.2, IN_OPEN_UNIT)  # carved from train (fixed seed) when the dataset has no test split
+    crop_pct: float = _field(0.875, IN_HALF_OPEN_UNIT)  # eval: resize to size / crop_pct, centre crop (timm convention)
     train_crop_mode: str = 'rrc'            # timm: random-resized crop, or resize-keep-ratio + centre/random crop
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])  # train crop area range
-    hflip: float = 0.5
-    color_jitter: float = 0.4
-    mean: List[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
-    std: List[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    crop_scale: List[float] = _field(lambda: [0.08, 1.0], check(  # train crop area range
+        lambda v: len(v) == 2 and 0 < v[0] <= v[1] <= 1, '[min, max] with 0 < min <= max <= 1'))
+    hflip: float = _field(0.5, IN_UNIT)
+    color_jitter: float = _field(0.4, NON_NEGATIVE)
+    mean: List[float] = _field(lambda: [0.485, 0.456, 0.406], check(lambda v: len(v) == 3, 'three numbers (RGB)'))
+    std: List[float] = _field(lambda: [0.229, 0.224, 0.225], check(
+        lambda v: len(v) == 3 and all(x > 0 for x in v), 'three positive numbers (RGB)'))
 
 
 @dataclass
@@ -73,11 +93,13 @@ class SpaceSection:
     """The search space: family, depth, candidate widths per layer and the meta width."""
     family: str = 'resnet_cifar'
     depth: int = 20
-    candidates: List[int] = field(default_factory=lambda: [4, 8, 16, 32, 64])
+    candidates: List[int] = _field(lambda: [4, 8, 16, 32, 64], check(
+        lambda v: len(v) > 0 and all(c > 0 for c in v), 'a non-empty list of positive widths'))
     stage_multipliers: Optional[List[float]] = None
-    meta_width: Union[str, int] = 'sum'
+    meta_width: Union[str, int] = _field('sum', check(lambda v: not isinstance(v, str) or v in ('sum', 'max'),
+                                                      "'sum', 'max' or an integer"))
     blockwise: bool = False
-    overlap: float = 1.0            # initial sharing of the projections: 1 ordinal, 0 independent weights
+    overlap: float = _field(1.0, IN_UNIT)  # initial sharing of the projections: 1 ordinal, 0 independent weights
     init_from: Optional[str] = None         # trained parent: timm name, local-dir:/hf-hub: folder or .safetensors
     init_importance: str = 'none'           # reorder the parent's channels first: none, bn_scale or l1
 
@@ -89,29 +111,29 @@ class SpaceSection:
 class ControllerSection:
     """The LSTM controller and its REINFORCE updates."""
     hidden_size: int = 100
-    lr: Optional[float] = None      # Adam's; null: POLICY_TRAVEL / the search's updates (strategies.policy_lr)
+    lr: Optional[float] = _field(None, POSITIVE_OR_NULL)  # Adam's; null: POLICY_TRAVEL / the search's updates (strategies.policy_lr)
     entropy_weight: float = 4e-3
     baseline_decay: float = 0.99
-    steps_per_epoch: int = 10       # strategy updates per search epoch (every strategy, not only reinforce)
+    steps_per_epoch: int = _field(10, POSITIVE)  # strategy updates per search epoch (every strategy, not only reinforce)
     grad_clip: float = 5.0
-    samples_per_update: int = 8     # architectures scored per update (leave-one-out baseline when >= 2)
-    reward_images: int = 1024       # held-out images that score each architecture (all ranks together)
+    samples_per_update: int = _field(8, POSITIVE)  # architectures scored per update (leave-one-out baseline when >= 2)
+    reward_images: int = _field(1024, POSITIVE)  # held-out images that score each architecture (all ranks together)
 
 
 @dataclass
 class EvolutionSection:
     """Aging evolution inside the band (``search.strategy: evolution``)."""
-    population: int = 32
+    population: int = _field(32, check(lambda v: v > 1, 'at least 2'))
     tournament: int = 8             # members drawn per parent selection; the best scored wins
-    mutation_prob: float = 0.1      # per decision: redraw its option
-    crossover_prob: float = 0.5     # a child mixes two tournament winners decision by decision
+    mutation_prob: float = _field(0.1, IN_HALF_OPEN_UNIT)  # per decision: redraw its option
+    crossover_prob: float = _field(0.5, IN_UNIT)  # a child mixes two tournament winners decision by decision
 
 
 @dataclass
 class SearchSection:
     """APS search schedule and the MnasNet-style soft budget."""
-    budget_macs: float = 2.05e7
-    epochs: int = 600
+    budget_macs: float = _field(2.05e7, POSITIVE)
+    epochs: int = _field(600, POSITIVE)
     warmup_epochs: int = 200
     lr: float = 0.1
     momentum: float = 0.9
@@ -125,31 +147,31 @@ class SearchSection:
     # the projection lr is derived from it (aps_zoo.aps.sharing.transition_projection_lr) unless
     # projection_lr is set. Under 'task_and_penalty' the default is the reference code's lr (1e-3): the
     # derived lr, applied to the task gradient too, wrecks the supernet (docs/results.md).
-    sharing_transition: float = 0.5
-    projection_lr: Optional[float] = None   # set: this lr, whatever sharing_transition says
+    sharing_transition: float = _field(0.5, IN_HALF_OPEN_UNIT)
+    projection_lr: Optional[float] = _field(None, check(lambda v: v >= 0, '>= 0 or null'))  # set: this lr, whatever sharing_transition says
     # Epoch from which the projections learn (null: the end of warm-up, as the reference code). Earlier puts
     # the sharing transition inside warm-up; on Fashion-MNIST the supernet then stopped learning on band
     # architectures for the rest of warm-up (docs/design.md#how-the-projections-learn).
     projection_start_epoch: Optional[int] = None
     # Mean sharing level at which the projections stop learning for the rest of the search (null: they learn to
     # the end, as the reference code). Checked every SHARING_CHECK_EVERY steps (aps_zoo.search.loop).
-    sharing_floor: Optional[float] = None
-    orthogonal_weight: float = 5e-3
-    orthogonal_every: int = 1       # the penalty and the projections' update on every k-th step only
+    sharing_floor: Optional[float] = _field(None, check(lambda v: 0 < v < 1, 'in (0, 1) or null'))
+    orthogonal_weight: float = _field(5e-3, NON_NEGATIVE)
+    orthogonal_every: int = _field(1, POSITIVE)  # the penalty and the projections' update on every k-th step only
     renormalize_projections: bool = True
     under_budget_exponent: float = 0.0
     over_budget_exponent: float = -0.1
     strategy: str = 'reinforce'     # what proposes architectures: reinforce (the paper's), random, evolution
     decode: str = 'beam'            # reinforce's proposals at decoding: its beam, or its greedy pick then samples
-    decode_candidates: int = 100    # N architectures the strategy proposes at the end, scored on reward images
+    decode_candidates: int = _field(100, POSITIVE)  # N architectures the strategy proposes at the end, scored on reward images
     decode_top_k: int = 8           # the best of those by that score, re-scored on the whole held-out split
-    band_samples: int = 16          # band samples scored each search epoch next to the strategy's (a reference)
-    band_train_fraction: float = 0.5  # after warm-up, supernet steps on band samples (SPOS), the rest on the policy's
+    band_samples: int = _field(16, NON_NEGATIVE)  # band samples scored each search epoch next to the strategy's (a reference)
+    band_train_fraction: float = _field(0.5, IN_UNIT)  # after warm-up, supernet steps on band samples (SPOS), the rest on the policy's
     max_over_budget: float = 1.02   # decoded architectures above this x budget are shrunk to fit (fit_to_budget)
-    min_budget_fraction: float = 0.9  # the controller samples within [this x budget, budget]
+    min_budget_fraction: float = _field(0.9, IN_UNIT)  # the controller samples within [this x budget, budget]
     evaluation: str = 'recalibrate'   # subnet scoring: recalibrated BN statistics, or shuffled batches
-    calibration_batches: int = 4      # training batches the BN statistics are recomputed on
-    steps_per_epoch: Optional[int] = None
+    calibration_batches: int = _field(4, POSITIVE)  # training batches the BN statistics are recomputed on
+    steps_per_epoch: Optional[int] = _field(None, POSITIVE_OR_NULL)
     on_nonfinite_loss: str = 'stop'
     controller: ControllerSection = field(default_factory=ControllerSection)
     evolution: EvolutionSection = field(default_factory=EvolutionSection)
@@ -158,9 +180,9 @@ class SearchSection:
 @dataclass
 class TrainSection:
     """Retraining with timm's optimizer/scheduler factories."""
-    epochs: int = 300
+    epochs: int = _field(300, POSITIVE)
     opt: str = 'sgd'
-    lr: float = 0.1
+    lr: float = _field(0.1, POSITIVE)
     momentum: float = 0.9
     nesterov: bool = True
     weight_decay: float = 5e-4
@@ -168,13 +190,13 @@ class TrainSection:
     warmup_epochs: int = 0
     warmup_lr: float = 1e-5
     min_lr: float = 0.0
-    label_smoothing: float = 0.0
-    mixup: float = 0.0
-    cutmix: float = 0.0
-    ema_decay: Optional[float] = None
-    grad_accum_steps: int = 1
+    label_smoothing: float = _field(0.0, check(lambda v: 0 <= v < 1, 'in [0, 1)'))
+    mixup: float = _field(0.0, NON_NEGATIVE)
+    cutmix: float = _field(0.0, NON_NEGATIVE)
+    ema_decay: Optional[float] = _field(None, IN_OPEN_UNIT)
+    grad_accum_steps: int = _field(1, POSITIVE)
     mixed_precision: Optional[str] = None   # None: the launcher's (accelerate launch --mixed_precision / config)
-    batch_size: Optional[int] = None
+    batch_size: Optional[int] = _field(None, POSITIVE)
     steps_per_epoch: Optional[int] = None
     on_nonfinite_loss: str = 'stop'
     config: Optional[str] = None
@@ -194,14 +216,14 @@ class ExportSection:
 class Recipe:
     """A whole experiment: data, space, search, train and export settings."""
     name: str = 'experiment'
-    seed: int = 0
+    seed: int = _field(0, check(lambda v: 0 <= v <= MAX_SEED, f'in [0, {MAX_SEED}]'))
     output_dir: str = 'runs'
     data: DataSection = field(default_factory=DataSection)
     space: SpaceSection = field(default_factory=SpaceSection)
     search: SearchSection = field(default_factory=SearchSection)
     train: TrainSection = field(default_factory=TrainSection)
     export: ExportSection = field(default_factory=ExportSection)
-    gpus: Optional[int] = None  # GPUs (processes) the batch sizes and learning rates were set for
+    gpus: Optional[int] = _field(None, check(lambda v: v > 0, 'a positive integer or null'))  # GPUs (processes) the batch sizes and learning rates were set for
     source: Optional[str] = field(default=None, metadata=INTERNAL)  # the file it was read from
 
     @property
@@ -238,102 +260,30 @@ def recipe_schema() -> Schema:
     return Schema(RecipeError, noun='recipe', choices=choices)
 
 
-MAX_SEED = 2 ** 32 - 1  # what numpy's and accelerate's set_seed accept
 
-
-def _check_ranges(r: Recipe) -> None:
+def _check_relations(r: Recipe) -> None:
+    """What no single key's check sees: keys bounded by other keys, the family's depths, the width cap."""
     def need(cond: bool, key: str, what: str, value):
         if not cond:
             raise RecipeError(f"recipe key '{key}' must be {what}, got {value!r}")
 
-    need(0 < r.data.val_fraction < 1, 'data.val_fraction', 'in (0, 1)', r.data.val_fraction)
-    need(r.data.batch_size > 0, 'data.batch_size', 'positive', r.data.batch_size)
-    need(r.data.image_size > 0, 'data.image_size', 'positive', r.data.image_size)
-    need(r.data.num_workers >= 0, 'data.num_workers', '>= 0', r.data.num_workers)
-    need(r.data.eval_batch_size > 0, 'data.eval_batch_size', 'positive', r.data.eval_batch_size)
-    need(0 < r.data.test_fraction < 1, 'data.test_fraction', 'in (0, 1)', r.data.test_fraction)
-    need(0 < r.data.crop_pct <= 1, 'data.crop_pct', 'in (0, 1]', r.data.crop_pct)
-    need(len(r.data.crop_scale) == 2 and 0 < r.data.crop_scale[0] <= r.data.crop_scale[1] <= 1,
-         'data.crop_scale', '[min, max] with 0 < min <= max <= 1', r.data.crop_scale)
-    need(0 <= r.data.hflip <= 1, 'data.hflip', 'in [0, 1]', r.data.hflip)
-    need(r.data.color_jitter >= 0, 'data.color_jitter', '>= 0', r.data.color_jitter)
-    need(len(r.data.mean) == 3, 'data.mean', 'three numbers (RGB)', r.data.mean)
-    need(len(r.data.std) == 3 and all(v > 0 for v in r.data.std), 'data.std', 'three positive numbers (RGB)',
-         r.data.std)
-    need(r.data.num_classes is None or r.data.num_classes >= 2, 'data.num_classes', 'at least 2',
-         r.data.num_classes)
-    need(r.data.max_train_samples is None or r.data.max_train_samples > 0, 'data.max_train_samples', 'positive',
-         r.data.max_train_samples)
-    need(r.data.val_size is None or r.data.val_size > 0, 'data.val_size', 'positive', r.data.val_size)
-    need(len(r.space.candidates) > 0 and all(c > 0 for c in r.space.candidates), 'space.candidates',
-         'a non-empty list of positive widths', r.space.candidates)
     need(len(set(r.space.candidates)) == len(r.space.candidates), 'space.candidates', 'distinct widths',
          r.space.candidates)
     _check_widths(r.space)
-    if isinstance(r.space.meta_width, str):
-        need(r.space.meta_width in ('sum', 'max'), 'space.meta_width', "'sum', 'max' or an integer",
-             r.space.meta_width)
     try:
         network_layout(r.space.family, r.space.depth)
     except ChannelConfigError as e:
         raise RecipeError(f"recipe key 'space.depth': {e}") from None
-    need(0 <= r.space.overlap <= 1, 'space.overlap', 'in [0, 1]', r.space.overlap)
-    need(r.search.budget_macs > 0, 'search.budget_macs', 'positive', r.search.budget_macs)
-    need(r.search.epochs > 0, 'search.epochs', 'positive', r.search.epochs)
-    need(r.search.steps_per_epoch is None or r.search.steps_per_epoch > 0, 'search.steps_per_epoch',
-         'positive or null', r.search.steps_per_epoch)
-    need(r.search.controller.steps_per_epoch > 0, 'search.controller.steps_per_epoch', 'positive',
-         r.search.controller.steps_per_epoch)
-    need(0 <= r.search.warmup_epochs <= r.search.epochs, 'search.warmup_epochs', 'between 0 and search.epochs',
-         r.search.warmup_epochs)
-    _check_strategy(r.search)
-    need(0 <= r.search.min_budget_fraction <= 1, 'search.min_budget_fraction', 'in [0, 1]',
-         r.search.min_budget_fraction)
-    need(r.search.calibration_batches > 0, 'search.calibration_batches', 'positive', r.search.calibration_batches)
-    need(r.search.orthogonal_every > 0, 'search.orthogonal_every', 'positive', r.search.orthogonal_every)
-    need(0 < r.search.sharing_transition <= 1, 'search.sharing_transition', 'in (0, 1]', r.search.sharing_transition)
-    need(r.search.projection_start_epoch is None or 0 <= r.search.projection_start_epoch < r.search.epochs,
-         'search.projection_start_epoch', 'in [0, search.epochs) or null', r.search.projection_start_epoch)
-    need(r.search.sharing_floor is None or 0 < r.search.sharing_floor < 1, 'search.sharing_floor',
-         'in (0, 1) or null', r.search.sharing_floor)
-    need(r.search.projection_lr is None or r.search.projection_lr >= 0, 'search.projection_lr', '>= 0 or null',
-         r.search.projection_lr)
-    need(r.search.orthogonal_weight >= 0, 'search.orthogonal_weight', '>= 0', r.search.orthogonal_weight)
-    need(r.gpus is None or r.gpus > 0, 'gpus', 'a positive integer or null', r.gpus)
-    need(0 <= r.seed <= MAX_SEED, 'seed', f'in [0, {MAX_SEED}]', r.seed)
-    need(r.train.epochs > 0, 'train.epochs', 'positive', r.train.epochs)
-    need(r.train.grad_accum_steps > 0, 'train.grad_accum_steps', 'positive', r.train.grad_accum_steps)
-    need(r.train.batch_size is None or r.train.batch_size > 0, 'train.batch_size', 'positive', r.train.batch_size)
-    need(r.train.steps_per_epoch is None or (r.train.steps_per_epoch > 0 and
-                                             r.train.steps_per_epoch % r.train.grad_accum_steps == 0),
-         'train.steps_per_epoch', 'a positive multiple of train.grad_accum_steps', r.train.steps_per_epoch)
-    need(r.train.lr > 0, 'train.lr', 'positive', r.train.lr)
-    need(0 <= r.train.label_smoothing < 1, 'train.label_smoothing', 'in [0, 1)', r.train.label_smoothing)
-    need(r.train.mixup >= 0, 'train.mixup', '>= 0', r.train.mixup)
-    need(r.train.cutmix >= 0, 'train.cutmix', '>= 0', r.train.cutmix)
-    need(r.train.ema_decay is None or 0 < r.train.ema_decay < 1, 'train.ema_decay', 'in (0, 1)', r.train.ema_decay)
-
-
-def _check_strategy(s: SearchSection) -> None:
-    """Ranges of the strategy, decoding and evolution keys."""
-    def need(cond: bool, key: str, what: str, value):
-        if not cond:
-            raise RecipeError(f"recipe key 'search.{key}' must be {what}, got {value!r}")
-
-    need(s.decode_candidates > 0, 'decode_candidates', 'positive', s.decode_candidates)
-    need(0 < s.decode_top_k <= s.decode_candidates, 'decode_top_k', 'between 1 and search.decode_candidates',
-         s.decode_top_k)
-    need(s.band_samples >= 0, 'band_samples', '>= 0', s.band_samples)
-    need(0 <= s.band_train_fraction <= 1, 'band_train_fraction', 'in [0, 1]', s.band_train_fraction)
-    need(s.controller.samples_per_update > 0, 'controller.samples_per_update', 'positive',
-         s.controller.samples_per_update)
-    need(s.controller.lr is None or s.controller.lr > 0, 'controller.lr', 'positive or null', s.controller.lr)
-    need(s.controller.reward_images > 0, 'controller.reward_images', 'positive', s.controller.reward_images)
-    need(s.evolution.population > 1, 'evolution.population', 'at least 2', s.evolution.population)
-    need(0 < s.evolution.tournament <= s.evolution.population, 'evolution.tournament',
+    s, t = r.search, r.train
+    need(0 <= s.warmup_epochs <= s.epochs, 'search.warmup_epochs', 'between 0 and search.epochs', s.warmup_epochs)
+    need(s.projection_start_epoch is None or 0 <= s.projection_start_epoch < s.epochs,
+         'search.projection_start_epoch', 'in [0, search.epochs) or null', s.projection_start_epoch)
+    need(0 < s.decode_top_k <= s.decode_candidates, 'search.decode_top_k',
+         'between 1 and search.decode_candidates', s.decode_top_k)
+    need(0 < s.evolution.tournament <= s.evolution.population, 'search.evolution.tournament',
          'between 1 and search.evolution.population', s.evolution.tournament)
-    need(0 < s.evolution.mutation_prob <= 1, 'evolution.mutation_prob', 'in (0, 1]', s.evolution.mutation_prob)
-    need(0 <= s.evolution.crossover_prob <= 1, 'evolution.crossover_prob', 'in [0, 1]', s.evolution.crossover_prob)
+    need(t.steps_per_epoch is None or (t.steps_per_epoch > 0 and t.steps_per_epoch % t.grad_accum_steps == 0),
+         'train.steps_per_epoch', 'a positive multiple of train.grad_accum_steps', t.steps_per_epoch)
 
 
 def _check_widths(space: SpaceSection) -> None:
@@ -395,7 +345,7 @@ def recipe_from_dict(data: Dict[str, Any], source: Optional[str] = None) -> Reci
     moved = _move_old_keys(data, source)
     try:
         recipe = build(Recipe, data, recipe_schema())
-        _check_ranges(recipe)
+        _check_relations(recipe)
     except RecipeError as e:
         text = str(e)
         for new, old in moved.items():
