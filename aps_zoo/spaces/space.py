@@ -9,7 +9,7 @@ from itertools import product
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from ..aps.projection import required_meta_width
-from ..channels import ChannelConfig, network_layout, tied_entries, uniform_widths
+from ..channels import ChannelConfig, NetworkLayout, network_layout, tied_entries, uniform_widths
 from ..flops import count_macs, layer_table
 from .timm_backbones import check_layout_matches_timm
 
@@ -251,18 +251,11 @@ def _entry_scale(family: str, depth: int) -> List[float]:
     return scale
 
 
-def build_space(family: str, depth: int, candidates: Sequence[int], *, num_classes: int,
-                input_size: Tuple[int, int, int], stage_multipliers: Optional[Sequence[float]] = None,
-                meta_width='sum', blockwise: bool = False, overlap: float = 1.0) -> SearchSpace:
-    """A space where each entry's candidates are ``candidates`` x stage multiplier x entry scale.
-
-    Inverted-residual expand/depthwise entries take the standard expansion (MobileNetV2 6x) times the candidates
-    of the stage feeding the block.
-    ``meta_width``: 'sum' (room for disjoint candidates at overlap 0), 'max', or an integer.
-    ImageNet families are checked against the timm model they stand for (``check_layout_matches_timm``).
-    """
+def _entry_candidates(family: str, depth: int, candidates: Sequence[int],
+                      stage_multipliers: Optional[Sequence[float]]) -> Tuple[Tuple[int, ...], ...]:
+    """Each entry's candidate widths: ``candidates`` x its stage multiplier x its entry scale; expansion
+    widths follow the stage of the width feeding their block."""
     layout = network_layout(family, depth)
-    check_layout_matches_timm(family, depth)
     stages = entry_stages(family, depth)
     num_stages = max(stages) + 1
     mults = list(stage_multipliers) if stage_multipliers else [1.0] * num_stages
@@ -272,7 +265,7 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
                                f"got {len(mults)}")
     scale = _entry_scale(family, depth)
     stage_of = list(stages)
-    for b in layout.blocks:  # expansion widths follow the width feeding the block
+    for b in layout.blocks:
         if b.kind == 'inverted_residual' and len(b.entries) == 3:
             stage_of[b.entries[0]] = stage_of[b.entries[1]] = stages[b.in_entry]
     cands = tuple(tuple(max(1, int(round(c * mults[stage_of[e]] * scale[e]))) for c in candidates)
@@ -280,8 +273,11 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
     for e, cs in enumerate(cands):
         if len(set(cs)) != len(cs):
             raise SearchSpaceError(f"entry {e}: candidates {cs} collapse to duplicates after scaling")
+    return cands
 
-    # Decisions: one per entry (or per block when blockwise); tied entries share one.
+
+def _decisions(layout: NetworkLayout, cands: Sequence[Sequence[int]], blockwise: bool) -> Tuple[Tuple[int, ...], ...]:
+    """The entries each decision sets: one per entry (or per block when ``blockwise``); tied entries share one."""
     groups: List[List[int]] = [[0]]
     for b in layout.blocks:
         if blockwise:
@@ -300,7 +296,11 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
     for g in decisions:
         if len({len(cands[e]) for e in g}) != 1:
             raise SearchSpaceError(f"entries {g} form one decision but have different numbers of candidates")
+    return decisions
 
+
+def _meta_widths(cands: Sequence[Sequence[int]], meta_width, overlap: float) -> Tuple[int, ...]:
+    """Each entry's meta width ('sum', 'max' or an integer), checked to hold its candidates at ``overlap``."""
     if meta_width == 'sum':
         metas = tuple(sum(cs) for cs in cands)
     elif meta_width == 'max':
@@ -312,4 +312,21 @@ def build_space(family: str, depth: int, candidates: Sequence[int], *, num_class
         if m < need:
             raise SearchSpaceError(f"meta width {m} of entry {e} cannot hold candidates {cs} at overlap {overlap} "
                                    f"(needs {need}); use space.meta_width: sum")
+    return metas
+
+
+def build_space(family: str, depth: int, candidates: Sequence[int], *, num_classes: int,
+                input_size: Tuple[int, int, int], stage_multipliers: Optional[Sequence[float]] = None,
+                meta_width='sum', blockwise: bool = False, overlap: float = 1.0) -> SearchSpace:
+    """A space where each entry's candidates are ``candidates`` x stage multiplier x entry scale.
+
+    Inverted-residual expand/depthwise entries take the standard expansion (MobileNetV2 6x) times the candidates
+    of the stage feeding the block.
+    ``meta_width``: 'sum' (room for disjoint candidates at overlap 0), 'max', or an integer.
+    ImageNet families are checked against the timm model they stand for (``check_layout_matches_timm``).
+    """
+    check_layout_matches_timm(family, depth)
+    cands = _entry_candidates(family, depth, candidates, stage_multipliers)
+    decisions = _decisions(network_layout(family, depth), cands, blockwise)
+    metas = _meta_widths(cands, meta_width, overlap)
     return SearchSpace(family, depth, cands, decisions, metas, num_classes, tuple(input_size), overlap)
