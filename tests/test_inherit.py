@@ -125,6 +125,20 @@ def test_inherited_child_is_the_truncated_parent_at_overlap_1(parent):
     assert torch.allclose(supernet(x, config.widths), truncated_parent(model, config)(x), atol=1e-5)
 
 
+def test_a_one_architecture_space_is_the_truncated_parent(parent):
+    """The parent slimmed to fixed widths (benchmarks/inherit.py's uniform child): one candidate per entry, so
+    the stride-1 shortcut between equal widths is always the identity: its conv has no candidate pairs."""
+    model, path = parent
+    single = build_space('resnet_cifar', DEPTH, [8], stage_multipliers=[1, 2, 4], meta_width='max', num_classes=10,
+                         input_size=(3, 8, 8))
+    space, supernet = _exact_supernet(single, load_parent(str(path), 'resnet_cifar', DEPTH))
+    assert supernet.blocks[0].shortcut.conv.pairs == [] and supernet.blocks[1].shortcut.conv.pairs
+    config = space.config(space.smallest())
+    assert list(config.widths) == [8, 8, 8, 16, 16, 32, 32]
+    x, _ = _digits(64)
+    assert torch.allclose(inherited_model(supernet, config)(x), truncated_parent(model, config)(x), atol=1e-5)
+
+
 def test_default_projection_noise_keeps_the_child_close(parent):
     model, path = parent
     space, supernet, found = supernet_for(_space(), str(path))

@@ -75,7 +75,9 @@ class ProjectionBank(nn.Module):
             for key in keys:
                 self.spans[key] = (start, start + drawn[key].shape[1])
                 start += drawn[key].shape[1]
-        self.weight = nn.Parameter(torch.cat([drawn[key].t() for key in self.spans]))
+        # no pairs: a stride-1 shortcut whose widths are always equal (the identity) in a one-candidate space
+        self.weight = nn.Parameter(torch.cat([drawn[key].t() for key in self.spans]) if self.spans
+                                   else torch.empty(0, meta_width))
         self.batches = _equal_width_runs(group_spans)
 
     def __getitem__(self, key: str) -> torch.Tensor:
