@@ -71,7 +71,7 @@ from it, and `aps-zoo export` of either folder writes a card whose "Initialised 
 and its revision (Hub commit, or the sha256 of a local weights file).
 
 Limits: the zoo's own ResNets and MobileNetV2s and timm's MobileNetV2 are carried exactly (tested: logits
-equal). timm's plain ResNets downsample with a strided 1x1 conv + BN where the zoo (docs/design.md#shortcuts) uses a 2x2
+equal). timm's plain ResNets downsample with a strided 1x1 conv + BN where the zoo ([design.md](design.md#shortcuts)) uses a 2x2
 average pool + 1x1 conv: those shortcuts are carried with the BN folded, an approximation (tested: features
 equal up to the first stage-start block, the card notes it). No ImageNet parent was measured here (no network).
 """

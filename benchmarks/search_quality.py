@@ -34,7 +34,8 @@ recipe with one extra section, ``quality``:
 
 Runs live under ``--runs`` (default ``runs/quality/<recipe>``); a rerun reuses finished searches and
 trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut
-short leaves a report that says which methods are missing. ``<out>.md`` collects every setting in ``--out``.
+short leaves a report that says which methods are missing. The report lists the invocations that worked in
+its runs folder (one on another folder starts a new list). ``<out>.md`` collects every setting in ``--out``.
 """
 from __future__ import annotations
 
@@ -282,7 +283,9 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
     previous = _read_json(out / f'{stem}.json') or {}
-    summary = {'setting': stem, 'recipe': str(recipe_path), 'dataset': data.description,
+    if previous.get('runs', str(runs)) != str(runs):
+        previous = {}  # its invocations built other runs
+    summary = {'setting': stem, 'recipe': str(recipe_path), 'runs': str(runs), 'dataset': data.description,
                'test_images': data.sizes['test'],
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'widest_macs': widest, 'budget_macs': budget, 'budget_fraction': q.budget_fraction,

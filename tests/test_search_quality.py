@@ -172,3 +172,19 @@ def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
     assert 'does NOT separate them' in sq.capacity_check(summary)
     del summary['methods']['uniform']
     assert sq.capacity_check(summary) is None
+
+
+def test_the_report_lists_the_invocations_of_its_runs_folder(sq, tmp_path):
+    """A rerun on the same runs folder reuses its trainings and adds its invocation to the report; a run on
+    another folder starts a new list (the earlier invocations built other runs)."""
+    recipe = tmp_path / 'q.yaml'
+    recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
+                      "train: {epochs: 1, steps_per_epoch: 2}\n"
+                      "quality: {seeds: [0, 1], methods: [standard]}\n")
+    out = tmp_path / 'out'
+    first = sq.run_setting(recipe, out, tmp_path / 'a', True, 'first')
+    again = sq.run_setting(recipe, out, tmp_path / 'a', True, 'again')
+    assert [(i['command'], i['ran'], i['reused']) for i in again['invocations']] == [('first', 2, 0), ('again', 0, 2)]
+    assert again['methods']['standard']['seeds'] == first['methods']['standard']['seeds']
+    other = sq.run_setting(recipe, out, tmp_path / 'b', True, 'other')
+    assert [(i['command'], i['ran']) for i in other['invocations']] == [('other', 2)]
