@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .channels import ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
+from .channels import MAX_WIDTH, ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
 from .layout import Layer
 
 
@@ -90,7 +90,7 @@ def uniform_at_budget(family: str, depth: int, budget_macs: float, *, num_classe
         return ChannelConfig(family, widths, depth, num_classes, tuple(input_size),
                              {'source': 'uniform', 'multiplier': round(mult, 4)})
 
-    lo, hi = 1e-3, 8.0
+    lo, hi = 1e-3, min(8.0, MAX_WIDTH / max(uniform_widths(family, depth)))  # no width above MAX_WIDTH
     if count_macs(build(lo)) > budget_macs:
         raise ValueError(f"budget {budget_macs:.4g} MACs is below the narrowest uniform {family}{depth or ''}")
     for _ in range(40):

@@ -7,7 +7,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from aps_zoo.aps import APSConv2d
-from aps_zoo.channels import ChannelConfig, ChannelConfigError, network_layout, uniform_widths
+from aps_zoo.channels import MAX_WIDTH, ChannelConfig, ChannelConfigError, network_layout, uniform_widths
 from aps_zoo.flops import count_macs, count_params, uniform_at_budget
 from aps_zoo.spaces import APSSupernet, build_space
 
@@ -101,6 +101,16 @@ def test_uniform_at_budget_is_widest_fit():
     assert count_macs(c) <= 10e6
     wider = [w + 1 for w in c.widths]
     assert count_macs(cifar(wider, 20)) > 10e6
+
+
+@pytest.mark.parametrize('budget', [2.0e9, 1e13])
+def test_uniform_resnet50_stays_within_the_maximum_width(budget):
+    """ResNet-50's last stage is 2048 wide: the search for the multiplier must not try a width above
+    MAX_WIDTH (it raised at the first midpoint, after a whole search, when the search report scored it)."""
+    c = uniform_at_budget('resnet', 50, budget, num_classes=1000, input_size=(3, 224, 224))
+    assert max(c.widths) <= MAX_WIDTH and count_macs(c) <= budget
+    wider = uniform_widths('resnet', 50, c.provenance['multiplier'] * 1.01)
+    assert max(wider) > MAX_WIDTH or count_macs(ChannelConfig('resnet', wider, 50, 1000, (3, 224, 224))) > budget
 
 
 def test_params_count_matches_standalone_network():
