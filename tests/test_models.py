@@ -51,9 +51,9 @@ PAPER = {
 # This project's own searches: widths, MACs at the registered 1000 classes and 224x224, params, name budget.
 SEARCHED = {
     'aps_resnet50_2g': dict(
-        family='resnet', depth=50, budget=2.0e9, macs=2_012_479_488, params=10_585_864,
-        widths=[32, 32, 32, 128, 48, 48, 192, 48, 48, 192] + [64, 64, 256] * 4 + [320, 320, 1280] * 2
-        + [128, 128, 512] * 4 + [256, 256, 1024] * 3),
+        family='resnet', depth=50, budget=2.0e9, macs=1_926_778_880, params=9_130_808,
+        widths=[80, 48, 48, 192, 32, 32, 128, 32, 32, 128] + [96, 96, 384] * 4 + [128, 128, 512] * 3
+        + [192, 192, 768] * 3 + [256, 256, 1024] * 3),
 }
 # Searched here on Fashion-MNIST; its trained weights ship in the package (pretrained_cfg file=).
 SHIPPED = {
