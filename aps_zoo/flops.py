@@ -4,7 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import List, Optional, Tuple
 
-from .channels import MAX_WIDTH, ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries, uniform_widths
+from .channels import (MAX_WIDTH, ChannelConfig, conv_out_size, network_layout, shortcut_kind, tied_entries,
+                       uniform_widths)
 from .layout import Layer
 
 
