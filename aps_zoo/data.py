@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import logging
+import signal
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -421,10 +422,18 @@ def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, hol
     return train.shuffle(seed=seed, buffer_size=10_000), val, sizes
 
 
+def worker_ignores_sigterm(worker_id: int) -> None:
+    """``worker_init_fn`` of every loader: a DataLoader worker ignores SIGTERM. A scheduler (SLURM) or `timeout`
+    signals the whole process group; a worker ended by it would crash the main process before it writes its
+    preemption checkpoint. The main process stops its workers itself when it exits."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _loaders(src: _Source, data: DataSection, seed: int, train, val, test, interpolation: str):
     """(train, val or None, test) DataLoaders; the training order depends only on (seed, epoch)."""
     train_tf, eval_tf = _transforms(data, interpolation)
     loader = partial(DataLoader, num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+                     worker_init_fn=worker_ignores_sigterm,
                      collate_fn=NormalizedCollate(tuple(data.mean), tuple(data.std)),
                      pin_memory=torch.cuda.is_available())
     train_ds = _with_transform(train, train_tf, src.image, src.label, data.batch_size)

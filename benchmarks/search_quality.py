@@ -267,9 +267,23 @@ def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict
     return {**out, 'reused': False}
 
 
-def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, command: str) -> Dict:
-    """Every method of one quality recipe; the summary is rewritten after each method."""
+def select_part(q: Quality, methods: Optional[List[str]], seeds: Optional[List[int]]) -> Quality:
+    """``q`` cut to a part of its methods and seeds (``--methods``, ``--seeds``): one of several processes that
+    share a runs folder; a later run of the whole recipe on that folder reuses what the parts finished."""
+    for key, part, whole in (('methods', methods, q.methods), ('seeds', seeds, q.seeds)):
+        if part is not None and (not part or not set(part) <= set(whole)):
+            raise QualityError(f"--{key} {','.join(map(str, part))}: not a part of the recipe's quality.{key} "
+                               f"({', '.join(map(str, whole))})")
+    return dataclasses.replace(q, methods=[m for m in q.methods if m in (methods or q.methods)],
+                               seeds=[s for s in q.seeds if s in (seeds or q.seeds)])
+
+
+def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, command: str,
+                methods: Optional[List[str]] = None, seeds: Optional[List[int]] = None) -> Dict:
+    """Every method of one quality recipe (or the part ``methods`` x ``seeds``); the summary is rewritten after
+    each method."""
     recipe, q = load_quality_recipe(recipe_path)
+    q = select_part(q, methods, seeds)
     stem = recipe_path.stem
     runs = runs or Path('runs') / 'quality' / stem
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
@@ -596,17 +610,21 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--runs', type=Path, default=None,
                         help='folder for the runs (default runs/quality/<recipe>); only with one recipe')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
+    parser.add_argument('--methods', type=lambda v: v.split(','), default=None,
+                        help='run only these of the recipe\'s methods (comma-separated; parallel parts, one recipe)')
+    parser.add_argument('--seeds', type=lambda v: [int(s) for s in v.split(',')], default=None,
+                        help='retrain only these of the recipe\'s seeds (comma-separated; parallel parts, one recipe)')
     args = parser.parse_args(argv)
     command = ' '.join(['python benchmarks/search_quality.py'] + [shlex.quote(a) for a in sys.argv[1:]])
-    if args.runs is not None and len(args.recipes) > 1:
-        parser.error('--runs takes one recipe')
+    if len(args.recipes) > 1 and (args.runs, args.methods, args.seeds) != (None, None, None):
+        parser.error('--runs, --methods and --seeds take one recipe')
     torch.set_num_threads(args.threads)
     cpu = not torch.cuda.is_available()
     try:
         for path in args.recipes:
             load_quality_recipe(path)  # every recipe is checked before any run starts
         for path in args.recipes:
-            summary = run_setting(path, args.out, args.runs, cpu, command)
+            summary = run_setting(path, args.out, args.runs, cpu, command, args.methods, args.seeds)
             print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
                   f"{table_markdown(summary)}")
             print('\n'.join(reading(summary)))

@@ -52,8 +52,10 @@ def export_killed_inside_the_swap(out: str, step: str, where: str, mode: str) ->
 
 def cli(argv, stdout: str, stderr: str, fsize=None) -> None:
     """`aps-zoo ARGV` with OMP_NUM_THREADS=1 (one intra-op thread), its output to the files ``stdout`` and
-    ``stderr``; the process exits with the command's exit code. ``fsize``: RLIMIT_FSIZE of the process (bytes;
-    with SIGXFSZ ignored, a write past it fails with EFBIG)."""
+    ``stderr``; the process exits with the command's exit code. It leads a process group of its own (with its
+    DataLoader workers), as a job under a scheduler does. ``fsize``: RLIMIT_FSIZE of the process (bytes; with
+    SIGXFSZ ignored, a write past it fails with EFBIG)."""
+    os.setpgrp()
     for fd, path in ((1, stdout), (2, stderr)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     if fsize is not None:

@@ -82,6 +82,10 @@ class _Forked:
     def send_signal(self, sig):
         os.kill(self.pid, sig)
 
+    def signal_group(self, sig):
+        """``sig`` to the job's whole process group (its DataLoader workers too), as SLURM and `timeout` send it."""
+        os.killpg(self.pid, sig)
+
     def wait(self, timeout=None):
         self.process.join(timeout)
         return self.process.exitcode
@@ -411,10 +415,10 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------ preemption (SIGTERM)
-def _train_recipe(tmp_path, name) -> Path:
+def _train_recipe(tmp_path, name, num_workers=0) -> Path:
     path = tmp_path / f'{name}.yaml'
     recipe = _recipe(tmp_path, name, epochs=3, steps_per_epoch=15)
-    recipe['data']['augment'] = False  # no random draws in the data: a resumed epoch can match exactly
+    recipe['data'].update(augment=False, num_workers=num_workers)  # no random draws: a resumed epoch can match
     path.write_text(yaml.safe_dump(recipe))
     return path
 
@@ -425,17 +429,21 @@ def _main(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server):
+@pytest.mark.parametrize('workers', [0, 1], ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker'])
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers):
     """A preempted job: SIGTERM during epoch 1 ends the command (exit 143, one line naming the checkpoint) with
     a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
     job fresh, as there was no checkpoint) continues it, in another process, to the weights of the
-    uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own."""
+    uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own. With a
+    DataLoader worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on
+    until the checkpoint is written."""
     assert _main('train', _train_recipe(tmp_path, 'full'), '--cpu', '--resume', 'auto') == 0
-    job = _Forked(fork_server, tmp_path, 'job', 'train', _train_recipe(tmp_path, 'job'), '--cpu', '--resume', 'auto')
+    job = _Forked(fork_server, tmp_path, 'job', 'train', _train_recipe(tmp_path, 'job', workers), '--cpu',
+                  '--resume', 'auto')
     log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
     while not (log.is_file() and log.read_text().strip()) and job.poll() is None:
         time.sleep(0.05)
-    job.send_signal(signal.SIGTERM)  # epoch 0 is logged: the run is in epoch 1
+    (job.signal_group if workers else job.send_signal)(signal.SIGTERM)  # epoch 0 is logged: the run is in epoch 1
     _, err = job.communicate(timeout=300)
     assert job.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]

@@ -188,3 +188,30 @@ def test_the_report_lists_the_invocations_of_its_runs_folder(sq, tmp_path):
     assert again['methods']['standard']['seeds'] == first['methods']['standard']['seeds']
     other = sq.run_setting(recipe, out, tmp_path / 'b', True, 'other')
     assert [(i['command'], i['ran']) for i in other['invocations']] == [('other', 2)]
+
+
+def test_parts_of_a_recipe_are_reused_by_the_whole(sq, tmp_path, capsys):
+    """`--methods`/`--seeds` run a part of the recipe (parallel processes on one runs folder); the whole recipe
+    on that folder then reuses every retraining the parts finished, with the same results. A part outside the
+    recipe is refused in one line naming the option, before anything runs."""
+    recipe = tmp_path / 'q.yaml'
+    recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
+                      "train: {epochs: 1, steps_per_epoch: 2}\n"
+                      "quality: {seeds: [0, 1, 2], methods: [uniform, standard]}\n")
+    runs = tmp_path / 'runs'
+    parts = [sq.run_setting(recipe, tmp_path / f'part{i}', runs, True, f'part{i}', methods=m, seeds=s)
+             for i, (m, s) in enumerate([(['standard'], [2, 0]), (['standard'], [1]), (['uniform'], None)])]
+    assert [(list(p['methods']), p['seeds']) for p in parts] == [(['standard'], [0, 2]), (['standard'], [1]),
+                                                                 (['uniform'], [0, 1, 2])]
+    whole = sq.run_setting(recipe, tmp_path / 'out', runs, True, 'whole')
+    assert [(i['ran'], i['reused']) for i in whole['invocations']] == [(0, 6)]
+    seeds = {**parts[0]['methods']['standard']['seeds'], **parts[1]['methods']['standard']['seeds']}
+    assert whole['methods']['standard']['seeds'] == seeds
+    assert whole['methods']['uniform']['seeds'] == parts[2]['methods']['uniform']['seeds']
+    for bad, match in ((['--methods', 'aps'], '--methods aps: not a part'),
+                       (['--seeds', '5'], '--seeds 5: not a part')):
+        capsys.readouterr()
+        assert sq.main([str(recipe), '--runs', str(tmp_path / 'bad'), '--out', str(tmp_path / 'o'), *bad]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0], err
+        assert not (tmp_path / 'bad').exists()

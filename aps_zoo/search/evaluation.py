@@ -71,4 +71,4 @@ def shuffled(loader: DataLoader, seed: int) -> DataLoader:
     else:  # a streamed dataset: a seeded shuffle buffer
         ds = ds.shuffle(seed=seed, buffer_size=10_000)
     return DataLoader(ds, batch_size=loader.batch_size, shuffle=False, num_workers=loader.num_workers,
-                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory)
+                      collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)

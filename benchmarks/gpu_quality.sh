@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Parts of one quality recipe (benchmarks/search_quality.py --methods/--seeds) as parallel processes sharing one
+# runs folder: on one GPU, a CIFAR ResNet-20 run leaves most of the chip idle, so several fill it. Each part stops
+# after LIMIT_S seconds (SIGTERM: a retraining checkpoints and resumes next time; a search resumes from its last
+# epoch checkpoint). Afterwards, the whole recipe on the same runs folder reuses what the parts finished and
+# writes the report. Each part logs to RUNS/logs/<part>.log and writes its own partial report under RUNS/parts/.
+#   bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEED,SEED...] ...]
+# With no parts given, one process per method of the recipe.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+[ $# -ge 3 ] || { echo "usage: bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEEDS] ...]" >&2; exit 2; }
+recipe=$1 runs=$2 limit=$3
+shift 3
+parts=("$@")
+if [ ${#parts[@]} -eq 0 ]; then
+  mapfile -t parts < <(python -c "import sys; sys.path.insert(0, 'benchmarks'); import search_quality as q
+print('\n'.join(q.load_quality_recipe(sys.argv[1])[1].methods))" "$recipe") || exit 2
+fi
+mkdir -p "$runs/logs"
+pids=()
+for part in "${parts[@]}"; do
+  method=${part%%:*} seeds=
+  [ "$method" != "$part" ] && seeds=${part#*:}
+  tag=$(tr ':,' '_-' <<<"$part")
+  timeout "$limit" python benchmarks/search_quality.py "$recipe" --runs "$runs" --out "$runs/parts/$tag" \
+    --methods "$method" ${seeds:+--seeds "$seeds"} >"$runs/logs/$tag.log" 2>&1 &
+  pids+=($!)
+done
+status=0
+for i in "${!pids[@]}"; do
+  wait "${pids[$i]}"; rc=$?
+  echo "${parts[$i]}: exit $rc$([ $rc -eq 124 ] && echo ' (stopped at the time limit)')"
+  [ $rc -eq 0 ] || [ $rc -eq 124 ] || status=1
+done
+exit $status
