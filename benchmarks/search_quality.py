@@ -36,6 +36,9 @@ Runs live under ``--runs`` (default ``runs/quality/<recipe>``); a rerun reuses f
 trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut
 short leaves a report that says which methods are missing. The report lists the invocations that worked in
 its runs folder (one on another folder starts a new list). ``<out>.md`` collects every setting in ``--out``.
+``--methods`` and ``--seeds`` run a part of the recipe, so that several processes can share one runs folder
+(``benchmarks/gpu_quality.sh`` runs such parts side by side on one GPU); a run of the whole recipe (or of the
+seeds it reports, ``--seeds 0,1,2``) on that folder then reuses them.
 """
 from __future__ import annotations
 
