@@ -3,7 +3,8 @@
 # runs folder: on one GPU, a CIFAR ResNet-20 run leaves most of the chip idle, so several fill it. Each part stops
 # after LIMIT_S seconds (SIGTERM: a retraining checkpoints and resumes next time; a search resumes from its last
 # epoch checkpoint). Afterwards, the whole recipe on the same runs folder reuses what the parts finished and
-# writes the report. Each part logs to RUNS/logs/<part>.log and writes its own partial report under RUNS/parts/.
+# writes the report, which lists the parts' invocations. Each part logs to RUNS/logs/<part>.log and writes its own
+# partial report where search_quality.py puts a part's (RUNS/parts/).
 #   bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEED,SEED...] ...]
 # With no parts given, one process per method of the recipe.
 set -uo pipefail
@@ -23,7 +24,7 @@ for part in "${parts[@]}"; do
   method=${part%%:*} seeds=
   [ "$method" != "$part" ] && seeds=${part#*:}
   tag=$(tr ':,' '_-' <<<"$part")
-  timeout "$limit" python benchmarks/search_quality.py "$recipe" --runs "$runs" --out "$runs/parts/$tag" \
+  timeout "$limit" python benchmarks/search_quality.py "$recipe" --runs "$runs" \
     --methods "$method" ${seeds:+--seeds "$seeds"} >"$runs/logs/$tag.log" 2>&1 &
   pids+=($!)
 done

@@ -33,12 +33,15 @@ recipe with one extra section, ``quality``:
     OMP_NUM_THREADS=1 python benchmarks/search_quality.py recipes/quality_resnet20_digits_10.yaml --out docs/results
 
 Runs live under ``--runs`` (default ``runs/quality/<recipe>``); a rerun reuses finished searches and
-trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut
-short leaves a report that says which methods are missing. The report lists the invocations that worked in
-its runs folder (one on another folder starts a new list). ``<out>.md`` collects every setting in ``--out``.
+trainings and resumes interrupted ones. After every method the outputs are rewritten, so a run cut short
+leaves a report that says what is missing; its ``<setting>.json`` is rewritten after every retraining, so a
+part stopped at its time limit still records what it ran.
+The report lists the invocations that worked in its runs folder (one on another folder starts a new list).
+``<out>.md`` collects every setting in ``--out``.
 ``--methods`` and ``--seeds`` run a part of the recipe, so that several processes can share one runs folder
-(``benchmarks/gpu_quality.sh`` runs such parts side by side on one GPU); a run of the whole recipe (or of the
-seeds it reports, ``--seeds 0,1,2``) on that folder then reuses them.
+(``benchmarks/gpu_quality.sh`` runs such parts side by side on one GPU). Without ``--out``, a part writes its
+report to ``<runs>/parts/<methods>_<seeds>``; a run of the whole recipe (or of the seeds it reports,
+``--seeds 0,1,2``) on that folder then reuses their runs, and its report lists the parts' invocations too.
 """
 from __future__ import annotations
 
@@ -84,6 +87,8 @@ LABELS = {'aps': 'APS-T (learned sharing, penalty gradients)', 'ordinal': 'ordin
           'standard': 'standard network (capacity reference, over budget)'}
 BOOTSTRAP = 4000
 SHARING_TOL = 0.01
+DEFAULT_OUT = Path('docs/results')
+PARTS = 'parts'  # <runs>/parts/<part>: the reports of a recipe's parts (--methods/--seeds)
 
 
 class QualityError(ValueError):
@@ -281,14 +286,31 @@ def select_part(q: Quality, methods: Optional[List[str]], seeds: Optional[List[i
                                seeds=[s for s in q.seeds if s in (seeds or q.seeds)])
 
 
-def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, command: str,
+def part_folder(runs: Path, methods: Optional[List[str]], seeds: Optional[List[int]]) -> Path:
+    """Where a part's own report goes when ``--out`` is not given: ``<runs>/parts/<methods>_<seeds>``."""
+    return runs / PARTS / '_'.join(['-'.join(methods or ['all'])] + ([] if seeds is None else
+                                                                     ['-'.join(map(str, seeds))]))
+
+
+def part_invocations(runs: Path, stem: str, out: Path) -> List[Dict]:
+    """The invocations recorded by the parts' reports in ``<runs>/parts`` (none when ``out`` is itself one of
+    them): the report of the whole says where and how its runs were made."""
+    if out.resolve().parent == (runs / PARTS).resolve():
+        return []
+    return [{**i, 'part': p.parent.name} for p in sorted((runs / PARTS).glob(f'*/{stem}.json'))
+            for i in _read_json(p)['invocations']]
+
+
+def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cpu: bool, command: str,
                 methods: Optional[List[str]] = None, seeds: Optional[List[int]] = None) -> Dict:
     """Every method of one quality recipe (or the part ``methods`` x ``seeds``); the summary is rewritten after
-    each method."""
+    each retraining, the report after each method. Without ``out``, a part reports to its ``part_folder`` and the whole to docs/results."""
     recipe, q = load_quality_recipe(recipe_path)
     q = select_part(q, methods, seeds)
     stem = recipe_path.stem
     runs = runs or Path('runs') / 'quality' / stem
+    part = (methods, seeds) != (None, None)
+    out = out or (part_folder(runs, methods, seeds) if part else DEFAULT_OUT)
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
     sp = recipe.space
     reference = ChannelConfig(sp.family, uniform_widths(sp.family, sp.depth), sp.depth, data.num_classes,
@@ -317,6 +339,7 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
            'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
            'load_start': os.getloadavg()[0], 'ran': 0, 'reused': 0}
     summary['invocations'] = previous.get('invocations', []) + [now]
+    summary['part_invocations'] = part_invocations(runs, stem, out)
     t0, cpu0 = time.time(), time.process_time()
     jobs = tqdm(q.methods, desc=stem)
     for method in jobs:
@@ -338,19 +361,20 @@ def run_setting(recipe_path: Path, out: Path, runs: Optional[Path], cpu: bool, c
             now['reused' if found['reused'] else 'ran'] += 1
         config = ChannelConfig.from_dict(found['config'])
         seeds = {}
+        summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
+                                      'params': count_params(config), 'search_s': found['search_s'],
+                                      'search_val_acc': found.get('val_acc'), 'repaired': found.get('repaired'),
+                                      'seeds': seeds}
         for seed in tqdm(q.seeds, desc=f'{method}: retrain', leave=False):
             out_dir = runs / method / f'train_seed{seed}'
             res = train_run(dataclasses.replace(recipe, seed=seed), config, out_dir, cpu)
             seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s'],
                            'correct': ''.join(map(str, test_correctness(out_dir, data.test)))}  # '0'/'1' per image
             now['reused' if res['reused'] else 'ran'] += 1
-        summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
-                                      'params': count_params(config), 'search_s': found['search_s'],
-                                      'search_val_acc': found.get('val_acc'), 'repaired': found.get('repaired'),
-                                      'seeds': seeds}
-        now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
-        summary['complete'] = list(summary['methods']) == q.methods
-        write_outputs(summary, out)
+            now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
+            summary['complete'] = list(summary['methods']) == q.methods and len(seeds) == len(q.seeds)
+            _write_json(out / f'{stem}.json', summary)  # a part stopped at its time limit still records its runs
+        write_outputs(summary, out)  # tables, bootstrap CIs and plots: after each method (they take a while)
     return summary
 
 
@@ -495,10 +519,7 @@ def compute_s(summary: Dict) -> float:
 
 def setting_markdown(summary: Dict, link_prefix: str) -> str:
     s, stem = summary, summary['setting']
-    done, planned = list(s['methods']), s['methods_planned']
-    missing = ', '.join(m for m in planned if m not in done)
-    status = 'complete' if s['complete'] else \
-        f"INCOMPLETE: {len(done)} of {len(planned)} methods finished; missing: {missing}"
+    status = 'complete' if s['complete'] else f"INCOMPLETE: {unfinished(s)}"
     budget = f"{s['budget_macs'] / 1e6:.4g}M MACs"
     if s['budget_fraction'] is not None:
         budget += (f" ({s['budget_fraction']:.0%} of the widest uniform member of the space, "
@@ -516,12 +537,10 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
            f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
            "- invocations (a load average above the threads used means the machine was shared):"]
-    out += [f"  - `{i['command']}` ({i['started']}): {i['wall_s'] / 60:.1f} min wall"
-            + (f", {i['cpu_s'] / 60:.1f} min process CPU time" if 'cpu_s' in i else '')
-            + f", on {i['device']} ({i['cpu_count']} CPUs, torch threads {i['torch_threads']}, "
-            f"OMP_NUM_THREADS={i['omp_num_threads']}); ran {i['ran']} searches/trainings, reused {i['reused']} "
-            f"finished ones; load average {i['load_start']:.2f} at start, {i['load_end']:.2f} at end"
-            for i in s['invocations']]
+    out += [f"  - {invocation_line(i)}" for i in s['invocations']]
+    if s.get('part_invocations'):  # settings written before parts were recorded have none
+        out.append(f"- parts of it, run in processes side by side (`{PARTS}/` in the runs folder):")
+        out += [f"  - {i['part']}: {invocation_line(i)}" for i in s['part_invocations']]
     out += ["", table_markdown(s), "", f"![test top-1 per method]({link_prefix}{stem}.png)", "",
             "Widths of each config (forward order):", ""]
     out += [f"- {m}: {','.join(map(str, v['widths']))}"
@@ -542,6 +561,25 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
         out.append("No search has finished yet.")
     out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
     return '\n'.join(out) + '\n'
+
+
+def unfinished(summary: Dict) -> str:
+    """What an incomplete setting lacks: methods not started, and methods with only some of their seeds."""
+    planned, n = summary['methods_planned'], len(summary['seeds'])
+    partial = [f"{m} ({len(v['seeds'])} of {n} seeds)" for m, v in summary['methods'].items() if len(v['seeds']) < n]
+    finished = [m for m, v in summary['methods'].items() if len(v['seeds']) == n]
+    missing = [m for m in planned if m not in summary['methods']]
+    return (f"{len(finished)} of {len(planned)} methods finished; missing: {', '.join(missing) or 'none'}"
+            + (f"; partly retrained: {', '.join(partial)}" if partial else ''))
+
+
+def invocation_line(i: Dict) -> str:
+    """One invocation of the benchmark: command, time, machine, what it ran and reused."""
+    return (f"`{i['command']}` ({i['started']}): {i['wall_s'] / 60:.1f} min wall"
+            + (f", {i['cpu_s'] / 60:.1f} min process CPU time" if 'cpu_s' in i else '')
+            + f", on {i['device']} ({i['cpu_count']} CPUs, torch threads {i['torch_threads']}, "
+            f"OMP_NUM_THREADS={i['omp_num_threads']}); ran {i['ran']} searches/trainings, reused {i['reused']} "
+            f"finished ones; load average {i['load_start']:.2f} at start, {i['load_end']:.2f} at end")
 
 
 def independent_schedule(summary: Dict) -> str:
@@ -609,7 +647,9 @@ def write_outputs(summary: Dict, out: Path) -> None:
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('recipes', nargs='+', type=Path, help='quality recipes (recipes/quality_*.yaml)')
-    parser.add_argument('--out', type=Path, default=Path('docs/results'), help='folder for tables and plots')
+    parser.add_argument('--out', type=Path, default=None,
+                        help=f'folder for tables and plots (default {DEFAULT_OUT}; for a part of the recipe, '
+                             f'<runs>/{PARTS}/<methods>_<seeds>)')
     parser.add_argument('--runs', type=Path, default=None,
                         help='folder for the runs (default runs/quality/<recipe>); only with one recipe')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')

@@ -1,5 +1,6 @@
 """The search-quality benchmark's pure parts: settings checks, statistics, sharing trend, report text."""
 import importlib.util
+import json
 import sys
 from pathlib import Path
 
@@ -190,21 +191,60 @@ def test_the_report_lists_the_invocations_of_its_runs_folder(sq, tmp_path):
     assert [(i['command'], i['ran']) for i in other['invocations']] == [('other', 2)]
 
 
+def test_a_run_stopped_between_retrainings_reports_the_seeds_it_finished(sq, tmp_path, monkeypatch):
+    """The summary is rewritten after every retraining: a run stopped during a method's second seed (a part at
+    its time limit) leaves that method with its first seed, and the report, rewritten after each method, says
+    what is missing; the rerun completes it."""
+    recipe = tmp_path / 'q.yaml'
+    recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
+                      "train: {epochs: 1, steps_per_epoch: 2}\n"
+                      "quality: {seeds: [0, 1], methods: [uniform, standard]}\n")
+    train_run = sq.train_run
+
+    def stopped_at_standard_seed1(recipe, config, out_dir, cpu):
+        if out_dir.parts[-2:] == ('standard', 'train_seed1'):
+            raise KeyboardInterrupt
+        return train_run(recipe, config, out_dir, cpu)
+    monkeypatch.setattr(sq, 'train_run', stopped_at_standard_seed1)
+    out, runs = tmp_path / 'out', tmp_path / 'runs'
+    with pytest.raises(KeyboardInterrupt):
+        sq.run_setting(recipe, out, runs, True, 'stopped')
+    stopped = json.loads((out / 'q.json').read_text())
+    assert {m: sorted(v['seeds']) for m, v in stopped['methods'].items()} == {'uniform': ['0', '1'], 'standard': ['0']}
+    assert not stopped['complete'] and stopped['invocations'][0]['ran'] == 3
+    assert "- status: INCOMPLETE: 1 of 2 methods finished; missing: standard\n" in (out / 'q.md').read_text()
+    assert sq.unfinished(stopped) == ("1 of 2 methods finished; missing: none; "
+                                      "partly retrained: standard (1 of 2 seeds)")
+    monkeypatch.setattr(sq, 'train_run', train_run)
+    whole = sq.run_setting(recipe, out, runs, True, 'again')
+    assert whole['complete'] and [(i['ran'], i['reused']) for i in whole['invocations']] == [(3, 0), (1, 3)]
+    assert whole['methods']['standard']['seeds'][0] == stopped['methods']['standard']['seeds']['0']
+    assert "- status: complete" in (out / 'q.md').read_text()
+
+
 def test_parts_of_a_recipe_are_reused_by_the_whole(sq, tmp_path, capsys):
-    """`--methods`/`--seeds` run a part of the recipe (parallel processes on one runs folder); the whole recipe
-    on that folder then reuses every retraining the parts finished, with the same results. A part outside the
-    recipe is refused in one line naming the option, before anything runs."""
+    """`--methods`/`--seeds` run a part of the recipe (parallel processes on one runs folder), each reporting to
+    its own folder under the runs; the whole recipe on that folder then reuses every retraining the parts
+    finished, with the same results, and lists the parts' invocations. A part outside the recipe is refused in
+    one line naming the option, before anything runs."""
     recipe = tmp_path / 'q.yaml'
     recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
                       "train: {epochs: 1, steps_per_epoch: 2}\n"
                       "quality: {seeds: [0, 1, 2], methods: [uniform, standard]}\n")
     runs = tmp_path / 'runs'
-    parts = [sq.run_setting(recipe, tmp_path / f'part{i}', runs, True, f'part{i}', methods=m, seeds=s)
+    parts = [sq.run_setting(recipe, None, runs, True, f'part{i}', methods=m, seeds=s)
              for i, (m, s) in enumerate([(['standard'], [2, 0]), (['standard'], [1]), (['uniform'], None)])]
     assert [(list(p['methods']), p['seeds']) for p in parts] == [(['standard'], [0, 2]), (['standard'], [1]),
                                                                  (['uniform'], [0, 1, 2])]
+    folders = sorted(p.name for p in (runs / 'parts').iterdir() if p.is_dir())
+    assert folders == ['standard_1', 'standard_2-0', 'uniform']
+    assert [p['part_invocations'] for p in parts] == [[], [], []]
     whole = sq.run_setting(recipe, tmp_path / 'out', runs, True, 'whole')
     assert [(i['ran'], i['reused']) for i in whole['invocations']] == [(0, 6)]
+    assert [(i['part'], i['command'], i['ran']) for i in whole['part_invocations']] == [
+        ('standard_1', 'part1', 1), ('standard_2-0', 'part0', 2), ('uniform', 'part2', 3)]
+    text = (tmp_path / 'out' / 'q.md').read_text()
+    assert "  - standard_2-0: `part0` (" in text and "ran 2 searches/trainings, reused 0" in text
     seeds = {**parts[0]['methods']['standard']['seeds'], **parts[1]['methods']['standard']['seeds']}
     assert whole['methods']['standard']['seeds'] == seeds
     assert whole['methods']['uniform']['seeds'] == parts[2]['methods']['uniform']['seeds']
