@@ -5,15 +5,19 @@
 # epoch checkpoint). Afterwards, the whole recipe on the same runs folder reuses what the parts finished and
 # writes the report, which lists the parts' invocations. Each part logs to RUNS/logs/<part>.log and writes its own
 # partial report where search_quality.py puts a part's (RUNS/parts/).
-#   bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEED,SEED...] ...]
-# With no parts given, one process per method of the recipe.
+#   bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEED,SEED...] ...] [-- OPTION ...]
+# With no parts given, one process per method of the recipe. Options after `--` go to every part's
+# search_quality.py (e.g. `-- --searches-from RUNS_5EP`).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-[ $# -ge 3 ] || { echo "usage: bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEEDS] ...]" >&2; exit 2; }
+[ $# -ge 3 ] || { echo "usage: bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEEDS] ...] [-- OPTION ...]" >&2
+                  exit 2; }
 recipe=$1 runs=$2 limit=$3
 shift 3
-parts=("$@")
+parts=() options=()
+while [ $# -gt 0 ] && [ "$1" != "--" ]; do parts+=("$1"); shift; done
+[ $# -gt 0 ] && shift && options=("$@")
 if [ ${#parts[@]} -eq 0 ]; then
   mapfile -t parts < <(python -c "import sys; sys.path.insert(0, 'benchmarks'); import search_quality as q
 print('\n'.join(q.load_quality_recipe(sys.argv[1])[1].methods))" "$recipe") || exit 2
@@ -25,7 +29,7 @@ for part in "${parts[@]}"; do
   [ "$method" != "$part" ] && seeds=${part#*:}
   tag=$(tr ':,' '_-' <<<"$part")
   timeout "$limit" python benchmarks/search_quality.py "$recipe" --runs "$runs" \
-    --methods "$method" ${seeds:+--seeds "$seeds"} >"$runs/logs/$tag.log" 2>&1 &
+    --methods "$method" ${seeds:+--seeds "$seeds"} "${options[@]}" >"$runs/logs/$tag.log" 2>&1 &
   pids+=($!)
 done
 status=0

@@ -42,6 +42,8 @@ The report lists the invocations that worked in its runs folder (one on another 
 (``benchmarks/gpu_quality.sh`` runs such parts side by side on one GPU). Without ``--out``, a part writes its
 report to ``<runs>/parts/<methods>_<seeds>``; a run of the whole recipe (or of the seeds it reports,
 ``--seeds 0,1,2``) on that folder then reuses their runs, and its report lists the parts' invocations too.
+``--searches-from RUNS`` takes the searches (and the random search) finished in another runs folder: a recipe
+that retrains the same searched networks differently (``train.epochs``) does not search again.
 """
 from __future__ import annotations
 
@@ -301,14 +303,40 @@ def part_invocations(runs: Path, stem: str, out: Path) -> List[Dict]:
             for i in _read_json(p)['invocations']]
 
 
+def _space_of(config: ChannelConfig) -> tuple:
+    return config.family, config.depth, config.num_classes, tuple(config.input_size)
+
+
+def check_searches_from(searches: Path, methods: List[str], reference: ChannelConfig, limit: float) -> None:
+    """``--searches-from``: every search of ``methods`` (and the random search) finished in that runs folder,
+    with a network of this recipe's space (``reference``'s family, depth, classes, input size) within ``limit``
+    MACs."""
+    for method in (m for m in methods if m in SEARCHES or m == 'random'):
+        done = searches / method / 'search_result.json'
+        if not done.is_file():
+            raise QualityError(f"--searches-from {searches}: no {done.relative_to(searches)} (the {method} search "
+                               f"has not finished there; run the recipe the searches belong to first)")
+        c = ChannelConfig.from_dict(_read_json(done)['config'])
+        if _space_of(c) != _space_of(reference) or count_macs(c) > limit:
+            raise QualityError(f"--searches-from {searches}: the {method} network ({c.family}{c.depth}, "
+                               f"{c.num_classes} classes, input {tuple(c.input_size)}, {count_macs(c) / 1e6:.4g}M "
+                               f"MACs) is not of this recipe's space and budget ({reference.family}"
+                               f"{reference.depth}, {reference.num_classes} classes, input "
+                               f"{tuple(reference.input_size)}, at most {limit / 1e6:.4g}M MACs)")
+
+
 def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cpu: bool, command: str,
-                methods: Optional[List[str]] = None, seeds: Optional[List[int]] = None) -> Dict:
+                methods: Optional[List[str]] = None, seeds: Optional[List[int]] = None,
+                searches_from: Optional[Path] = None) -> Dict:
     """Every method of one quality recipe (or the part ``methods`` x ``seeds``); the summary is rewritten after
-    each retraining, the report after each method. Without ``out``, a part reports to its ``part_folder`` and the whole to docs/results."""
+    each retraining, the report after each method. Without ``out``, a part reports to its ``part_folder`` and
+    the whole to docs/results. With ``searches_from``, the searches are those finished in that runs folder
+    (the same space, data and budget: another retraining of the same searched networks)."""
     recipe, q = load_quality_recipe(recipe_path)
     q = select_part(q, methods, seeds)
     stem = recipe_path.stem
     runs = runs or Path('runs') / 'quality' / stem
+    searches = searches_from or runs
     part = (methods, seeds) != (None, None)
     out = out or (part_folder(runs, methods, seeds) if part else DEFAULT_OUT)
     data = build_loaders(recipe.data, recipe.seed, holdout=True)
@@ -321,10 +349,13 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
     recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, budget_macs=budget))
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
+    if searches_from is not None:
+        check_searches_from(searches_from, q.methods, reference, limit)
     previous = _read_json(out / f'{stem}.json') or {}
     if previous.get('runs', str(runs)) != str(runs):
         previous = {}  # its invocations built other runs
-    summary = {'setting': stem, 'recipe': str(recipe_path), 'runs': str(runs), 'dataset': data.description,
+    summary = {'setting': stem, 'recipe': str(recipe_path), 'runs': str(runs),
+               'searches_from': None if searches_from is None else str(searches_from), 'dataset': data.description,
                'test_images': data.sizes['test'],
                'space': f"{sp.family}{sp.depth}, candidates {sp.candidates}, meta width {sp.meta_width}",
                'reference_macs': count_macs(reference), 'widest_macs': widest, 'budget_macs': budget, 'budget_fraction': q.budget_fraction,
@@ -345,7 +376,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
     for method in jobs:
         jobs.set_postfix(method=method)
         if method in SEARCHES:
-            found = run_search(recipe, method, runs, cpu, q.independent_warmup_epochs)
+            found = run_search(recipe, method, searches, cpu, q.independent_warmup_epochs)
             records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
             keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
             summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],
@@ -356,7 +387,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
             found = {'config': uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
                                                  input_size=data.input_size).to_dict(), 'search_s': 0.0}
         else:
-            found = run_random(recipe, q, space, runs, cpu)
+            found = run_random(recipe, q, space, searches, cpu)
         if 'reused' in found:
             now['reused' if found['reused'] else 'ran'] += 1
         config = ChannelConfig.from_dict(found['config'])
@@ -533,7 +564,9 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"{s['limit_macs'] / 1e6:.4g}M (the decoder's limit)",
            f"- search: {s['search_epochs']} epochs ({s['warmup_epochs']} warm-up), one search per method (seed {search_seed}); "
            f"APS starts at overlap {s['aps_overlap']}; random: best of {s['random_samples']} draws after "
-           f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split" + independent_schedule(s),
+           f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split" + independent_schedule(s)
+           + (f"; the searches are those of the runs folder {s['searches_from']} (reused, not rerun)"
+              if s.get('searches_from') else ''),
            f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
            f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
            "- invocations (a load average above the threads used means the machine was shared):"]
@@ -652,6 +685,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                              f'<runs>/{PARTS}/<methods>_<seeds>)')
     parser.add_argument('--runs', type=Path, default=None,
                         help='folder for the runs (default runs/quality/<recipe>); only with one recipe')
+    parser.add_argument('--searches-from', type=Path, default=None,
+                        help='reuse the finished searches of this runs folder (the same space, data and budget; '
+                             'another retraining of the searched networks); only with one recipe')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads (default 1)')
     parser.add_argument('--methods', type=lambda v: v.split(','), default=None,
                         help='run only these of the recipe\'s methods (comma-separated; parallel parts, one recipe)')
@@ -659,15 +695,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='retrain only these of the recipe\'s seeds (comma-separated; parallel parts, one recipe)')
     args = parser.parse_args(argv)
     command = ' '.join(['python benchmarks/search_quality.py'] + [shlex.quote(a) for a in sys.argv[1:]])
-    if len(args.recipes) > 1 and (args.runs, args.methods, args.seeds) != (None, None, None):
-        parser.error('--runs, --methods and --seeds take one recipe')
+    if len(args.recipes) > 1 and (args.runs, args.methods, args.seeds, args.searches_from) != (None,) * 4:
+        parser.error('--runs, --methods, --seeds and --searches-from take one recipe')
     torch.set_num_threads(args.threads)
     cpu = not torch.cuda.is_available()
     try:
         for path in args.recipes:
             load_quality_recipe(path)  # every recipe is checked before any run starts
         for path in args.recipes:
-            summary = run_setting(path, args.out, args.runs, cpu, command, args.methods, args.seeds)
+            summary = run_setting(path, args.out, args.runs, cpu, command, args.methods, args.seeds,
+                                  args.searches_from)
             print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
                   f"{table_markdown(summary)}")
             print('\n'.join(reading(summary)))

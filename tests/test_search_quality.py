@@ -222,6 +222,36 @@ def test_a_run_stopped_between_retrainings_reports_the_seeds_it_finished(sq, tmp
     assert "- status: complete" in (out / 'q.md').read_text()
 
 
+def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path, capsys):
+    """`--searches-from RUNS`: a recipe that retrains the searched networks of another runs folder differently
+    (here for 2 epochs instead of 1) takes their configs and runs only its retrainings. A folder without a
+    finished search, or one searched in another space or budget, is refused in one line before anything runs."""
+    base = (f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
+            "quality: {seeds: [0, 1], methods: [random, uniform], random_samples: 2, random_proxy_epochs: 1}\n")
+    short, long = tmp_path / 'short.yaml', tmp_path / 'long.yaml'
+    short.write_text(base + "train: {epochs: 1, steps_per_epoch: 2}\n")
+    long.write_text(base + "train: {epochs: 2, steps_per_epoch: 2}\n")
+    first = sq.run_setting(short, tmp_path / 'out', tmp_path / 'a', True, 'short')
+    assert first['invocations'][0]['ran'] == 1 + 2 * 2  # the random search (2 proxy trainings), 2 x 2 retrainings
+    again = sq.run_setting(long, tmp_path / 'out', tmp_path / 'b', True, 'long', searches_from=tmp_path / 'a')
+    assert again['invocations'][0]['ran'] == 2 * 2 and again['searches_from'] == str(tmp_path / 'a')
+    assert again['methods']['random']['widths'] == first['methods']['random']['widths']
+    assert not list((tmp_path / 'b' / 'random').glob('proxy*')) and list((tmp_path / 'a' / 'random').glob('proxy*'))
+    assert [json.loads((tmp_path / 'b' / 'random' / f'train_seed{s}' / 'results.json').read_text())['epochs']
+            for s in (0, 1)] == [2, 2]
+    assert f"the searches are those of the runs folder {tmp_path / 'a'}" in (tmp_path / 'out' / 'long.md').read_text()
+    tight = tmp_path / 'tight.yaml'
+    tight.write_text(base + "search: {budget_macs: 4.0e5}\n")
+    for recipe, searches, match in ((long, tmp_path / 'empty', 'no random/search_result.json (the random search'),
+                                    (tight, tmp_path / 'a', 'the random network (resnet_cifar20, 10 classes')):
+        capsys.readouterr()
+        assert sq.main([str(recipe), '--runs', str(tmp_path / 'c'), '--out', str(tmp_path / 'o'),
+                        '--searches-from', str(searches)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and match in err[0] and '--searches-from' in err[0], err
+        assert not (tmp_path / 'c').exists() and not (tmp_path / 'o').exists()
+
+
 def test_parts_of_a_recipe_are_reused_by_the_whole(sq, tmp_path, capsys):
     """`--methods`/`--seeds` run a part of the recipe (parallel processes on one runs folder), each reporting to
     its own folder under the runs; the whole recipe on that folder then reuses every retraining the parts
