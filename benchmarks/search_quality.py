@@ -333,6 +333,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
     the whole to docs/results. With ``searches_from``, the searches are those finished in that runs folder
     (the same space, data and budget: another retraining of the same searched networks)."""
     recipe, q = load_quality_recipe(recipe_path)
+    planned = q.methods  # the whole recipe's: a part's report says what the setting still lacks
     q = select_part(q, methods, seeds)
     stem = recipe_path.stem
     runs = runs or Path('runs') / 'quality' / stem
@@ -364,7 +365,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
                'seeds': q.seeds,
                'random_samples': q.random_samples, 'random_proxy_epochs': q.random_proxy_epochs,
                'independent_warmup_epochs': q.independent_warmup_epochs,
-               'methods_planned': q.methods, 'methods': {}, 'sharing': {}}
+               'methods_planned': planned, 'methods': {}, 'sharing': {}}
     now = {'command': command, 'started': time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime()),
            'device': 'cpu' if cpu else torch.cuda.get_device_name(), 'cpu_count': os.cpu_count(),
            'torch_threads': torch.get_num_threads(), 'omp_num_threads': os.environ.get('OMP_NUM_THREADS'),
@@ -403,7 +404,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
                            'correct': ''.join(map(str, test_correctness(out_dir, data.test)))}  # '0'/'1' per image
             now['reused' if res['reused'] else 'ran'] += 1
             now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
-            summary['complete'] = list(summary['methods']) == q.methods and len(seeds) == len(q.seeds)
+            summary['complete'] = list(summary['methods']) == planned and len(seeds) == len(q.seeds)
             _write_json(out / f'{stem}.json', summary)  # a part stopped at its time limit still records its runs
         write_outputs(summary, out)  # tables, bootstrap CIs and plots: after each method (they take a while)
     return summary

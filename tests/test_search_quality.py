@@ -269,11 +269,14 @@ def test_parts_of_a_recipe_are_reused_by_the_whole(sq, tmp_path, capsys):
     folders = sorted(p.name for p in (runs / 'parts').iterdir() if p.is_dir())
     assert folders == ['standard_1', 'standard_2-0', 'uniform']
     assert [p['part_invocations'] for p in parts] == [[], [], []]
+    assert [p['complete'] for p in parts] == [False] * 3  # a part is not the whole setting, and says so
+    assert "missing: uniform" in (runs / 'parts' / 'standard_1.md').read_text()
     whole = sq.run_setting(recipe, tmp_path / 'out', runs, True, 'whole')
     assert [(i['ran'], i['reused']) for i in whole['invocations']] == [(0, 6)]
     assert [(i['part'], i['command'], i['ran']) for i in whole['part_invocations']] == [
         ('standard_1', 'part1', 1), ('standard_2-0', 'part0', 2), ('uniform', 'part2', 3)]
     text = (tmp_path / 'out' / 'q.md').read_text()
+    assert whole['complete'] and "- status: complete" in text
     assert "  - standard_2-0: `part0` (" in text and "ran 2 searches/trainings, reused 0" in text
     seeds = {**parts[0]['methods']['standard']['seeds'], **parts[1]['methods']['standard']['seeds']}
     assert whole['methods']['standard']['seeds'] == seeds
