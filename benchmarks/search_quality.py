@@ -212,9 +212,14 @@ def method_recipe(recipe: Recipe, method: str, runs: Path, independent_warmup: O
                                search=dataclasses.replace(s, **sharing))
 
 
+def search_result_file(runs: Path, method: str) -> Path:
+    """Where a finished search (or the random search) of ``method`` records its config in a runs folder."""
+    return runs / method / 'search_result.json'
+
+
 def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_warmup: Optional[int] = None) -> Dict:
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
-    done = runs / method / 'search_result.json'
+    done = search_result_file(runs, method)
     if done.is_file():
         return {**_read_json(done), 'reused': True}
     r = method_recipe(recipe, method, runs, independent_warmup)
@@ -256,7 +261,7 @@ def test_correctness(out_dir: Path, test_loader) -> List[int]:
 def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
     """Best of N random configs of the band (the library's random strategy) by held-out top-1 after a short
     proxy training."""
-    done = runs / 'random' / 'search_result.json'
+    done = search_result_file(runs, 'random')
     if done.is_file():
         return {**_read_json(done), 'reused': True}
     draws = create_strategy('random', space, recipe.search, recipe.seed).propose(q.random_samples)
@@ -312,14 +317,15 @@ def check_searches_from(searches: Path, methods: List[str], reference: ChannelCo
     with a network of this recipe's space (``reference``'s family, depth, classes, input size) within ``limit``
     MACs."""
     for method in (m for m in methods if m in SEARCHES or m == 'random'):
-        done = searches / method / 'search_result.json'
+        done = search_result_file(searches, method)
         if not done.is_file():
             raise QualityError(f"--searches-from {searches}: no {done.relative_to(searches)} (the {method} search "
                                f"has not finished there; run the recipe the searches belong to first)")
         c = ChannelConfig.from_dict(_read_json(done)['config'])
-        if _space_of(c) != _space_of(reference) or count_macs(c) > limit:
+        macs = count_macs(c)
+        if _space_of(c) != _space_of(reference) or macs > limit:
             raise QualityError(f"--searches-from {searches}: the {method} network ({c.family}{c.depth}, "
-                               f"{c.num_classes} classes, input {tuple(c.input_size)}, {count_macs(c) / 1e6:.4g}M "
+                               f"{c.num_classes} classes, input {tuple(c.input_size)}, {macs / 1e6:.4g}M "
                                f"MACs) is not of this recipe's space and budget ({reference.family}"
                                f"{reference.depth}, {reference.num_classes} classes, input "
                                f"{tuple(reference.input_size)}, at most {limit / 1e6:.4g}M MACs)")
