@@ -51,15 +51,14 @@ def export_killed_inside_the_swap(out: str, step: str, where: str, mode: str) ->
               plots=False)
 
 
-def cli(argv, stdout: str, stderr: str, fsize=None, start_method: str = 'fork') -> None:
+def cli(argv, stdout: str, stderr: str, fsize=None) -> None:
     """`aps-zoo ARGV` with OMP_NUM_THREADS=1 (one intra-op thread), its output to the files ``stdout`` and
     ``stderr``; the process exits with the command's exit code. As a job under a scheduler, it leads a process
-    group of its own, and it starts its DataLoader workers by ``start_method``: 'fork', the default of Python
-    before 3.14 on Linux, or 'forkserver', its default from 3.14 (a child of the fork server would otherwise
-    inherit the server's start method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with SIGXFSZ ignored, a
-    write past it fails with EFBIG)."""
+    group of its own, and it starts its DataLoader workers by fork, as `aps-zoo` does on Linux (a child of the fork
+    server would inherit the server's start method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with
+    SIGXFSZ ignored, a write past it fails with EFBIG)."""
     os.setpgrp()
-    multiprocessing.set_start_method(start_method, force=True)
+    multiprocessing.set_start_method('fork', force=True)
     for fd, path in ((1, stdout), (2, stderr)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     if fsize is not None:

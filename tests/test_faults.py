@@ -65,10 +65,10 @@ class _Forked:
     """`aps-zoo ARGV` in a process of its own forked from the fork server (:func:`forked.cli`), with what the
     tests here use of subprocess.Popen; stdout and stderr go to files beside ``name`` in ``folder``."""
 
-    def __init__(self, server, folder: Path, name: str, *argv, fsize=None, start_method='fork'):
+    def __init__(self, server, folder: Path, name: str, *argv, fsize=None):
         self.stdout, self.stderr = folder / f'{name}.stdout', folder / f'{name}.stderr'
         self.process = server.Process(target=forked.cli, args=([str(a) for a in argv], str(self.stdout),
-                                                               str(self.stderr), fsize, start_method))
+                                                               str(self.stderr), fsize))
         self.process.start()
         self.pid = self.process.pid
 
@@ -429,21 +429,17 @@ def _main(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize('workers, start_method', [(0, 'fork'), (1, 'fork'), (1, 'forkserver')],
-                         ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker',
-                              'signal-to-the-group-with-a-worker-from-a-forkserver'])
-def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers,
-                                                                          start_method):
+@pytest.mark.parametrize('workers', [0, 1], ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker'])
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers):
     """A preempted job: SIGTERM during epoch 1 ends the command (exit 143, one line naming the checkpoint) with
     a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
     job fresh, as there was no checkpoint) continues it, in another process, to the weights of the
     uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own. With a
     DataLoader worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on
-    until the checkpoint is written, whether it was forked by the job or by a fork server (Python 3.14's default
-    start method on Linux; the server itself dies of the signal)."""
+    until the checkpoint is written."""
     assert _main('train', _train_recipe(tmp_path, 'full'), '--cpu', '--resume', 'auto') == 0
     job = _Forked(fork_server, tmp_path, 'job', 'train', _train_recipe(tmp_path, 'job', workers), '--cpu',
-                  '--resume', 'auto', start_method=start_method)
+                  '--resume', 'auto')
     log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
     while not (log.is_file() and log.read_text().strip()) and job.poll() is None:
         time.sleep(0.05)
