@@ -72,7 +72,8 @@ from aps_zoo.models import create_model_from_config
 from aps_zoo.plots import plt
 from aps_zoo._schema import Schema, build, check
 from aps_zoo.recipe import Recipe, RecipeError, read_recipe_data, recipe_from_dict
-from aps_zoo.runs import list_checkpoints
+from aps_zoo.cli import PREEMPTED
+from aps_zoo.runs import Preempted, list_checkpoints
 from aps_zoo.search.loop import search
 from aps_zoo.search.strategies import create_strategy
 from aps_zoo.spaces import space_from_recipe
@@ -715,6 +716,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
                   f"{table_markdown(summary)}")
             print('\n'.join(reading(summary)))
+    except Preempted as e:  # caught, as `aps-zoo` does: its frames (and DataLoader workers) end before exit
+        print(f'stopped: {e}', file=sys.stderr)
+        return PREEMPTED
     except ValueError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2
