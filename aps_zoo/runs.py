@@ -26,6 +26,7 @@ from typing import Any, Dict, List, Optional, Tuple, Union
 import numpy as np
 import torch
 from accelerate import Accelerator, DataLoaderConfiguration, DistributedDataParallelKwargs, PartialState
+from accelerate.state import AcceleratorState
 from accelerate.utils import broadcast_object_list, gather_object, reduce, set_seed
 from accelerate.utils import load as accelerate_load
 from accelerate.utils.constants import RNG_STATE_NAME
@@ -318,6 +319,16 @@ def _gpu_precision(cpu: Optional[bool], default: Optional[str]) -> Optional[str]
     return default if default != 'bf16' or torch.cuda.is_bf16_supported() else None
 
 
+def _forget_other_precision(precision: str) -> None:
+    """Accelerate keeps one ``AcceleratorState`` per process: a later Accelerator silently keeps the first one's
+    mixed precision when given none, and raises when given another. A search (bf16 on a GPU) and a retraining in
+    one process (``aps-zoo run``, the benchmarks) would retrain in bf16. So a state of another precision is
+    cleared first, as transformers' ``TrainingArguments`` clears it; the ``PartialState`` (the process group)
+    stays."""
+    if AcceleratorState._shared_state and AcceleratorState().mixed_precision != precision:
+        AcceleratorState._reset_state(reset_partial_state=False)
+
+
 def make_accelerator(*, cpu: Optional[bool] = None, mixed_precision: Optional[str] = None,
                      gpu_mixed_precision: Optional[str] = None, grad_accum_steps: int = 1,
                      seedable_sampler: bool = False, find_unused_parameters: bool = False) -> Accelerator:
@@ -332,7 +343,10 @@ def make_accelerator(*, cpu: Optional[bool] = None, mixed_precision: Optional[st
     if torch.cuda.is_available() and not cpu:
         torch.set_float32_matmul_precision('high')
         torch.backends.cudnn.allow_tf32 = True
-    return Accelerator(cpu=bool(cpu), mixed_precision=mixed_precision or _gpu_precision(cpu, gpu_mixed_precision),
+    precision = (mixed_precision or _gpu_precision(cpu, gpu_mixed_precision)
+                 or os.environ.get('ACCELERATE_MIXED_PRECISION', 'no').lower())  # what Accelerate reads when unset
+    _forget_other_precision(precision)
+    return Accelerator(cpu=bool(cpu), mixed_precision=precision,
                        gradient_accumulation_steps=grad_accum_steps,
                        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=seedable_sampler),
                        kwargs_handlers=kwargs)

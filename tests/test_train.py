@@ -181,6 +181,16 @@ def test_gradient_accumulation_counts_optimizer_updates(tmp_path):
     assert result.results['selected_on'] == 'final epoch' and result.results['best_epoch'] == 0
 
 
+def test_each_run_in_one_process_trains_at_its_own_mixed_precision(tmp_path):
+    """Accelerate keeps one state per process: a run after a bf16 one (a GPU search before its retraining, as in
+    `aps-zoo run`) used to train in bf16 when its recipe set no precision, and to fail when it set 'no'."""
+    runs = [('bf16', 'bf16'), ('unset', None), ('explicit', 'no'), ('bf16_again', 'bf16')]
+    for name, precision in runs:
+        out = train(_recipe(tmp_path, name, epochs=1, steps_per_epoch=2, mixed_precision=precision)).out_dir
+        assert json.loads((out / 'results.json').read_text())['mixed_precision'] == (precision or 'no'), name
+    assert runs_mod.make_accelerator(cpu=True).mixed_precision == 'no'  # leaves the process as it found it
+
+
 def test_bad_input_gives_clear_errors(tmp_path):
     recipe = _recipe(tmp_path)
     with pytest.raises(ChannelConfigError, match=r"unknown config 'aps_resnet21'.*aps_resnet20_cifar_20m"):
