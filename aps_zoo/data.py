@@ -28,6 +28,7 @@ import dataclasses
 import io
 import json
 import logging
+import multiprocessing
 import signal
 from dataclasses import dataclass
 from functools import partial
@@ -425,15 +426,46 @@ def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, hol
 def worker_ignores_sigterm(worker_id: int) -> None:
     """``worker_init_fn`` of every loader: a DataLoader worker ignores SIGTERM. A scheduler (SLURM) or `timeout`
     signals the whole process group; a worker ended by it would crash the main process before it writes its
-    preemption checkpoint. The main process stops its workers itself when it exits."""
+    preemption checkpoint. The main process stops its workers itself when it exits. A SIGTERM that came while
+    the worker started is pending (:class:`WorkerContext`): ignoring it discards it, then it is unblocked."""
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+
+
+class _WorkerProcess(multiprocessing.Process):
+    """A process of the start method in effect, started with SIGTERM blocked in the starting thread. (Starting
+    multiprocessing's resource tracker unblocks it; a DataLoader makes its queues, which start the tracker under
+    spawn and forkserver, before its workers.)"""
+
+    @staticmethod
+    def _Popen(process_obj):
+        mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+        try:
+            return multiprocessing.Process._Popen(process_obj)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+
+
+class WorkerContext(multiprocessing.context.BaseContext):
+    """The ``multiprocessing_context`` of every loader: the start method in effect, its workers born with SIGTERM
+    blocked until :func:`worker_ignores_sigterm` runs, so that a group SIGTERM that comes while a worker starts
+    does not end it. A signal mask survives fork and exec: a worker forked or spawned by the main process gets
+    the starting thread's mask, one forked by a fork server the server's, which the server got from the thread
+    that started it (the first worker's start, unless the process had started the fork server before). The
+    main process does not lose the signal: another of its threads takes it, or it comes when the start ends."""
+    Process = _WorkerProcess
+
+    def get_context(self, method=None):
+        return multiprocessing.get_context(method)
 
 
 def _loaders(src: _Source, data: DataSection, seed: int, train, val, test, interpolation: str):
     """(train, val or None, test) DataLoaders; the training order depends only on (seed, epoch)."""
     train_tf, eval_tf = _transforms(data, interpolation)
-    loader = partial(DataLoader, num_workers=data.num_workers, persistent_workers=data.num_workers > 0,
+    workers = data.num_workers > 0
+    loader = partial(DataLoader, num_workers=data.num_workers, persistent_workers=workers,
                      worker_init_fn=worker_ignores_sigterm,
+                     multiprocessing_context=WorkerContext() if workers else None,
                      collate_fn=NormalizedCollate(tuple(data.mean), tuple(data.std)),
                      pin_memory=torch.cuda.is_available())
     train_ds = _with_transform(train, train_tf, src.image, src.label, data.batch_size)

@@ -126,7 +126,8 @@ def _uint8_loader(loader: DataLoader, dataset=None) -> DataLoader:
     return DataLoader(loader.dataset if dataset is None else dataset, batch_size=loader.batch_size,
                       sampler=None if iterable else loader.sampler, drop_last=loader.drop_last,
                       num_workers=loader.num_workers, persistent_workers=loader.persistent_workers,
-                      collate_fn=collate_uint8, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn)
+                      collate_fn=collate_uint8, pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn,
+                      multiprocessing_context=loader.multiprocessing_context)
 
 
 def _prepare(accelerator: Accelerator, loader: DataLoader, train: bool):

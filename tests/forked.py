@@ -4,7 +4,8 @@ still runs in its own process, which the test signals or kills.
 
 - :func:`export_killed_inside_the_swap`: an export of the ResNet-20 over an earlier one at ``out``, SIGKILLed
   just before or after one step of the swap that puts it at the name;
-- :func:`cli`: `aps-zoo ARGV` as `python -m aps_zoo.cli ARGV` runs it (exit code, stdout and stderr to files).
+- :func:`cli`: `aps-zoo ARGV` as `python -m aps_zoo.cli ARGV` runs it (exit code, stdout and stderr to files),
+  optionally with a DataLoader worker that starts slowly (:func:`starting_worker`).
 """
 import importlib
 import multiprocessing
@@ -12,11 +13,17 @@ import os
 import resource
 import signal
 import sys
+import time
+from functools import partial
+from multiprocessing import resource_tracker
+from pathlib import Path
 
 import timm
 import torch
 
 import aps_zoo  # noqa: F401  (registers the aps_* models with timm)
+import aps_zoo.data
+from aps_zoo.data import worker_ignores_sigterm
 
 ex = importlib.import_module('aps_zoo.hub.export')  # the module (aps_zoo.hub.export is also the function)
 
@@ -51,14 +58,32 @@ def export_killed_inside_the_swap(out: str, step: str, where: str, mode: str) ->
               plots=False)
 
 
-def cli(argv, stdout: str, stderr: str, fsize=None) -> None:
+def starting_worker(marker: str, worker_id: int) -> None:
+    """``worker_init_fn`` of a job whose first DataLoader worker starts slowly: that worker creates the file
+    ``marker`` and waits (a minute at most) until a SIGTERM is pending: one sent to the job's group while the
+    worker starts, if the worker holds it back; a worker that does not is ended by it here. Then every worker
+    goes on as in any job (:func:`worker_ignores_sigterm`)."""
+    if not Path(marker).exists():
+        Path(marker).touch()
+        deadline = time.monotonic() + 60
+        while signal.SIGTERM not in signal.sigpending() and time.monotonic() < deadline:
+            time.sleep(0.01)
+    worker_ignores_sigterm(worker_id)
+
+
+def cli(argv, stdout: str, stderr: str, fsize=None, start_method: str = 'fork', worker_marker=None) -> None:
     """`aps-zoo ARGV` with OMP_NUM_THREADS=1 (one intra-op thread), its output to the files ``stdout`` and
     ``stderr``; the process exits with the command's exit code. As a job under a scheduler, it leads a process
-    group of its own, and it starts its DataLoader workers by fork, as `aps-zoo` does on Linux (a child of the fork
-    server would inherit the server's start method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with
-    SIGXFSZ ignored, a write past it fails with EFBIG)."""
+    group of its own, has no resource tracker yet (a child of the fork server would share the test's), and starts
+    its DataLoader workers by ``start_method``: 'fork', as `aps-zoo` does on Linux before Python 3.14, or
+    'forkserver', its default from 3.14 (a child of the fork server would otherwise inherit the server's start
+    method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with SIGXFSZ ignored, a write past it fails with
+    EFBIG). ``worker_marker``: the first worker starts slowly (:func:`starting_worker`)."""
     os.setpgrp()
-    multiprocessing.set_start_method('fork', force=True)
+    resource_tracker._resource_tracker._fd = None
+    multiprocessing.set_start_method(start_method, force=True)
+    if worker_marker is not None:
+        aps_zoo.data.worker_ignores_sigterm = partial(starting_worker, worker_marker)
     for fd, path in ((1, stdout), (2, stderr)):
         os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o644), fd)
     if fsize is not None:

@@ -62,13 +62,14 @@ def fork_server():
 
 
 class _Forked:
-    """`aps-zoo ARGV` in a process of its own forked from the fork server (:func:`forked.cli`), with what the
-    tests here use of subprocess.Popen; stdout and stderr go to files beside ``name`` in ``folder``."""
+    """`aps-zoo ARGV` in a process of its own forked from the fork server (:func:`forked.cli`, which takes the
+    keywords), with what the tests here use of subprocess.Popen; stdout and stderr go to files beside ``name`` in
+    ``folder``."""
 
-    def __init__(self, server, folder: Path, name: str, *argv, fsize=None):
+    def __init__(self, server, folder: Path, name: str, *argv, **keywords):
         self.stdout, self.stderr = folder / f'{name}.stdout', folder / f'{name}.stderr'
         self.process = server.Process(target=forked.cli, args=([str(a) for a in argv], str(self.stdout),
-                                                               str(self.stderr), fsize))
+                                                               str(self.stderr)), kwargs=keywords)
         self.process.start()
         self.pid = self.process.pid
 
@@ -429,21 +430,32 @@ def _main(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize('workers', [0, 1], ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker'])
-def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers):
-    """A preempted job: SIGTERM during epoch 1 ends the command (exit 143, one line naming the checkpoint) with
+@pytest.mark.parametrize('workers, start_method, while_starting', [
+    (0, 'fork', False), (1, 'fork', False), (1, 'forkserver', True)],
+    ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker',
+         'signal-to-the-group-while-a-worker-starts-from-a-fork-server'])
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers,
+                                                                          start_method, while_starting):
+    """A preempted job: SIGTERM inside an epoch ends the command (exit 143, one line naming the checkpoint) with
     a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
     job fresh, as there was no checkpoint) continues it, in another process, to the weights of the
     uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own. With a
     DataLoader worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on
-    until the checkpoint is written."""
+    until the checkpoint is written, also when the signal comes while the worker is still starting (before its
+    worker_init_fn) from a fork server (Python 3.14's default start method on Linux)."""
     assert _main('train', _train_recipe(tmp_path, 'full'), '--cpu', '--resume', 'auto') == 0
+    starting = tmp_path / 'worker-starting'
     job = _Forked(fork_server, tmp_path, 'job', 'train', _train_recipe(tmp_path, 'job', workers), '--cpu',
-                  '--resume', 'auto')
+                  '--resume', 'auto', start_method=start_method,
+                  worker_marker=str(starting) if while_starting else None)
     log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
-    while not (log.is_file() and log.read_text().strip()) and job.poll() is None:
+
+    def in_the_run():  # a worker is starting (it waits for the signal), or epoch 0 is logged: the run is in epoch 1
+        return starting.is_file() if while_starting else log.is_file() and log.read_text().strip()
+
+    while not in_the_run() and job.poll() is None:
         time.sleep(0.05)
-    (job.signal_group if workers else job.send_signal)(signal.SIGTERM)  # epoch 0 is logged: the run is in epoch 1
+    (job.signal_group if workers else job.send_signal)(signal.SIGTERM)
     _, err = job.communicate(timeout=300)
     assert job.returncode == 143, err[-2000:]
     last = err.strip().splitlines()[-1]
