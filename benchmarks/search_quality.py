@@ -408,6 +408,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
             out_dir = runs / method / f'train_seed{seed}'
             res = train_run(dataclasses.replace(recipe, seed=seed), config, out_dir, cpu)
             seeds[seed] = {'top1': res['top1'], 'top5': res['top5'], 'train_s': res['train_s'],
+                           'mixed_precision': res['mixed_precision'],
                            'correct': ''.join(map(str, test_correctness(out_dir, data.test)))}  # '0'/'1' per image
             now['reused' if res['reused'] else 'ran'] += 1
             now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
@@ -430,6 +431,17 @@ def method_rows(summary: Dict) -> List[Dict]:
 def rows_by_method(summary: Dict) -> Dict[str, Dict]:
     """:func:`method_rows` keyed by method name."""
     return {r['method']: r for r in method_rows(summary)}
+
+
+def retraining_precision(summary: Dict) -> str:
+    """The retrainings' mixed precision: one for all, or each with the runs that had it."""
+    runs = {}
+    for method, m in summary['methods'].items():
+        for seed, r in m['seeds'].items():  # settings written before the key was recorded did not say
+            runs.setdefault(r.get('mixed_precision', 'not recorded'), []).append(f'{method}:{seed}')
+    if len(runs) == 1:
+        return f"mixed precision: {next(iter(runs))} in every retraining"
+    return 'mixed precision: ' + '; '.join(f"{p} in {', '.join(names)}" for p, names in runs.items())
 
 
 def table_markdown(summary: Dict) -> str:
@@ -575,7 +587,7 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
            f"{s['random_proxy_epochs']} proxy epochs each, scored on the held-out split" + independent_schedule(s)
            + (f"; the searches are those of the runs folder {s['searches_from']} (reused, not rerun)"
               if s.get('searches_from') else ''),
-           f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}",
+           f"- retraining: {s['train_epochs']} epochs per config, seeds {s['seeds']}; {retraining_precision(s)}",
            f"- time in the runs: {compute_s(s) / 60:.1f} min (searches' wall time + retraining epochs, summed)",
            "- invocations (a load average above the threads used means the machine was shared):"]
     out += [f"  - {invocation_line(i)}" for i in s['invocations']]

@@ -220,6 +220,16 @@ def test_a_run_stopped_between_retrainings_reports_the_seeds_it_finished(sq, tmp
     assert whole['complete'] and [(i['ran'], i['reused']) for i in whole['invocations']] == [(3, 0), (1, 3)]
     assert whole['methods']['standard']['seeds'][0] == stopped['methods']['standard']['seeds']['0']
     assert "- status: complete" in (out / 'q.md').read_text()
+    assert "seeds [0, 1]; mixed precision: no in every retraining" in (out / 'q.md').read_text()
+
+
+def test_retraining_precision_names_the_runs_of_each_when_they_differ(sq):
+    """A search and a retraining in one process once shared Accelerate's precision: a report says which
+    retrainings ran at which precision when they differ."""
+    summary = {'methods': {'aps': {'seeds': {'0': {'mixed_precision': 'bf16'}, '1': {'mixed_precision': 'no'}}},
+                           'uniform': {'seeds': {'0': {'mixed_precision': 'no'}, '1': {}}}}}
+    assert sq.retraining_precision(summary) == ('mixed precision: bf16 in aps:0; no in aps:1, uniform:0; '
+                                                'not recorded in uniform:1')
 
 
 def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path, capsys):
