@@ -29,7 +29,9 @@ import io
 import json
 import logging
 import multiprocessing
+import os
 import signal
+import threading
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -424,12 +426,27 @@ def _stream_holdout(src: _Source, data: DataSection, train, test, seed: int, hol
 
 
 def worker_ignores_sigterm(worker_id: int) -> None:
-    """``worker_init_fn`` of every loader: a DataLoader worker ignores SIGTERM. A scheduler (SLURM) or `timeout`
-    signals the whole process group; a worker ended by it would crash the main process before it writes its
-    preemption checkpoint. The main process stops its workers itself when it exits. A SIGTERM that came while
-    the worker started is pending (:class:`WorkerContext`): ignoring it discards it, then it is unblocked."""
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    """``worker_init_fn`` of every loader: a DataLoader worker ignores a SIGTERM from anyone but its parent and ends
+    on its parent's. A scheduler (SLURM) or `timeout` signals the whole process group; a worker ended by it would
+    crash the main process before it writes its preemption checkpoint. The main process stops a worker by SIGTERM
+    (``Process.terminate``) when it does not end when asked (torch) and at exit: multiprocessing's exit handler
+    terminates daemonic children and joins them without a timeout, so a worker that ignored it would hang the
+    exit (as when an uncaught Preempted keeps the loaders alive).
+
+    The worker is born with SIGTERM blocked (:class:`WorkerContext`) and keeps it blocked in every thread (a
+    thread inherits its creator's mask), so the signal stays pending until :func:`_end_on_parents_sigterm` takes
+    it with sigwaitinfo, which names the sender; one that came while the worker started is taken first."""
+    threading.Thread(target=_end_on_parents_sigterm, name='sigterm', daemon=True).start()
+
+
+def _end_on_parents_sigterm() -> None:
+    """Take SIGTERMs until one comes from the worker's parent (``parent_process``: the process that started it, also
+    when a fork server forked it), then end the worker with exit code 0: torch's SIGCHLD handler in the parent
+    raises for a worker that ends otherwise (a signal or another exit code), also inside the exit handler."""
+    parent = multiprocessing.parent_process().pid
+    while signal.sigwaitinfo({signal.SIGTERM}).si_pid != parent:
+        pass
+    os._exit(0)
 
 
 class _WorkerProcess(multiprocessing.Process):
@@ -448,8 +465,8 @@ class _WorkerProcess(multiprocessing.Process):
 
 class WorkerContext(multiprocessing.context.BaseContext):
     """The ``multiprocessing_context`` of every loader: the start method in effect, its workers born with SIGTERM
-    blocked until :func:`worker_ignores_sigterm` runs, so that a group SIGTERM that comes while a worker starts
-    does not end it. A signal mask survives fork and exec: a worker forked or spawned by the main process gets
+    blocked (and kept so by :func:`worker_ignores_sigterm`), so that a group SIGTERM that comes while a worker
+    starts does not end it. A signal mask survives fork and exec: a worker forked or spawned by the main process gets
     the starting thread's mask, one forked by a fork server the server's, which the server got from the thread
     that started it (the first worker's start, unless the process had started the fork server before). The
     main process does not lose the signal: another of its threads takes it, or it comes when the start ends."""

@@ -5,7 +5,8 @@ still runs in its own process, which the test signals or kills.
 - :func:`export_killed_inside_the_swap`: an export of the ResNet-20 over an earlier one at ``out``, SIGKILLed
   just before or after one step of the swap that puts it at the name;
 - :func:`cli`: `aps-zoo ARGV` as `python -m aps_zoo.cli ARGV` runs it (exit code, stdout and stderr to files),
-  optionally with a DataLoader worker that starts slowly (:func:`starting_worker`).
+  optionally with a DataLoader worker that starts slowly (:func:`starting_worker`);
+- :func:`script`: a script that calls ``train()`` itself and leaves what it raises uncaught.
 """
 import importlib
 import multiprocessing
@@ -71,14 +72,14 @@ def starting_worker(marker: str, worker_id: int) -> None:
     worker_ignores_sigterm(worker_id)
 
 
-def cli(argv, stdout: str, stderr: str, fsize=None, start_method: str = 'fork', worker_marker=None) -> None:
-    """`aps-zoo ARGV` with OMP_NUM_THREADS=1 (one intra-op thread), its output to the files ``stdout`` and
-    ``stderr``; the process exits with the command's exit code. As a job under a scheduler, it leads a process
-    group of its own, has no resource tracker yet (a child of the fork server would share the test's), and starts
-    its DataLoader workers by ``start_method``: 'fork', as `aps-zoo` does on Linux before Python 3.14, or
-    'forkserver', its default from 3.14 (a child of the fork server would otherwise inherit the server's start
-    method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with SIGXFSZ ignored, a write past it fails with
-    EFBIG). ``worker_marker``: the first worker starts slowly (:func:`starting_worker`)."""
+def _job(stdout: str, stderr: str, fsize=None, start_method: str = 'fork', worker_marker=None) -> None:
+    """This process as a job under a scheduler, with OMP_NUM_THREADS=1 (one intra-op thread) and its output to the
+    files ``stdout`` and ``stderr``: it leads a process group of its own, has no resource tracker yet (a child of
+    the fork server would share the test's), and starts its DataLoader workers by ``start_method``: 'fork', as
+    `aps-zoo` does on Linux before Python 3.14, or 'forkserver', its default from 3.14 (a child of the fork server
+    would otherwise inherit the server's start method). ``fsize``: RLIMIT_FSIZE of the process (bytes; with
+    SIGXFSZ ignored, a write past it fails with EFBIG). ``worker_marker``: the first worker starts slowly
+    (:func:`starting_worker`)."""
     os.setpgrp()
     resource_tracker._resource_tracker._fd = None
     multiprocessing.set_start_method(start_method, force=True)
@@ -91,5 +92,23 @@ def cli(argv, stdout: str, stderr: str, fsize=None, start_method: str = 'fork', 
         resource.setrlimit(resource.RLIMIT_FSIZE, (fsize, fsize))
     os.environ['OMP_NUM_THREADS'] = '1'
     torch.set_num_threads(1)
+
+
+def cli(argv, stdout: str, stderr: str, **job) -> None:
+    """`aps-zoo ARGV` as a job (:func:`_job`, which takes the keywords); the process exits with the command's exit
+    code."""
+    _job(stdout, stderr, **job)
     from aps_zoo.cli import main
     sys.exit(main(argv))
+
+
+def script(argv, stdout: str, stderr: str, **job) -> None:
+    """A script as a job (:func:`_job`) that calls ``train(load_recipe(argv[0]), resume='auto', cpu=True)`` and
+    leaves what it raises uncaught: the exception propagates through multiprocessing's exit handler
+    (``util._exit_function``, which terminates and joins this process's daemonic children) and ends the process
+    with exit code 1 and its traceback, as an interpreter runs that handler at exit while the uncaught exception's
+    traceback keeps the run's frames (and DataLoaders) alive."""
+    _job(stdout, stderr, **job)
+    from aps_zoo.recipe import load_recipe
+    from aps_zoo.train import train
+    train(load_recipe(argv[0]), resume='auto', cpu=True)

@@ -63,13 +63,13 @@ def fork_server():
 
 class _Forked:
     """`aps-zoo ARGV` in a process of its own forked from the fork server (:func:`forked.cli`, which takes the
-    keywords), with what the tests here use of subprocess.Popen; stdout and stderr go to files beside ``name`` in
-    ``folder``."""
+    keywords; ``target`` :func:`forked.script` runs a script instead), with what the tests here use of
+    subprocess.Popen; stdout and stderr go to files beside ``name`` in ``folder``."""
 
-    def __init__(self, server, folder: Path, name: str, *argv, **keywords):
+    def __init__(self, server, folder: Path, name: str, *argv, target=forked.cli, **keywords):
         self.stdout, self.stderr = folder / f'{name}.stdout', folder / f'{name}.stderr'
-        self.process = server.Process(target=forked.cli, args=([str(a) for a in argv], str(self.stdout),
-                                                               str(self.stderr)), kwargs=keywords)
+        self.process = server.Process(target=target, args=([str(a) for a in argv], str(self.stdout),
+                                                           str(self.stderr)), kwargs=keywords)
         self.process.start()
         self.pid = self.process.pid
 
@@ -416,6 +416,22 @@ def test_resume_from_a_foreign_optimizer_state_is_one_line(one_epoch, tmp_path, 
 
 
 # ------------------------------------------------------------------------------------ preemption (SIGTERM)
+STOP_TIMEOUT = 60  # seconds from the SIGTERM to the end of the job: a step, a checkpoint, and its workers ended
+
+
+def _group(pgid: int) -> set:
+    """The pids of the processes in the process group ``pgid``, zombies (ended, not yet reaped) left out."""
+    pids = set()
+    for stat in Path('/proc').glob('[0-9]*/stat'):
+        try:
+            state, _, group = stat.read_text().rsplit(')', 1)[1].split()[:3]  # after the name, which may hold spaces
+        except OSError:  # ended meanwhile
+            continue
+        if int(group) == pgid and state != 'Z':
+            pids.add(int(stat.parent.name))
+    return pids
+
+
 def _train_recipe(tmp_path, name, num_workers=0) -> Path:
     path = tmp_path / f'{name}.yaml'
     recipe = _recipe(tmp_path, name, epochs=3, steps_per_epoch=15)
@@ -430,24 +446,29 @@ def _main(*argv) -> int:
     return main([str(a) for a in argv])
 
 
-@pytest.mark.parametrize('workers, start_method, while_starting', [
-    (0, 'fork', False), (1, 'fork', False), (1, 'forkserver', True)],
+@pytest.mark.parametrize('workers, start_method, while_starting, script', [
+    (0, 'fork', False, False), (1, 'fork', False, False), (1, 'forkserver', True, False), (1, 'fork', False, True)],
     ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker',
-         'signal-to-the-group-while-a-worker-starts-from-a-fork-server'])
+         'signal-to-the-group-while-a-worker-starts-from-a-fork-server',
+         'signal-to-the-group-of-a-script-that-leaves-preempted-uncaught'])
 def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers,
-                                                                          start_method, while_starting):
+                                                                          start_method, while_starting, script):
     """A preempted job: SIGTERM inside an epoch ends the command (exit 143, one line naming the checkpoint) with
     a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
     job fresh, as there was no checkpoint) continues it, in another process, to the weights of the
     uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own. With a
     DataLoader worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on
     until the checkpoint is written, also when the signal comes while the worker is still starting (before its
-    worker_init_fn) from a fork server (Python 3.14's default start method on Linux)."""
+    worker_init_fn) from a fork server (Python 3.14's default start method on Linux). A script that calls
+    train() itself and leaves Preempted uncaught ends too (exit 1, its traceback): multiprocessing's exit
+    handler, which runs while the traceback keeps the DataLoader alive, stops the worker with SIGTERM and joins
+    it. No process of the job's group outlives it."""
     assert _main('train', _train_recipe(tmp_path, 'full'), '--cpu', '--resume', 'auto') == 0
     starting = tmp_path / 'worker-starting'
-    job = _Forked(fork_server, tmp_path, 'job', 'train', _train_recipe(tmp_path, 'job', workers), '--cpu',
-                  '--resume', 'auto', start_method=start_method,
-                  worker_marker=str(starting) if while_starting else None)
+    recipe = _train_recipe(tmp_path, 'job', workers)
+    argv = [recipe] if script else ['train', recipe, '--cpu', '--resume', 'auto']
+    job = _Forked(fork_server, tmp_path, 'job', *argv, target=forked.script if script else forked.cli,
+                  start_method=start_method, worker_marker=str(starting) if while_starting else None)
     log = tmp_path / 'job' / 'train' / 'metrics.jsonl'
 
     def in_the_run():  # a worker is starting (it waits for the signal), or epoch 0 is logged: the run is in epoch 1
@@ -455,11 +476,25 @@ def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_pa
 
     while not in_the_run() and job.poll() is None:
         time.sleep(0.05)
+    assert _group(job.pid) - {job.pid} or not workers  # its workers (and a fork server of its own) are there
     (job.signal_group if workers else job.send_signal)(signal.SIGTERM)
-    _, err = job.communicate(timeout=300)
-    assert job.returncode == 143, err[-2000:]
-    last = err.strip().splitlines()[-1]
-    assert last.startswith('aps-zoo train: stopped by SIGTERM after ') and '--resume auto' in last, last
+    _, err = job.communicate(timeout=STOP_TIMEOUT)
+    hung = job.poll() is None
+    if hung:  # end it and its workers
+        job.signal_group(signal.SIGKILL)
+        job.wait()
+    assert not hung, f'the job did not end within {STOP_TIMEOUT} s of the SIGTERM: {err[-2000:]}'
+    if script:
+        assert job.returncode == 1, err[-2000:]
+        assert 'aps_zoo.runs.Preempted: stopped by SIGTERM after ' in err and 'DataLoader worker' not in err, err
+    else:
+        assert job.returncode == 143, err[-2000:]
+        last = err.strip().splitlines()[-1]
+        assert last.startswith('aps-zoo train: stopped by SIGTERM after ') and '--resume auto' in last, last
+    deadline = time.monotonic() + 10  # a fork server of the job ends once the job has
+    while _group(job.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _group(job.pid)
     state = json.loads((list_checkpoints(tmp_path / 'job' / 'train')[-1][1] / 'state.json').read_text())
     assert 'batches_done' in json.dumps(state)
     assert _main('train', tmp_path / 'job.yaml', '--cpu', '--resume', 'auto') == 0
