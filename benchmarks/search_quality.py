@@ -728,7 +728,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
                   f"{table_markdown(summary)}")
             print('\n'.join(reading(summary)))
-    except Preempted as e:  # caught, as `aps-zoo` does: its frames (and DataLoader workers) end before exit
+    except Preempted as e:  # as `aps-zoo` does: one line naming the checkpoint, exit 143
         print(f'stopped: {e}', file=sys.stderr)
         return PREEMPTED
     except ValueError as e:
