@@ -433,12 +433,17 @@ def rows_by_method(summary: Dict) -> Dict[str, Dict]:
     return {r['method']: r for r in method_rows(summary)}
 
 
+UNRECORDED = 'not recorded'
+
+
 def retraining_precision(summary: Dict) -> str:
     """The retrainings' mixed precision: one for all, or each with the runs that had it."""
     runs = {}
     for method, m in summary['methods'].items():
         for seed, r in m['seeds'].items():  # settings written before the key was recorded did not say
-            runs.setdefault(r.get('mixed_precision', 'not recorded'), []).append(f'{method}:{seed}')
+            runs.setdefault(r.get('mixed_precision', UNRECORDED), []).append(f'{method}:{seed}')
+    if list(runs) == [UNRECORDED]:
+        return f"mixed precision: {UNRECORDED} (the runs are older than the record)"
     if len(runs) == 1:
         return f"mixed precision: {next(iter(runs))} in every retraining"
     return 'mixed precision: ' + '; '.join(f"{p} in {', '.join(names)}" for p, names in runs.items())

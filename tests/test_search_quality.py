@@ -230,6 +230,8 @@ def test_retraining_precision_names_the_runs_of_each_when_they_differ(sq):
                            'uniform': {'seeds': {'0': {'mixed_precision': 'no'}, '1': {}}}}}
     assert sq.retraining_precision(summary) == ('mixed precision: bf16 in aps:0; no in aps:1, uniform:0; '
                                                 'not recorded in uniform:1')
+    older = {'methods': {'aps': {'seeds': {'0': {}}}}}
+    assert sq.retraining_precision(older) == 'mixed precision: not recorded (the runs are older than the record)'
 
 
 def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path, capsys):
