@@ -64,6 +64,7 @@ import torch
 from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
+from aps_zoo._io import atomic_write_text
 from aps_zoo.filenames import CHANNEL_CONFIG_FILE, METRICS_FILE, RESULTS_FILE, WEIGHTS_FILE
 from aps_zoo.channels import ChannelConfig, uniform_widths
 from aps_zoo.data import build_loaders
@@ -73,7 +74,7 @@ from aps_zoo.plots import plt
 from aps_zoo._schema import Schema, build, check
 from aps_zoo.recipe import Recipe, RecipeError, read_recipe_data, recipe_from_dict
 from aps_zoo.cli import PREEMPTED
-from aps_zoo.runs import Preempted, list_checkpoints
+from aps_zoo.runs import Preempted, RunInUseError, RunLock, list_checkpoints
 from aps_zoo.search.loop import search
 from aps_zoo.search.strategies import create_strategy
 from aps_zoo.spaces import space_from_recipe
@@ -196,8 +197,9 @@ def _read_json(path: Path) -> Optional[Dict]:
 
 
 def _write_json(path: Path, data) -> None:
+    """Written whole or not at all: parts of a recipe read one another's search results while they run."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2) + '\n')
+    atomic_write_text(path, json.dumps(data, indent=2) + '\n')
 
 
 def method_recipe(recipe: Recipe, method: str, runs: Path, independent_warmup: Optional[int] = None) -> Recipe:
@@ -213,6 +215,23 @@ def method_recipe(recipe: Recipe, method: str, runs: Path, independent_warmup: O
                                search=dataclasses.replace(s, **sharing))
 
 
+def wait_while_held(run_dir: Path, poll_s: float = 5.0) -> None:
+    """Return once no other process holds ``run_dir`` (another part of the recipe running that search or
+    training): the caller then reuses what it finished. Parts of one method can so start together."""
+    lock, told = RunLock(run_dir), False
+    while True:
+        try:
+            lock.acquire()
+        except RunInUseError as e:
+            if not told:
+                print(f"waiting: {e}", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll_s)
+        else:
+            lock.release()
+            return
+
+
 def search_result_file(runs: Path, method: str) -> Path:
     """Where a finished search (or the random search) of ``method`` records its config in a runs folder."""
     return runs / method / 'search_result.json'
@@ -221,9 +240,10 @@ def search_result_file(runs: Path, method: str) -> Path:
 def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_warmup: Optional[int] = None) -> Dict:
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
     done = search_result_file(runs, method)
+    r = method_recipe(recipe, method, runs, independent_warmup)
+    wait_while_held(r.run_dir / 'search')
     if done.is_file():
         return {**_read_json(done), 'reused': True}
-    r = method_recipe(recipe, method, runs, independent_warmup)
     t0 = time.time()
     result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
     out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
@@ -235,6 +255,7 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_w
 
 def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
     """``train``'s results.json for ``config`` in ``out_dir`` (reused when done, resumed when interrupted)."""
+    wait_while_held(out_dir)
     results = _read_json(out_dir / RESULTS_FILE)
     reused = results is not None
     if not reused:

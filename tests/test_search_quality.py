@@ -1,6 +1,8 @@
 """The search-quality benchmark's pure parts: settings checks, statistics, sharing trend, report text."""
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -232,6 +234,32 @@ def test_retraining_precision_names_the_runs_of_each_when_they_differ(sq):
                                                 'not recorded in uniform:1')
     older = {'methods': {'aps': {'seeds': {'0': {}}}}}
     assert sq.retraining_precision(older) == 'mixed precision: not recorded (the runs are older than the record)'
+
+
+def test_a_part_waits_for_the_search_another_process_holds_then_the_search_runs_once(sq, tmp_path):
+    """Parts of one method can start together: a part whose search folder another process holds says so in one
+    line naming it and waits; the two parts then run the search once between them."""
+    recipe = tmp_path / 'q.yaml'
+    recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
+                      "search: {epochs: 2, warmup_epochs: 1, steps_per_epoch: 3}\n"
+                      "train: {epochs: 1, steps_per_epoch: 2}\n"
+                      "quality: {seeds: [0, 1], methods: [aps]}\n")
+    runs = tmp_path / 'runs'
+    holder = sq.RunLock(runs / 'aps' / 'search')
+    holder.acquire()  # another part, searching
+    second = subprocess.Popen([sys.executable, str(ROOT / 'benchmarks' / 'search_quality.py'), str(recipe), '--runs',
+                               str(runs), '--methods', 'aps', '--seeds', '1'], stderr=subprocess.PIPE, text=True,
+                              stdout=subprocess.DEVNULL)
+    waiting = next((line for line in second.stderr if 'waiting: ' in line), None)  # after a progress bar's text
+    assert waiting is not None and f"is in use by process {os.getpid()}" in waiting, second.communicate()[1][-2000:]
+    holder.release()
+    first = sq.run_setting(recipe, None, runs, True, 'first', methods=['aps'], seeds=[0])
+    _, err = second.communicate(timeout=300)
+    assert second.returncode == 0, err[-2000:]
+    parts = [json.loads((runs / 'parts' / f'aps_{s}' / 'q.json').read_text())['invocations'][-1] for s in (0, 1)]
+    assert sorted((p['ran'], p['reused']) for p in parts) == [(1, 1), (2, 0)]  # one search, two retrainings
+    assert first['methods']['aps']['widths'] == json.loads((runs / 'parts' / 'aps_1' / 'q.json').read_text())[
+        'methods']['aps']['widths']
 
 
 def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path, capsys):
