@@ -241,7 +241,8 @@ def test_a_part_waits_for_the_search_another_process_holds_then_the_search_runs_
     line naming it and waits; the two parts then run the search once between them."""
     recipe = tmp_path / 'q.yaml'
     recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
-                      "search: {epochs: 2, warmup_epochs: 1, steps_per_epoch: 3}\n"
+                      "search: {epochs: 2, warmup_epochs: 1, steps_per_epoch: 3, decode_candidates: 8, decode_top_k: 2,"
+                      " band_samples: 4, controller: {steps_per_epoch: 2}}\n"
                       "train: {epochs: 1, steps_per_epoch: 2}\n"
                       "quality: {seeds: [0, 1], methods: [aps]}\n")
     runs = tmp_path / 'runs'
