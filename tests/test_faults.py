@@ -446,24 +446,38 @@ def _main(*argv) -> int:
     return main([str(a) for a in argv])
 
 
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory) -> Path:
+    """The run folder of the preempted jobs' recipe (:func:`_train_recipe`, no workers) run to its end without a
+    signal, in this process with one intra-op thread (as single_thread): what every resumed job must match."""
+    root = tmp_path_factory.mktemp('uninterrupted')
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert _main('train', _train_recipe(root, 'full'), '--cpu', '--resume', 'auto') == 0
+    finally:
+        torch.set_num_threads(threads)
+    return root / 'full' / 'train'
+
+
 @pytest.mark.parametrize('workers, start_method, while_starting, script', [
     (0, 'fork', False, False), (1, 'fork', False, False), (1, 'forkserver', True, False), (1, 'fork', False, True)],
     ids=['signal-to-the-process', 'signal-to-the-group-with-a-worker',
          'signal-to-the-group-while-a-worker-starts-from-a-fork-server',
          'signal-to-the-group-of-a-script-that-leaves-preempted-uncaught'])
-def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, workers,
-                                                                          start_method, while_starting, script):
-    """A preempted job: SIGTERM inside an epoch ends the command (exit 143, one line naming the checkpoint) with
-    a checkpoint of its position inside the epoch; the same command with --resume auto (which started the
-    job fresh, as there was no checkpoint) continues it, in another process, to the weights of the
-    uninterrupted run. The uninterrupted run and the resume run in this process, the job in its own. With a
-    DataLoader worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on
-    until the checkpoint is written, also when the signal comes while the worker is still starting (before its
-    worker_init_fn) from a fork server (Python 3.14's default start method on Linux). A script that calls
-    train() itself and leaves Preempted uncaught ends too (exit 1, its traceback): multiprocessing's exit
-    handler, which runs while the traceback keeps the DataLoader alive, stops the worker with SIGTERM and joins
-    it. No process of the job's group outlives it."""
-    assert _main('train', _train_recipe(tmp_path, 'full'), '--cpu', '--resume', 'auto') == 0
+def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_path, fork_server, uninterrupted,
+                                                                          workers, start_method, while_starting,
+                                                                          script):
+    """A preempted job: SIGTERM inside an epoch ends the command (exit 143, one line naming the checkpoint) with a
+    checkpoint of its position inside the epoch; the same command with --resume auto (which started the job fresh,
+    as there was no checkpoint) continues it, in another process, to the weights of the uninterrupted run. The
+    uninterrupted run (one for all cases) and the resume run in this process, the job in its own. With a DataLoader
+    worker, the signal goes to the job's whole process group (SLURM, `timeout`): the worker lives on until the
+    checkpoint is written, also when the signal comes while the worker is still starting (before its worker_init_fn)
+    from a fork server (Python 3.14's default start method on Linux). A script that calls train() itself and leaves
+    Preempted uncaught ends too (exit 1, its traceback): multiprocessing's exit handler, which runs while the
+    traceback keeps the DataLoader alive, stops the worker with SIGTERM and joins it. No process of the job's group
+    outlives it."""
     starting = tmp_path / 'worker-starting'
     recipe = _train_recipe(tmp_path, 'job', workers)
     argv = [recipe] if script else ['train', recipe, '--cpu', '--resume', 'auto']
@@ -498,7 +512,7 @@ def test_sigterm_checkpoints_inside_the_epoch_and_resume_auto_finishes_it(tmp_pa
     state = json.loads((list_checkpoints(tmp_path / 'job' / 'train')[-1][1] / 'state.json').read_text())
     assert 'batches_done' in json.dumps(state)
     assert _main('train', tmp_path / 'job.yaml', '--cpu', '--resume', 'auto') == 0
-    out = {name: tmp_path / name / 'train' for name in ('full', 'job')}
+    out = {'full': uninterrupted, 'job': tmp_path / 'job' / 'train'}
     a, b = (load_file(str(out[n] / 'checkpoints' / 'epoch_0002' / 'model.safetensors')) for n in out)
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     assert [r['epoch'] for r in _metrics(out['job'])] == [0, 1, 2]

@@ -54,55 +54,64 @@ TINY = ['space.depth=8', 'search.epochs=2', 'search.warmup_epochs=1', 'search.st
         'search.decode_top_k=2', 'search.band_samples=2', 'data.val_fraction=0.1', 'train.steps_per_epoch=2']
 
 
-def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranking, tmp_path, monkeypatch):
+RECIPE = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
+
+
+@pytest.fixture(scope='module')
+def tiny_ranking(ranking, tmp_path_factory):
+    """(folder, summary) of the tiny run of every supernet: three digits architectures, each trained standalone
+    for one epoch; its report is in <folder>/out, its runs in <folder>/runs."""
+    root = tmp_path_factory.mktemp('ranking')
+    with pytest.MonkeyPatch.context() as mp:  # the bootstrap CIs over 3 architectures with fewer resamples
+        mp.setattr(ranking, 'rank_agreement', functools.partial(ranking.rank_agreement, reps=100))
+        return root, ranking.run(RECIPE, TINY, root / 'out', root / 'runs', 3, 1, True, command='first')
+
+
+def test_tiny_end_to_end_run_scores_every_architecture_and_reuses_its_runs(ranking, tiny_ranking, monkeypatch):
     """Three digits architectures: each standalone top-1 is what its saved weights score on the test split,
     every supernet scores every architecture under both evaluations, and a rerun reuses the runs."""
     sq = sys.modules['search_quality']
-    # the bootstrap CIs over 3 architectures with fewer resamples (test_rank_agreement checks the statistics)
     monkeypatch.setattr(ranking, 'rank_agreement', functools.partial(ranking.rank_agreement, reps=100))
-    recipe = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
-    args = (recipe, TINY, tmp_path / 'out', tmp_path / 'runs', 3, 1, True)
-    summary = ranking.run(*args, command='first')
+    root, summary = tiny_ranking
     assert len(summary['archs']) == 3 and all(0.9 * 1.3e6 <= m <= 1.3e6 for m in summary['macs'])
-    data = ranking.build_loaders(ranking.load_recipe(recipe, TINY).data, 0, holdout=True)
+    data = ranking.build_loaders(ranking.load_recipe(RECIPE, TINY).data, 0, holdout=True)
     for i, top1 in enumerate(summary['standalone']):
-        correct = sq.test_correctness(tmp_path / 'runs' / 'standalone' / f'arch{i}', data.test)
+        correct = sq.test_correctness(root / 'runs' / 'standalone' / f'arch{i}', data.test)
         assert top1 == pytest.approx(100 * np.mean(correct), abs=1e-4)
     for sc in summary['supernets'].values():
         assert all(len(sc[ev]) == 3 and all(0 <= v <= 1 for v in sc[ev]) for ev in ranking.EVALUATIONS)
-    again = ranking.run(*args, command='second')
+    again = ranking.run(RECIPE, TINY, root / 'out', root / 'runs', 3, 1, True, command='second')
     assert again['standalone'] == summary['standalone']
     assert {m: sc['recalibrate'] for m, sc in again['supernets'].items()} == \
         {m: sc['recalibrate'] for m, sc in summary['supernets'].items()}
-    written = json.loads((tmp_path / 'out' / 'ranking.json').read_text())
+    written = json.loads((root / 'out' / 'ranking.json').read_text())
     assert [i['command'] for i in written['invocations']] == ['first', 'second']
-    assert (tmp_path / 'out' / 'ranking.png').stat().st_size > 0
+    assert (root / 'out' / 'ranking.png').stat().st_size > 0
 
 
-def test_another_supernet_setting_is_ranked_against_the_standalone_accuracies_of_an_earlier_run(ranking, tmp_path,
+def test_another_supernet_setting_is_ranked_against_the_standalone_accuracies_of_an_earlier_run(ranking, tiny_ranking,
+                                                                                               tmp_path,
                                                                                                monkeypatch):
     """--standalone-from: one supernet with a search override ranked against an earlier run's standalone
     accuracies, without training a standalone network; an earlier run of other training is refused by name."""
     monkeypatch.setattr(ranking, 'rank_agreement', functools.partial(ranking.rank_agreement, reps=100))
-    recipe = ROOT / 'recipes' / 'search_resnet20_digits.yaml'
-    first = ranking.run(recipe, TINY, tmp_path / 'out', tmp_path / 'runs', 3, 1, True, command='first',
-                        methods=('ordinal',))
-    earlier = tmp_path / 'out' / 'ranking.json'
+    root, first = tiny_ranking
+    earlier = root / 'out' / 'ranking.json'
     floor = TINY + ['search.sharing_floor=0.9']
-    second = ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='second',
+    second = ranking.run(RECIPE, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='second',
                          methods=('aps',), standalone_from=earlier)
     assert second['standalone'] == first['standalone'] and list(second['supernets']) == ['aps']
     assert not (tmp_path / 'floor_runs' / 'standalone').exists()
     assert all(len(second['supernets']['aps'][ev]) == 3 for ev in ranking.EVALUATIONS)
     assert str(earlier) in (tmp_path / 'floor' / 'ranking.md').read_text()
     with pytest.raises(ValueError, match='train differ'):
-        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 2, True, command='third',
+        ranking.run(RECIPE, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 2, True, command='third',
                     methods=('aps',), standalone_from=earlier)
     with pytest.raises(ValueError, match='no such file'):
-        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
+        ranking.run(RECIPE, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
                     methods=('aps',), standalone_from=tmp_path / 'missing.json')
     not_ranking = tmp_path / 'list.json'
     not_ranking.write_text('[1, 2]')
     with pytest.raises(ValueError, match='not a ranking.json'):
-        ranking.run(recipe, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
+        ranking.run(RECIPE, floor, tmp_path / 'floor', tmp_path / 'floor_runs', 3, 1, True, command='third',
                     methods=('aps',), standalone_from=not_ranking)
