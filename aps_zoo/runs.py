@@ -19,6 +19,7 @@ import os
 import random
 import shutil
 import signal
+import sys
 import threading
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple, Union
@@ -354,15 +355,17 @@ def make_accelerator(*, cpu: Optional[bool] = None, mixed_precision: Optional[st
 
 class RunLock:
     """An OS lock (``fcntl.flock``) on ``<run_dir>/.lock``, held for the run's life; the file names the
-    holder's pid. The OS drops the lock when the holder exits, however it ends (SIGKILL included)."""
+    holder's pid. The OS drops the lock when the holder exits, however it ends (SIGKILL included). ``with lock:``
+    waits for a holder to let go."""
     NAME = '.lock'
 
     def __init__(self, run_dir):
         self.path = Path(run_dir) / self.NAME
         self._file = None
 
-    def acquire(self) -> None:
-        """Take the lock at once, or raise RunInUseError naming the process that holds it."""
+    def acquire(self, wait: bool = False) -> None:
+        """Take the lock at once, or raise RunInUseError naming the process that holds it; with ``wait``, print
+        that error's text once (``waiting: ...`` on stderr) and block until the holder lets go."""
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             f = self.path.open('a+')
@@ -373,9 +376,13 @@ class RunLock:
         except BlockingIOError:
             f.seek(0)
             holder = f.read().strip() or 'unknown'
-            f.close()
-            raise RunInUseError(f"{self.path.parent} is in use by process {holder} (it holds {self.path}); wait "
-                                f"for it to finish or stop it, or choose another name or output_dir") from None
+            error = RunInUseError(f"{self.path.parent} is in use by process {holder} (it holds {self.path}); wait "
+                                  f"for it to finish or stop it, or choose another name or output_dir")
+            if not wait:
+                f.close()
+                raise error from None
+            print(f"waiting: {error}", file=sys.stderr, flush=True)
+            fcntl.flock(f, fcntl.LOCK_EX)
         f.seek(0)
         f.truncate()
         f.write(f'{os.getpid()}\n')
@@ -388,6 +395,13 @@ class RunLock:
             fcntl.flock(self._file, fcntl.LOCK_UN)
             self._file.close()
             self._file = None
+
+    def __enter__(self) -> 'RunLock':
+        self.acquire(wait=True)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class Run:

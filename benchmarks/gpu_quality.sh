@@ -6,10 +6,9 @@
 # writes the report, which lists the parts' invocations. Each part logs to RUNS/logs/<part>.log and writes its own
 # partial report where search_quality.py puts a part's (RUNS/parts/).
 #   bash benchmarks/gpu_quality.sh RECIPE RUNS LIMIT_S [METHOD[:SEED,SEED...] ...] [-- OPTION ...]
-# Parts of one searched method (e.g. aps:0 aps:1) share its search: a part started once another holds the search
-# folder waits for it (one line naming its process) and then reuses it. The folder is taken only when the search
-# starts (after its data load), so parts started within those seconds can race: both search, or the later one
-# stops on the held folder. Start the part that searches first. With no parts given, one process per method.
+# Parts of one searched method (e.g. aps:0 aps:1) share its search: the first part to check for it holds it until
+# its result is written, and the others wait (one line naming that process) and then reuse it; the same for each
+# retraining. With no parts given, one process per method.
 # Options after `--` go to every part's search_quality.py (e.g. `-- --searches-from RUNS_5EP`).
 set -uo pipefail
 cd "$(dirname "$0")/.."

@@ -74,7 +74,7 @@ from aps_zoo.plots import plt
 from aps_zoo._schema import Schema, build, check
 from aps_zoo.recipe import Recipe, RecipeError, read_recipe_data, recipe_from_dict
 from aps_zoo.cli import PREEMPTED
-from aps_zoo.runs import Preempted, RunInUseError, RunLock, list_checkpoints
+from aps_zoo.runs import Preempted, RunLock, list_checkpoints
 from aps_zoo.search.loop import search
 from aps_zoo.search.strategies import create_strategy
 from aps_zoo.spaces import space_from_recipe
@@ -215,21 +215,11 @@ def method_recipe(recipe: Recipe, method: str, runs: Path, independent_warmup: O
                                search=dataclasses.replace(s, **sharing))
 
 
-def wait_while_held(run_dir: Path, poll_s: float = 5.0) -> None:
-    """Return once no other process holds ``run_dir`` (another part of the recipe running that search or
-    training): the caller then reuses what it finished. Parts of one method can so start together."""
-    lock, told = RunLock(run_dir), False
-    while True:
-        try:
-            lock.acquire()
-        except RunInUseError as e:
-            if not told:
-                print(f"waiting: {e}", file=sys.stderr, flush=True)
-                told = True
-            time.sleep(poll_s)
-        else:
-            lock.release()
-            return
+class PartClaim(RunLock):
+    """``<run_dir>/.claim``, held by a part of the recipe from its check for a finished result through the run
+    that makes it and the writing of that result. Parts of one method that start together take turns here, and
+    the later one reuses what the first finished: the run's own lock comes only after its data load."""
+    NAME = '.claim'
 
 
 def search_result_file(runs: Path, method: str) -> Path:
@@ -241,25 +231,25 @@ def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_w
     """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
     done = search_result_file(runs, method)
     r = method_recipe(recipe, method, runs, independent_warmup)
-    wait_while_held(r.run_dir / 'search')
-    if done.is_file():
-        return {**_read_json(done), 'reused': True}
-    t0 = time.time()
-    result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
-    out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
-           'metrics': str(result.out_dir / METRICS_FILE),
-           'repaired': [sum(r['repaired'] for r in result.decoded), len(result.decoded)]}
-    _write_json(done, out)
+    with PartClaim(r.run_dir / 'search'):
+        if done.is_file():
+            return {**_read_json(done), 'reused': True}
+        t0 = time.time()
+        result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
+        out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
+               'metrics': str(result.out_dir / METRICS_FILE),
+               'repaired': [sum(r['repaired'] for r in result.decoded), len(result.decoded)]}
+        _write_json(done, out)
     return {**out, 'reused': False}
 
 
 def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
     """``train``'s results.json for ``config`` in ``out_dir`` (reused when done, resumed when interrupted)."""
-    wait_while_held(out_dir)
-    results = _read_json(out_dir / RESULTS_FILE)
-    reused = results is not None
-    if not reused:
-        results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
+    with PartClaim(out_dir):
+        results = _read_json(out_dir / RESULTS_FILE)
+        reused = results is not None
+        if not reused:
+            results = train(recipe, config, out_dir=out_dir, resume=bool(list_checkpoints(out_dir)), cpu=cpu).results
     records = [json.loads(line) for line in (out_dir / METRICS_FILE).read_text().splitlines()]
     return {**results, 'reused': reused, 'train_s': sum(r['time_s'] for r in records),
             'best_val_top1': 100 * max(r['eval_top1'] for r in records if r['eval_split'] == 'val')  # percent
@@ -283,9 +273,17 @@ def test_correctness(out_dir: Path, test_loader) -> List[int]:
 def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
     """Best of N random configs of the band (the library's random strategy) by held-out top-1 after a short
     proxy training."""
-    done = search_result_file(runs, 'random')
-    if done.is_file():
-        return {**_read_json(done), 'reused': True}
+    with PartClaim(runs / 'random'):
+        done = search_result_file(runs, 'random')
+        if done.is_file():
+            return {**_read_json(done), 'reused': True}
+        out = random_search(recipe, q, space, runs, cpu)
+        _write_json(done, out)
+    return {**out, 'reused': False}
+
+
+def random_search(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
+    """Train and score ``quality.random_samples`` band draws; the best one's config, with every draw's score."""
     draws = create_strategy('random', space, recipe.search, recipe.seed).propose(q.random_samples)
     proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
                                                                   select_best=True))
@@ -298,10 +296,8 @@ def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict
     best = max(tried, key=lambda t: t['val_top1'])
     config = space.config(best['choices'], {'source': 'random search', 'samples': q.random_samples,
                                             'proxy_epochs': q.random_proxy_epochs, 'proxy_val_top1': best['val_top1']})
-    out = {'config': config.to_dict(), 'search_s': time.time() - t0, 'val_acc': best['val_top1'] / 100,
-           'tried': tried}
-    _write_json(done, out)
-    return {**out, 'reused': False}
+    return {'config': config.to_dict(), 'search_s': time.time() - t0, 'val_acc': best['val_top1'] / 100,
+            'tried': tried}
 
 
 def select_part(q: Quality, methods: Optional[List[str]], seeds: Optional[List[int]]) -> Quality:

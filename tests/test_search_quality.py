@@ -4,7 +4,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -237,8 +240,8 @@ def test_retraining_precision_names_the_runs_of_each_when_they_differ(sq):
 
 
 def test_a_part_waits_for_the_search_another_process_holds_then_the_search_runs_once(sq, tmp_path):
-    """Parts of one method can start together: a part whose search folder another process holds says so in one
-    line naming it and waits; the two parts then run the search once between them."""
+    """Parts of one method can start together: a part whose search another part holds says so in one line
+    naming its process and waits; the two parts then run the search once between them."""
     recipe = tmp_path / 'q.yaml'
     recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\n"
                       "search: {epochs: 2, warmup_epochs: 1, steps_per_epoch: 3, decode_candidates: 8, decode_top_k: 2,"
@@ -246,7 +249,7 @@ def test_a_part_waits_for_the_search_another_process_holds_then_the_search_runs_
                       "train: {epochs: 1, steps_per_epoch: 2}\n"
                       "quality: {seeds: [0, 1], methods: [aps]}\n")
     runs = tmp_path / 'runs'
-    holder = sq.RunLock(runs / 'aps' / 'search')
+    holder = sq.PartClaim(runs / 'aps' / 'search')
     holder.acquire()  # another part, searching
     second = subprocess.Popen([sys.executable, str(ROOT / 'benchmarks' / 'search_quality.py'), str(recipe), '--runs',
                                str(runs), '--methods', 'aps', '--seeds', '1'], stderr=subprocess.PIPE, text=True,
@@ -261,6 +264,39 @@ def test_a_part_waits_for_the_search_another_process_holds_then_the_search_runs_
     assert sorted((p['ran'], p['reused']) for p in parts) == [(1, 1), (2, 0)]  # one search, two retrainings
     assert first['methods']['aps']['widths'] == json.loads((runs / 'parts' / 'aps_1' / 'q.json').read_text())[
         'methods']['aps']['widths']
+
+
+def test_parts_started_in_the_same_instant_search_once(sq, tmp_path, monkeypatch):
+    """Two parts of one method reach the search together (here two threads; the search stands in for one whose
+    data load comes before the run's own lock): the one that checked first holds the search from its check
+    until its result is written, so the other waits and reuses that result instead of searching again."""
+    recipe = tmp_path / 'q.yaml'
+    recipe.write_text(f"base: {ROOT / 'recipes' / 'search_resnet20_digits.yaml'}\nquality: {{seeds: [0, 1]}}\n")
+    recipe, _ = sq.load_quality_recipe(recipe)
+    searching, finish = [], threading.Event()
+
+    def search(r, resume, cpu):
+        searching.append(threading.current_thread().name)
+        finish.wait(30)
+        return SimpleNamespace(config=SimpleNamespace(to_dict=lambda: {'widths': [8] * 19}), val_accuracy=0.5,
+                               out_dir=r.run_dir / 'search', decoded=[])
+    monkeypatch.setattr(sq, 'search', search)
+    results = {}
+    parts = [threading.Thread(name=name, target=lambda name=name: results.__setitem__(
+        name, sq.run_search(recipe, 'aps', tmp_path / 'runs', True))) for name in ('a', 'b')]
+    for part in parts:
+        part.start()
+    deadline = time.time() + 30
+    while not searching and time.time() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # time for the other part to start a second search, were it not waiting
+    assert len(searching) == 1
+    finish.set()
+    for part in parts:
+        part.join(30)
+    assert searching == [next(n for n, r in results.items() if not r['reused'])]
+    assert sorted(r['reused'] for r in results.values()) == [False, True]
+    assert all(r['config'] == {'widths': [8] * 19} for r in results.values())
 
 
 def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path, capsys):
