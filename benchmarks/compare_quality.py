@@ -1,0 +1,93 @@
+"""Compare retrained networks of different search_quality reports with that benchmark's paired bootstrap (the
+same test images, each report's retraining seeds): a method run in one recipe against methods of another, e.g.
+random search of recipes/quality_resnet20_fashion_mnist_25_fine_random.yaml against APS-T and uniform width of
+recipes/quality_resnet20_fashion_mnist_25_fine_floor.yaml, which share the data and the budget:
+
+    python benchmarks/compare_quality.py docs/results/quality_resnet20_fashion_mnist_25_fine_random.json:random \\
+        docs/results/quality_resnet20_fashion_mnist_25_fine_floor.json:aps \\
+        docs/results/quality_resnet20_fashion_mnist_25_fine_floor.json:uniform
+
+Prints a Markdown table of the networks and one of every pair (the first named against each later one, and so
+on). Reports of other test data cannot be paired and are refused.
+"""
+from __future__ import annotations
+import argparse
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from search_quality import LABELS, mean_std, paired_bootstrap, per_image  # noqa: E402  (sibling benchmark)
+
+
+class CompareError(ValueError):
+    """A named network that cannot be read or paired."""
+
+
+def load_network(spec: str) -> Dict:
+    """``REPORT.json:METHOD`` -> that method's row of the report, with the report's path and test data."""
+    path, sep, method = spec.rpartition(':')
+    if not sep or not path or not method:
+        raise CompareError(f"{spec}: name a network as REPORT.json:METHOD")
+    try:
+        report = json.loads(Path(path).read_text())
+    except (OSError, ValueError) as e:
+        raise CompareError(f"{path}: not a readable search_quality report ({e})") from None
+    methods = report.get('methods', {}) if isinstance(report, dict) else {}
+    if method not in methods:
+        raise CompareError(f"{path} has no retrained method {method!r} (it has: {', '.join(methods) or 'none'})")
+    return {**methods[method], 'spec': spec, 'method': method, 'report': Path(path).stem,
+            'name': f'{Path(path).stem}:{method}',
+            'data': (report.get('dataset'), report.get('test_images')), 'budget_macs': report.get('budget_macs')}
+
+
+def check_pairable(networks: List[Dict]) -> None:
+    """Every network was tested on the same images (the same data, the same count)."""
+    first = networks[0]
+    for other in networks[1:]:
+        if other['data'] != first['data']:
+            raise CompareError(f"{other['spec']} was tested on {other['data'][0]} ({other['data'][1]} images), "
+                               f"{first['spec']} on {first['data'][0]} ({first['data'][1]}): not the same test "
+                               f"images, so they cannot be paired")
+
+
+def networks_markdown(networks: List[Dict]) -> str:
+    rows = ['| network | report | MACs | budget | params | test top-1, mean ± std | seeds |',
+            '|---|---|---:|---:|---:|---:|---:|']
+    for n in networks:
+        mean, std = mean_std([s['top1'] for s in n['seeds'].values()])
+        rows.append(f"| {LABELS.get(n['method'], n['method'])} | {n['report']} | {n['macs'] / 1e6:.3f}M | "
+                    f"{n['budget_macs'] / 1e6:.3f}M | {n['params'] / 1e3:.1f}k | {mean:.2f} ± {std:.2f} | "
+                    f"{len(n['seeds'])} |")
+    return '\n'.join(rows)
+
+
+def pairs_markdown(networks: List[Dict]) -> str:
+    rows = ['| comparison | difference (points) | 95% CI | verdict |', '|---|---:|---|---|']
+    for a, b in itertools.combinations(networks, 2):
+        c = paired_bootstrap(per_image(a), per_image(b))
+        rows.append(f"| {a['name']} vs {b['name']} | {c['diff']:+.2f} | [{c['lo']:+.2f}, {c['hi']:+.2f}] | "
+                    f"{c['verdict']} |")
+    return '\n'.join(rows)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
+    parser.add_argument('networks', nargs='+', help='REPORT.json:METHOD, at least two')
+    args = parser.parse_args(argv)
+    try:
+        if len(args.networks) < 2:
+            raise CompareError('name at least two networks (REPORT.json:METHOD) to compare')
+        networks = [load_network(spec) for spec in args.networks]
+        check_pairable(networks)
+    except CompareError as e:
+        print(f'error: {e}', file=sys.stderr)
+        return 2
+    print(networks_markdown(networks) + '\n\n' + pairs_markdown(networks))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
