@@ -227,20 +227,30 @@ def search_result_file(runs: Path, method: str) -> Path:
     return runs / method / 'search_result.json'
 
 
-def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_warmup: Optional[int] = None) -> Dict:
-    """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
-    done = search_result_file(runs, method)
-    r = method_recipe(recipe, method, runs, independent_warmup)
-    with PartClaim(r.run_dir / 'search'):
+def claimed_result(claim_dir: Path, done: Path, make) -> Dict:
+    """The record in ``done`` when a part of the recipe finished it, else ``make()``'s, written there; under
+    ``claim_dir``'s claim, so that parts started together make it once."""
+    with PartClaim(claim_dir):
         if done.is_file():
             return {**_read_json(done), 'reused': True}
-        t0 = time.time()
-        result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
-        out = {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
-               'metrics': str(result.out_dir / METRICS_FILE),
-               'repaired': [sum(r['repaired'] for r in result.decoded), len(result.decoded)]}
+        out = make()
         _write_json(done, out)
     return {**out, 'reused': False}
+
+
+def run_search(recipe: Recipe, method: str, runs: Path, cpu: bool, independent_warmup: Optional[int] = None) -> Dict:
+    """Search with the method's sharing settings (reused when done, resumed when interrupted)."""
+    r = method_recipe(recipe, method, runs, independent_warmup)
+    return claimed_result(r.run_dir / 'search', search_result_file(runs, method), lambda: searched(r, cpu))
+
+
+def searched(r: Recipe, cpu: bool) -> Dict:
+    """Run (or resume) the search of the method recipe ``r``; its config, time and scores."""
+    t0 = time.time()
+    result = search(r, resume=bool(list_checkpoints(r.run_dir / 'search')), cpu=cpu)
+    return {'config': result.config.to_dict(), 'search_s': time.time() - t0, 'val_acc': result.val_accuracy,
+            'metrics': str(result.out_dir / METRICS_FILE),
+            'repaired': [sum(d['repaired'] for d in result.decoded), len(result.decoded)]}
 
 
 def train_run(recipe: Recipe, config: ChannelConfig, out_dir: Path, cpu: bool) -> Dict:
@@ -273,13 +283,8 @@ def test_correctness(out_dir: Path, test_loader) -> List[int]:
 def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
     """Best of N random configs of the band (the library's random strategy) by held-out top-1 after a short
     proxy training."""
-    with PartClaim(runs / 'random'):
-        done = search_result_file(runs, 'random')
-        if done.is_file():
-            return {**_read_json(done), 'reused': True}
-        out = random_search(recipe, q, space, runs, cpu)
-        _write_json(done, out)
-    return {**out, 'reused': False}
+    return claimed_result(runs / 'random', search_result_file(runs, 'random'),
+                          lambda: random_search(recipe, q, space, runs, cpu))
 
 
 def random_search(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
