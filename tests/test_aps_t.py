@@ -1,8 +1,6 @@
 """APS-T: the grouped orthogonality penalty, where projections learn from, and the sharing transition."""
-import importlib.util
 import json
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -17,8 +15,8 @@ from aps_zoo.aps.sharing import (MAX_LR_WEIGHT, REFERENCE_PROJECTION_LR, TRANSIT
 from aps_zoo.recipe import RecipeError, recipe_from_dict
 from aps_zoo.search.loop import Searcher, make_accelerator, search
 from aps_zoo.spaces import APSSupernet, build_space
+from conftest import import_benchmark
 
-ROOT = Path(__file__).resolve().parents[1]
 RESNET20 = [4, 8, 16, 32, 64]
 
 
@@ -146,11 +144,7 @@ def test_projection_grad_task_and_penalty_lets_the_task_loss_through():
 
 @pytest.fixture(scope='module')
 def transition():
-    spec = importlib.util.spec_from_file_location('sharing_transition', ROOT / 'benchmarks' / 'sharing_transition.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_benchmark('sharing_transition')
 
 
 def test_transition_lr_completes_the_transition_on_time(transition):

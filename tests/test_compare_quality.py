@@ -1,21 +1,14 @@
 """benchmarks/compare_quality.py: networks of different search_quality reports compared by the paired bootstrap."""
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import import_benchmark
 
 
 @pytest.fixture(scope='module')
 def cq():
-    spec = importlib.util.spec_from_file_location('compare_quality', ROOT / 'benchmarks' / 'compare_quality.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
+    return import_benchmark('compare_quality')
 
 
 def report(path: Path, dataset: str, methods: dict, images: int = 200) -> Path:

@@ -1,7 +1,6 @@
 """The ranking benchmark: architectures in the band, rank agreement with bootstrap CIs, its jobs in worker
 processes, and one tiny end-to-end run on digits (the benchmark's calls into the library stay in sync)."""
 import functools
-import importlib
 import json
 import os
 import sys
@@ -12,14 +11,14 @@ import pytest
 import torch
 
 from aps_zoo.spaces import build_space
+from conftest import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def ranking():
-    sys.path.insert(0, str(ROOT / 'benchmarks'))  # ranking imports its sibling search_quality
-    return importlib.import_module('ranking')
+    return import_benchmark('ranking')
 
 
 def test_sampled_architectures_are_distinct_and_in_the_band(ranking):

@@ -1,5 +1,4 @@
 """The search-quality benchmark's pure parts: settings checks, statistics, sharing trend, report text."""
-import importlib.util
 import json
 import os
 import subprocess
@@ -11,17 +10,14 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import import_benchmark
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope='module')
 def sq():
-    spec = importlib.util.spec_from_file_location('search_quality', ROOT / 'benchmarks' / 'search_quality.py')
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
+    return import_benchmark('search_quality')
 
 
 @pytest.mark.parametrize('name', ['quality_resnet20_digits_10', 'quality_resnet20_digits_25',
