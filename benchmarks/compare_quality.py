@@ -8,18 +8,19 @@ recipes/quality_resnet20_fashion_mnist_25_fine_floor.yaml, which share the data 
         docs/results/quality_resnet20_fashion_mnist_25_fine_floor.json:uniform
 
 Prints a Markdown table of the networks and one of every pair (the first named against each later one, and so
-on). Reports of other test data cannot be paired and are refused.
+on); ``--plot PATH`` draws them side by side. Reports of other test data cannot be paired and are refused.
 """
 from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from search_quality import LABELS, mean_std, paired_bootstrap, per_image  # noqa: E402  (sibling benchmark)
+from search_quality import LABELS, mean_std, paired_bootstrap, per_image, plot_bars  # noqa: E402  (sibling benchmark)
 
 
 class CompareError(ValueError):
@@ -73,9 +74,25 @@ def pairs_markdown(networks: List[Dict]) -> str:
     return '\n'.join(rows)
 
 
+def short_report(network: Dict, prefix: str) -> str:
+    """The report's name without the ``prefix`` all compared reports share (its last word if nothing is left)."""
+    return network['report'][len(prefix):].strip('_') or network['report'].rsplit('_', 1)[-1]
+
+
+def plot(networks: List[Dict], path: Path) -> None:
+    """The networks' bars (mean ± std, each seed a dot) as search_quality draws a setting's; titled by the file's
+    name and the first network's budget."""
+    methods = [n['method'] for n in networks]
+    prefix = os.path.commonprefix([n['report'] for n in networks])
+    rows = {(n['method'] if methods.count(n['method']) == 1 else f"{n['method']}\n({short_report(n, prefix)})"):
+            {'seeds': n['seeds'], 'macs': n['macs']} for n in networks}
+    plot_bars({'setting': path.stem, 'budget_macs': networks[0]['budget_macs'], 'methods': rows}, path)
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('networks', nargs='+', help='REPORT.json:METHOD, at least two')
+    parser.add_argument('--plot', type=Path, default=None, help='also draw the networks side by side (a PNG)')
     args = parser.parse_args(argv)
     try:
         if len(args.networks) < 2:
@@ -86,6 +103,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print(f'error: {e}', file=sys.stderr)
         return 2
     print(networks_markdown(networks) + '\n\n' + pairs_markdown(networks))
+    if args.plot:
+        plot(networks, args.plot)
     return 0
 
 

@@ -493,6 +493,9 @@ def reading(summary: Dict) -> List[str]:
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
     capacity = capacity_check(summary)
     lines += [capacity] if capacity else []
+    if 'aps' not in summary.get('methods_planned', ['aps']):
+        return lines + ["APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares networks "
+                        "of several reports on the same test images."]
     if 'aps' not in rows:
         return lines + ['APS has not finished in this run, so it is not compared.']
     for method, c in comparisons(summary).items():
@@ -546,8 +549,10 @@ def plot_bars(summary: Dict, path: Path) -> None:
     lows = [min(r['top1']) for r in rows]
     ax.set_ylim(max(0.0, min(lows) - 3), min(100.0, max(max(r['top1']) for r in rows) + 1.5))
     ax.set_ylabel('test top-1 (%)')
+    fewest, most = min(len(r['top1']) for r in rows), max(len(r['top1']) for r in rows)
+    seeds = str(most) if fewest == most else f'{fewest}-{most}'  # the methods' seed counts can differ
     ax.set_title(f"{summary['setting']}: budget {summary['budget_macs'] / 1e6:.3g}M MACs, "
-                 f"mean ± std over {len(summary['seeds'])} seeds")
+                 f"mean ± std over {seeds} seeds")
     ax.grid(axis='y', alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)

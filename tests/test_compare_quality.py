@@ -36,6 +36,15 @@ def test_networks_of_two_reports_are_compared_on_the_same_images(cq, tmp_path, c
     assert rows['a:random vs b:aps'][2].startswith('better') and rows['b:aps vs b:uniform'][2].startswith('worse')
 
 
+def test_the_plot_names_a_method_of_two_reports_by_what_tells_the_reports_apart(cq, tmp_path):
+    fine = report(tmp_path / 'q25_fine.json', 'fmnist', {'aps': [170, 172]})
+    floor = report(tmp_path / 'q25_fine_floor.json', 'fmnist', {'aps': [180, 181], 'uniform': [185, 186]})
+    assert cq.main([f'{fine}:aps', f'{floor}:aps', f'{floor}:uniform', '--plot', str(tmp_path / 'c.png')]) == 0
+    assert (tmp_path / 'c.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    networks = [cq.load_network(f'{path}:aps') for path in (fine, floor)]
+    assert [cq.short_report(n, 'q25_fine') for n in networks] == ['fine', 'floor']
+
+
 @pytest.mark.parametrize('names, match', [
     (['{a}:random'], 'name at least two networks'),
     (['{a}:random', '{a}'], 'name a network as REPORT.json:METHOD'),

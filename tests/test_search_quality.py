@@ -174,6 +174,11 @@ def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
     assert 'does NOT separate them' in sq.capacity_check(summary)
     del summary['methods']['uniform']
     assert sq.capacity_check(summary) is None
+    del summary['methods']['aps']
+    assert sq.reading({**summary, 'methods_planned': ['aps', 'standard']})[-1] == \
+        'APS has not finished in this run, so it is not compared.'
+    assert sq.reading({**summary, 'methods_planned': ['standard']})[-1].startswith(
+        "APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares")
 
 
 def test_the_report_lists_the_invocations_of_its_runs_folder(sq, tmp_path):
