@@ -483,6 +483,14 @@ def table_markdown(summary: Dict) -> str:
     return '\n'.join(lines)
 
 
+def without_aps(summary: Dict) -> str:
+    """Why a report without APS's retrained network compares nothing with it."""
+    if 'aps' not in summary.get('methods_planned', ['aps']):
+        return ("APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares networks of "
+                "several reports on the same test images.")
+    return 'APS has not finished in this run, so it is not compared.'
+
+
 def reading(summary: Dict) -> List[str]:
     """Plain-language comparison of APS with every other method, relative to the seed spread."""
     rows = rows_by_method(summary)
@@ -493,11 +501,8 @@ def reading(summary: Dict) -> List[str]:
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
     capacity = capacity_check(summary)
     lines += [capacity] if capacity else []
-    if 'aps' not in summary.get('methods_planned', ['aps']):
-        return lines + ["APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares networks "
-                        "of several reports on the same test images."]
     if 'aps' not in rows:
-        return lines + ['APS has not finished in this run, so it is not compared.']
+        return lines + [without_aps(summary)]
     for method, c in comparisons(summary).items():
         lines.append(f"APS-T vs {LABELS[method]}: {c['diff']:+.2f} points, 95% CI [{c['lo']:+.2f}, {c['hi']:+.2f}] "
                      f"(paired bootstrap over the {summary['test_images']} test images and the seeds): {c['verdict']}.")
@@ -684,7 +689,7 @@ def overview(settings: List[Dict]) -> List[str]:
     for s in settings:
         rows = rows_by_method(s)
         if 'aps' not in rows:
-            lines.append(f"- {s['setting']}: APS has not finished.")
+            lines.append(f"- {s['setting']}: {without_aps(s)}")
             continue
         comps = comparisons(s)
         verdicts = [c['verdict'].split()[0] for c in comps.values()]

@@ -179,6 +179,8 @@ def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
         'APS has not finished in this run, so it is not compared.'
     assert sq.reading({**summary, 'methods_planned': ['standard']})[-1].startswith(
         "APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares")
+    assert sq.overview([{**summary, 'setting': 'q', 'methods_planned': ['standard']}])[0].startswith(
+        "- q: APS is not among this recipe's methods")
 
 
 def test_the_report_lists_the_invocations_of_its_runs_folder(sq, tmp_path):
