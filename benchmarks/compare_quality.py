@@ -36,12 +36,17 @@ def load_network(spec: str) -> Dict:
         report = json.loads(Path(path).read_text())
     except (OSError, ValueError) as e:
         raise CompareError(f"{path}: not a readable search_quality report ({e})") from None
-    methods = report.get('methods', {}) if isinstance(report, dict) else {}
+    methods = report.get('methods') if isinstance(report, dict) else None
+    methods = methods if isinstance(methods, dict) else {}
     if method not in methods:
         raise CompareError(f"{path} has no retrained method {method!r} (it has: {', '.join(methods) or 'none'})")
+    images = report.get('test_images')
+    for seed, run in methods[method].get('seeds', {}).items():
+        if len(run.get('correct', '')) != images:
+            raise CompareError(f"{path}: {method} seed {seed} has no per-image results for its {images} test images")
     return {**methods[method], 'spec': spec, 'method': method, 'report': Path(path).stem,
             'name': f'{Path(path).stem}:{method}',
-            'data': (report.get('dataset'), report.get('test_images')), 'budget_macs': report.get('budget_macs')}
+            'data': (report.get('dataset'), images), 'budget_macs': report.get('budget_macs')}
 
 
 def check_pairable(networks: List[Dict]) -> None:
