@@ -45,7 +45,6 @@ def load_network(spec: str) -> Dict:
         if len(run.get('correct', '')) != images:
             raise CompareError(f"{path}: {method} seed {seed} has no per-image results for its {images} test images")
     return {**methods[method], 'spec': spec, 'method': method, 'report': Path(path).stem,
-            'name': f'{Path(path).stem}:{method}',
             'data': (report.get('dataset'), images), 'budget_macs': report.get('budget_macs')}
 
 
@@ -74,7 +73,7 @@ def pairs_markdown(networks: List[Dict]) -> str:
     rows = ['| comparison | difference (points) | 95% CI | verdict |', '|---|---:|---|---|']
     for a, b in itertools.combinations(networks, 2):
         c = paired_bootstrap(per_image(a), per_image(b))
-        rows.append(f"| {a['name']} vs {b['name']} | {c['diff']:+.2f} | [{c['lo']:+.2f}, {c['hi']:+.2f}] | "
+        rows.append(f"| {a['report']}:{a['method']} vs {b['report']}:{b['method']} | {c['diff']:+.2f} | [{c['lo']:+.2f}, {c['hi']:+.2f}] | "
                     f"{c['verdict']} |")
     return '\n'.join(rows)
 
