@@ -408,7 +408,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
         if method in SEARCHES:
             found = run_search(recipe, method, searches, cpu, q.independent_warmup_epochs)
             records = [json.loads(line) for line in Path(found['metrics']).read_text().splitlines()]
-            keep = ('epoch', 'phase', 'sharing_mean') + (('sharing',) if method == 'aps' else ())
+            keep = ('epoch', 'phase', 'sharing_mean', 'sharing')
             summary['sharing'][method] = {'records': [{k: r[k] for k in keep} for r in records],
                                           'trend': sharing_trend(records)}
         elif method == 'standard':
@@ -563,9 +563,17 @@ def plot_bars(summary: Dict, path: Path) -> None:
     plt.close(fig)
 
 
+def per_layer_search(sharing: Dict) -> str:
+    """The search whose per-layer sharing is drawn: APS, or in a report without APS the search whose sharing ended
+    lowest (the evolution strategy's APS-T supernet)."""
+    return 'aps' if 'aps' in sharing else min(sharing, key=lambda m: sharing[m]['records'][-1]['sharing_mean'])
+
+
 def plot_sharing(summary: Dict, path: Path) -> None:
-    """Mean sharing of every search (left) and APS's per-layer sharing (right), against the epoch."""
+    """Against the epoch: the mean sharing of every search (left) and the per-layer sharing of one
+    (:func:`per_layer_search`, right)."""
     sharing = summary['sharing']
+    layered = per_layer_search(sharing)
     fig, axes = plt.subplots(1, 2, figsize=(11, 3.8), gridspec_kw={'wspace': 0.35})
     # open markers, one shape per method: curves that coincide stay visible
     for marker, (method, s) in zip(itertools.cycle('osx^'), sharing.items()):
@@ -579,19 +587,18 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     axes[0].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1, label='end of warm-up')
     axes[0].set_title('mean sharing level')
     axes[0].legend(fontsize=8, loc='upper left', bbox_to_anchor=(0, -0.17))
-    if 'aps' in sharing:
-        pts = sharing['aps']['records']
-        layers = list(pts[-1]['sharing'])
-        roles = {}  # a layer's role is its name with the block/position indices replaced by '#'
-        for layer in layers:
-            roles.setdefault('.'.join('#' if part.isdigit() else part for part in layer.split('.')), []).append(layer)
-        for color, (role, members) in zip(plt.get_cmap('tab10').colors, roles.items()):
-            for j, layer in enumerate(members):
-                axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8, alpha=0.7,
-                             color=color, label=f'{role} ({len(members)})' if j == 0 else None)
-        axes[1].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1)
-        axes[1].set_title(f'APS: sharing per layer ({len(layers)} layers)')
-        axes[1].legend(fontsize=8, title='layer (count)', title_fontsize=8)
+    pts = sharing[layered]['records']
+    layers = list(pts[-1]['sharing'])
+    roles = {}  # a layer's role is its name with the block/position indices replaced by '#'
+    for layer in layers:
+        roles.setdefault('.'.join('#' if part.isdigit() else part for part in layer.split('.')), []).append(layer)
+    for color, (role, members) in zip(plt.get_cmap('tab10').colors, roles.items()):
+        for j, layer in enumerate(members):
+            axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8, alpha=0.7,
+                         color=color, label=f'{role} ({len(members)})' if j == 0 else None)
+    axes[1].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1)
+    axes[1].set_title(f"{LABELS[layered].split(' (')[0]}: sharing per layer ({len(layers)} layers)")
+    axes[1].legend(fontsize=8, title='layer (count)', title_fontsize=8)
     for ax in axes:
         ax.set_xlabel('search epoch')
         ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
