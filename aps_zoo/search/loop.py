@@ -331,6 +331,7 @@ def _search(searcher: Searcher, run: Run) -> SearchResult:
                       greedy_widths=searcher.space.widths(greedy),
                       sharing_mean=mean_sharing_level(levels), sharing=levels)
         searcher.log.write(**record)
-        epochs.set_postfix(**{k: f'{record[k]:.3f}' for k in ('val_acc', 'reward') if k in record})  # no reward in warm-up
+        # warm-up epochs have no reward
+        epochs.set_postfix(**{k: f'{record[k]:.3f}' for k in ('val_acc', 'reward') if k in record})
         run.save(epoch, searcher.extra_state(epoch))
     return finish(searcher, decode(searcher), time.time() - t0)
