@@ -597,11 +597,11 @@ def plot_sharing(summary: Dict, path: Path) -> None:
             axes[1].plot([p['epoch'] for p in pts], [p['sharing'].get(layer) for p in pts], lw=0.8, alpha=0.7,
                          color=color, label=f'{role} ({len(members)})' if j == 0 else None)
     axes[1].axvline(summary['warmup_epochs'] - 0.5, color='gray', ls='--', lw=1)
-    low, high = axes[1].get_ylim()
-    axes[1].set_ylim(min(low, 0.9), max(high, 1.0))  # levels that barely move are not magnified into a spread
     axes[1].set_title(f"{LABELS[layered].split(' (')[0]}: sharing per layer ({len(layers)} layers)")
     axes[1].legend(fontsize=8, title='layer (count)', title_fontsize=8)
     for ax in axes:
+        low, high = ax.get_ylim()
+        ax.set_ylim(min(low, 0.9), max(high, 1.0))  # levels that barely move are not magnified into a spread
         ax.set_xlabel('search epoch')
         ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
         ax.ticklabel_format(axis='y', useOffset=False)
