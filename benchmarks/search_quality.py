@@ -600,8 +600,7 @@ def plot_sharing(summary: Dict, path: Path) -> None:
     axes[1].set_title(f"{LABELS[layered].split(' (')[0]}: sharing per layer ({len(layers)} layers)")
     axes[1].legend(fontsize=8, title='layer (count)', title_fontsize=8)
     for ax in axes:
-        low, high = ax.get_ylim()
-        ax.set_ylim(min(low, 0.9), max(high, 1.0))  # levels that barely move are not magnified into a spread
+        ax.set_ylim(-0.03, 1.03)  # the level's whole range: one that barely moves is not magnified into a spread
         ax.set_xlabel('search epoch')
         ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
         ax.ticklabel_format(axis='y', useOffset=False)
