@@ -565,7 +565,7 @@ def plot_bars(summary: Dict, path: Path) -> None:
 
 def per_layer_search(sharing: Dict) -> str:
     """The search whose per-layer sharing is drawn: APS, or in a report without APS the search whose sharing ended
-    lowest (the evolution strategy's APS-T supernet)."""
+    lowest (in the evolution reports, the evolution strategy's APS-T supernet)."""
     return 'aps' if 'aps' in sharing else min(sharing, key=lambda m: sharing[m]['records'][-1]['sharing_mean'])
 
 
@@ -603,7 +603,6 @@ def plot_sharing(summary: Dict, path: Path) -> None:
         ax.set_ylim(-0.03, 1.03)  # the level's whole range: one that barely moves is not magnified into a spread
         ax.set_xlabel('search epoch')
         ax.set_ylabel('sharing level (1 = ordinal, 0 = disjoint)')
-        ax.ticklabel_format(axis='y', useOffset=False)
         ax.grid(alpha=0.3)
     fig.savefig(path, dpi=110, bbox_inches='tight')
     plt.close(fig)
