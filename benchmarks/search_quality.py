@@ -564,9 +564,12 @@ def plot_bars(summary: Dict, path: Path) -> None:
 
 
 def per_layer_search(sharing: Dict) -> str:
-    """The search whose per-layer sharing is drawn: APS, or in a report without APS the search whose sharing ended
-    lowest (in the evolution reports, the evolution strategy's APS-T supernet)."""
-    return 'aps' if 'aps' in sharing else min(sharing, key=lambda m: sharing[m]['records'][-1]['sharing_mean'])
+    """The search whose per-layer sharing is drawn: APS, or in a report without APS the search whose mean sharing
+    moved most (in the evolution reports, the evolution strategy's APS-T supernet; ordinal and independent stay flat)."""
+    def moved(method: str) -> float:
+        levels = [p['sharing_mean'] for p in sharing[method]['records']]
+        return max(levels) - min(levels)
+    return 'aps' if 'aps' in sharing else max(sharing, key=moved)
 
 
 def plot_sharing(summary: Dict, path: Path) -> None:

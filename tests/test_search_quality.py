@@ -110,14 +110,15 @@ def test_sharing_trend(sq):
     assert sq.sharing_trend(rising)['verdict'].startswith('did not hold')
 
 
-def test_per_layer_sharing_is_of_aps_or_else_of_the_search_whose_sharing_ended_lowest(sq):
-    def ending(level):
-        return {'records': [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0},
-                            {'epoch': 1, 'phase': 'search', 'sharing_mean': level}]}
-    searches = {'ordinal': ending(1.0), 'evolution': ending(0.46), 'independent': ending(0.6)}
+def test_per_layer_sharing_is_of_aps_or_else_of_the_search_whose_sharing_moved_most(sq):
+    def levels(start, end):
+        return {'records': [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': start},
+                            {'epoch': 1, 'phase': 'search', 'sharing_mean': end}]}
+    # as in a report of the evolution strategy beside ordinal sharing and independent channels (flat at 1 and 0)
+    searches = {'ordinal': levels(1.0, 1.0), 'evolution': levels(1.0, 0.46), 'independent': levels(0.0, 0.0)}
     assert sq.per_layer_search(searches) == 'evolution'
-    assert sq.per_layer_search({**searches, 'aps': ending(0.9)}) == 'aps'
-    assert sq.per_layer_search({'ordinal': ending(1.0)}) == 'ordinal'
+    assert sq.per_layer_search({**searches, 'aps': levels(1.0, 0.9)}) == 'aps'
+    assert sq.per_layer_search({'ordinal': levels(1.0, 1.0)}) == 'ordinal'
 
 
 def test_outputs_from_a_partial_summary(sq, tmp_path):
