@@ -45,7 +45,8 @@ def load_network(spec: str) -> Dict:
         if len(run.get('correct', '')) != images:
             raise CompareError(f"{path}: {method} seed {seed} has no per-image results for its {images} test images")
     return {**methods[method], 'spec': spec, 'method': method, 'report': Path(path).stem,
-            'data': (report.get('dataset'), images), 'budget_macs': report.get('budget_macs')}
+            'data': (report.get('dataset'), images), 'budget_macs': report.get('budget_macs'),
+            'train_epochs': report.get('train_epochs')}
 
 
 def check_pairable(networks: List[Dict]) -> None:

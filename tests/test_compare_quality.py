@@ -1,4 +1,5 @@
-"""benchmarks/compare_quality.py: networks of different search_quality reports compared by the paired bootstrap."""
+"""benchmarks/compare_quality.py and quality_overview.py: networks of different search_quality reports compared by
+the paired bootstrap."""
 import json
 from pathlib import Path
 
@@ -11,13 +12,19 @@ def cq():
     return import_benchmark('compare_quality')
 
 
-def report(path: Path, dataset: str, methods: dict, images: int = 200) -> Path:
+@pytest.fixture(scope='module')
+def overview():
+    return import_benchmark('quality_overview')
+
+
+def report(path: Path, dataset: str, methods: dict, images: int = 200, budget_macs: float = 2.551e6,
+           train_epochs: int = 5, params: dict = None) -> Path:
     """A search_quality report whose methods get the given count of correct images per seed (first ones)."""
-    rows = {m: {'macs': 2.5e6, 'params': 6.0e4, 'widths': [8] * 19,
+    rows = {m: {'macs': 2.5e6, 'params': (params or {}).get(m, 6.0e4), 'widths': [8] * 19,
                 'seeds': {str(s): {'top1': 100 * k / images, 'correct': '1' * k + '0' * (images - k)}
                           for s, k in enumerate(per_seed)}} for m, per_seed in methods.items()}
-    path.write_text(json.dumps({'dataset': dataset, 'test_images': images, 'budget_macs': 2.551e6,
-                                'methods': rows}))
+    path.write_text(json.dumps({'dataset': dataset, 'test_images': images, 'budget_macs': budget_macs,
+                                'train_epochs': train_epochs, 'methods': rows}))
     return path
 
 
@@ -66,3 +73,45 @@ def test_what_cannot_be_compared_is_refused_in_one_line(cq, tmp_path, capsys, na
     assert cq.main([n.format(**paths) for n in names]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
+
+
+def test_overview_compares_each_searched_network_with_the_uniform_network_of_its_setting(overview, tmp_path, capsys):
+    """APS-T against its own report's uniform network; random search, run in a report of its own, against the
+    uniform network of its setting with most seeds (not the one retrained longer, nor the one of another budget);
+    a search with no uniform network in its setting is left out."""
+    floor = report(tmp_path / 'q_floor.json', 'fmnist', {'aps': [170, 172], 'uniform': [180, 180, 180],
+                                                         'standard': [190, 190]}, params={'uniform': 8.0e4})
+    few = report(tmp_path / 'q_few.json', 'fmnist', {'uniform': [100, 100]})
+    longer = report(tmp_path / 'q_long.json', 'fmnist', {'uniform': [199, 199, 199, 199]}, train_epochs=10)
+    other = report(tmp_path / 'q_other.json', 'fmnist', {'uniform': [10] * 5}, budget_macs=5.1e6)
+    alone = report(tmp_path / 'q_random.json', 'fmnist', {'random': [190, 190]})
+    orphan = report(tmp_path / 'q_orphan.json', 'fmnist', {'aps': [150, 150]}, train_epochs=3)
+    assert overview.main([str(p) for p in (floor, few, longer, other, alone, orphan)]) == 0
+    out = capsys.readouterr().out
+    rows = [line.split(' | ') for line in out.splitlines() if line.startswith('| q_')]
+    assert [(r[0], r[1], r[2], r[3], r[6], r[8].split(' ')[0]) for r in rows] == [
+        ('| q_floor', 'aps', 'q_floor', '0.75', '-4.50', 'worse'),
+        ('| q_random', 'random', 'q_floor', '0.75', '+5.00', 'better')]
+    assert '2 searched networks against uniform width: 1 better, 0 tie, 1 worse (95% CI); mean above ' \
+           "uniform's: 1." in out
+
+
+def test_overview_draws_every_difference_and_rank_correlations_follow_the_rows(overview, tmp_path, capsys):
+    """Three searches whose differences from uniform rise with their parameters: rank correlation +1."""
+    path = report(tmp_path / 'q.json', 'fmnist', {'aps': [170, 170], 'ordinal': [175, 176], 'random': [185, 186],
+                                                  'uniform': [180, 180]},
+                  params={'aps': 3.0e4, 'ordinal': 4.0e4, 'random': 5.0e4, 'uniform': 6.0e4})
+    assert overview.main([str(path), '--plot', str(tmp_path / 'o.png')]) == 0
+    assert (tmp_path / 'o.png').read_bytes()[:8] == b'\x89PNG\r\n\x1a\n'
+    out = capsys.readouterr().out
+    assert "parameters relative to uniform's vs the difference: Spearman rho +1.00" in out
+    assert 'share of the budget used: the same for every network, so no rank correlation.' in out
+
+
+def test_overview_without_a_comparison_is_refused_in_one_line(overview, tmp_path, capsys):
+    only_uniform = report(tmp_path / 'u.json', 'fmnist', {'uniform': [180, 180]})
+    assert overview.main([str(only_uniform), str(tmp_path / 'missing.json')]) == 2
+    assert overview.main([str(only_uniform)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 2 and 'missing.json: not a readable search_quality report' in err[0], err
+    assert 'no searched network with a uniform network in its setting' in err[1]
