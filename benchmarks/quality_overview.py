@@ -26,6 +26,7 @@ from search_quality import paired_bootstrap, per_image  # noqa: E402
 from aps_zoo.plots import plt  # noqa: E402
 
 REFERENCES = ('uniform', 'standard')  # not searched: uniform is the baseline, standard the over-budget capacity check
+FEATURES = {'params_ratio': "parameters relative to uniform's", 'budget_used': 'share of the budget used'}
 
 
 def load_reports(paths: Sequence[Path]) -> List[Dict]:
@@ -74,7 +75,7 @@ def markdown(rows: List[Dict]) -> str:
               f"{verdicts['tie']} tie, {verdicts['worse']} worse (95% CI); mean above uniform's: "
               f"{sum(r['diff'] > 0 for r in rows)}."]
     if len(rows) >= 3:
-        for key, name in (('params_ratio', "parameters relative to uniform's"), ('budget_used', 'share of the budget used')):
+        for key, name in FEATURES.items():
             values = [r[key] for r in rows]
             if len(set(values)) == 1:
                 lines.append(f"{name}: the same for every network, so no rank correlation.")
