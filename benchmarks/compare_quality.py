@@ -27,26 +27,38 @@ class CompareError(ValueError):
     """A named network that cannot be read or paired."""
 
 
-def load_network(spec: str) -> Dict:
-    """``REPORT.json:METHOD`` -> that method's row of the report, with the report's path and test data."""
-    path, sep, method = spec.rpartition(':')
-    if not sep or not path or not method:
-        raise CompareError(f"{spec}: name a network as REPORT.json:METHOD")
+def read_report(path: str) -> Dict:
+    """A search_quality report (a JSON object), its ``methods`` a mapping ({} where it has none)."""
     try:
         report = json.loads(Path(path).read_text())
+        if not isinstance(report, dict):
+            raise ValueError('not a JSON object')
     except (OSError, ValueError) as e:
         raise CompareError(f"{path}: not a readable search_quality report ({e})") from None
-    methods = report.get('methods') if isinstance(report, dict) else None
-    methods = methods if isinstance(methods, dict) else {}
+    methods = report.get('methods')
+    return {**report, 'methods': methods if isinstance(methods, dict) else {}}
+
+
+def network_of(report: Dict, path: str, method: str) -> Dict:
+    """``method``'s row of ``report`` (read from ``path``), with the report's name and test data."""
+    methods = report['methods']
     if method not in methods:
         raise CompareError(f"{path} has no retrained method {method!r} (it has: {', '.join(methods) or 'none'})")
     images = report.get('test_images')
     for seed, run in methods[method].get('seeds', {}).items():
         if len(run.get('correct', '')) != images:
             raise CompareError(f"{path}: {method} seed {seed} has no per-image results for its {images} test images")
-    return {**methods[method], 'spec': spec, 'method': method, 'report': Path(path).stem,
+    return {**methods[method], 'spec': f'{path}:{method}', 'method': method, 'report': Path(path).stem,
             'data': (report.get('dataset'), images), 'budget_macs': report.get('budget_macs'),
             'train_epochs': report.get('train_epochs')}
+
+
+def load_network(spec: str) -> Dict:
+    """``REPORT.json:METHOD`` -> that method's row of the report (:func:`network_of`)."""
+    path, sep, method = spec.rpartition(':')
+    if not sep or not path or not method:
+        raise CompareError(f"{spec}: name a network as REPORT.json:METHOD")
+    return network_of(read_report(path), path, method)
 
 
 def check_pairable(networks: List[Dict]) -> None:

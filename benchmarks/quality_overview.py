@@ -12,7 +12,6 @@ and rank correlations with bootstrap CIs; ``--plot PATH`` draws every difference
 """
 from __future__ import annotations
 import argparse
-import json
 import os
 import sys
 from collections import Counter
@@ -20,7 +19,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from compare_quality import CompareError, load_network  # noqa: E402  (sibling benchmarks)
+from compare_quality import CompareError, network_of, read_report  # noqa: E402  (sibling benchmarks)
 from ranking import rank_agreement  # noqa: E402
 from search_quality import paired_bootstrap, per_image  # noqa: E402
 from aps_zoo.plots import plt  # noqa: E402
@@ -30,14 +29,11 @@ FEATURES = {'params_ratio': "parameters relative to uniform's", 'budget_used': '
 
 
 def load_reports(paths: Sequence[Path]) -> List[Dict]:
-    """Every retrained network of the reports, in their order."""
+    """Every retrained network of the reports, in their order (each report read once)."""
     networks = []
-    for path in paths:
-        try:
-            methods = json.loads(Path(path).read_text()).get('methods') or {}
-        except (OSError, ValueError, AttributeError) as e:
-            raise CompareError(f"{path}: not a readable search_quality report ({e})") from None
-        networks += [load_network(f'{path}:{method}') for method in methods]
+    for path in map(str, paths):
+        report = read_report(path)
+        networks += [network_of(report, path, method) for method in report['methods']]
     return networks
 
 
@@ -49,7 +45,7 @@ def uniform_for(network: Dict, networks: List[Dict]) -> Optional[Dict]:
     """The uniform network ``network`` is compared with: its own report's, else its setting's with most seeds."""
     same = [n for n in networks if n['method'] == 'uniform' and setting(n) == setting(network)]
     own = [n for n in same if n['report'] == network['report']]
-    return (own or sorted(same, key=lambda n: -len(n['seeds'])) or [None])[0]
+    return own[0] if own else max(same, key=lambda n: len(n['seeds']), default=None)
 
 
 def compare_all(networks: List[Dict]) -> List[Dict]:

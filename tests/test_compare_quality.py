@@ -60,16 +60,18 @@ def test_the_plot_names_a_method_of_two_reports_by_what_tells_the_reports_apart(
     (['{a}:random', '{digits}:aps'], 'not the same test images'),
     (['{a}:random', '{cut}:aps'], 'aps seed 1 has no per-image results for its 200 test images'),
     (['{a}:random', '{listed}:aps'], "has no retrained method 'aps' (it has: none)"),
+    (['{a}:random', '{array}:aps'], 'not a readable search_quality report (not a JSON object)'),
 ])
 def test_what_cannot_be_compared_is_refused_in_one_line(cq, tmp_path, capsys, names, match):
     paths = {'a': report(tmp_path / 'a.json', 'fmnist', {'random': [190, 180]}),
              'digits': report(tmp_path / 'd.json', 'digits', {'aps': [190, 180]}, images=360),
              'missing': tmp_path / 'missing.json', 'cut': report(tmp_path / 'c.json', 'fmnist', {'aps': [190, 180]}),
-             'listed': tmp_path / 'l.json'}
+             'listed': tmp_path / 'l.json', 'array': tmp_path / 'array.json'}
     cut = json.loads(paths['cut'].read_text())
     cut['methods']['aps']['seeds']['1']['correct'] = '1' * 150  # a report cut short
     paths['cut'].write_text(json.dumps(cut))
     paths['listed'].write_text(json.dumps({'methods': ['aps']}))
+    paths['array'].write_text(json.dumps([{'methods': {}}]))
     assert cq.main([n.format(**paths) for n in names]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
