@@ -483,12 +483,21 @@ def table_markdown(summary: Dict) -> str:
     return '\n'.join(lines)
 
 
+ACROSS_REPORTS = "`benchmarks/compare_quality.py` compares networks of several reports on the same test images."
+
+
 def without_aps(summary: Dict) -> str:
     """Why a report without APS's retrained network compares nothing with it."""
     if 'aps' not in summary.get('methods_planned', ['aps']):
-        return ("APS is not among this recipe's methods; `benchmarks/compare_quality.py` compares networks of "
-                "several reports on the same test images.")
+        return f"APS is not among this recipe's methods; {ACROSS_REPORTS}"
     return 'APS has not finished in this run, so it is not compared.'
+
+
+def aps_alone(summary: Dict) -> str:
+    """Why APS-T's retrained network is compared with nothing in a report that has it."""
+    if not set(summary.get('methods_planned', ['aps'])) - {'aps', 'standard'}:
+        return f"APS-T is this recipe's only method under the budget; {ACROSS_REPORTS}"
+    return 'No other method under the budget has finished in this run, so APS-T is not compared.'
 
 
 def reading(summary: Dict) -> List[str]:
@@ -503,6 +512,8 @@ def reading(summary: Dict) -> List[str]:
     lines += [capacity] if capacity else []
     if 'aps' not in rows:
         return lines + [without_aps(summary)]
+    if not comparisons(summary):
+        return lines + [aps_alone(summary)]
     for method, c in comparisons(summary).items():
         lines.append(f"APS-T vs {LABELS[method]}: {c['diff']:+.2f} points, 95% CI [{c['lo']:+.2f}, {c['hi']:+.2f}] "
                      f"(paired bootstrap over the {summary['test_images']} test images and the seeds): {c['verdict']}.")
@@ -702,16 +713,21 @@ def overview(settings: List[Dict]) -> List[str]:
             lines.append(f"- {s['setting']}: {without_aps(s)}")
             continue
         comps = comparisons(s)
+        if not comps:
+            aps = rows['aps']
+            lines.append(f"- {s['setting']}: APS-T {aps['mean']:.2f} ± {aps['std']:.2f} over {len(aps['top1'])} "
+                         f"seeds; {aps_alone(s)}")
+            continue
         verdicts = [c['verdict'].split()[0] for c in comps.values()]
         best = max(competitors(rows), key=lambda r: r['mean'])
         widths = [c['half_width'] for c in comps.values()]
-        resolved = 'resolves' if max(widths, default=0) < 0.5 else 'does not resolve'
+        resolved = 'resolves' if max(widths) < 0.5 else 'does not resolve'
         capacity = capacity_check(s)
         lines.append(f"- {s['setting']}: APS-T is better than {verdicts.count('better')}, tied with "
                      f"{verdicts.count('tie')} and worse than {verdicts.count('worse')} of {len(verdicts)} other "
                      f"methods; best mean {best['mean']:.2f} ({best['method']}), spread of the means "
                      f"{best['mean'] - min(r['mean'] for r in competitors(rows)):.2f} points; 95% CI half-widths "
-                     f"{min(widths, default=0):.2f}-{max(widths, default=0):.2f} points, so this setting {resolved} a "
+                     f"{min(widths):.2f}-{max(widths):.2f} points, so this setting {resolved} a "
                      f"0.5-point difference; sharing: "
                      f"{s['sharing'].get('aps', {}).get('trend', {}).get('verdict', 'no APS search log')}."
                      + (f" {capacity}" if capacity else ''))

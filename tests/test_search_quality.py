@@ -1,6 +1,7 @@
 """The search-quality benchmark's pure parts: settings checks, statistics, sharing trend, report text."""
 import json
 import os
+import statistics
 import subprocess
 import sys
 import threading
@@ -185,6 +186,14 @@ def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
     assert 'does NOT separate them' in sq.capacity_check(summary)
     del summary['methods']['uniform']
     assert sq.capacity_check(summary) is None
+    assert sq.reading({**summary, 'methods_planned': ['aps', 'standard']})[-1] == (
+        "APS-T is this recipe's only method under the budget; `benchmarks/compare_quality.py` compares networks "
+        "of several reports on the same test images.")
+    assert sq.reading({**summary, 'methods_planned': ['aps', 'uniform']})[-1] == \
+        'No other method under the budget has finished in this run, so APS-T is not compared.'
+    top1 = [100 * row.mean() for row in uniform]
+    alone = f"{statistics.mean(top1):.2f} ± {statistics.stdev(top1):.2f} over 3 seeds; APS-T is this recipe's only"
+    assert sq.overview([{**summary, 'setting': 'q', 'methods_planned': ['aps']}])[0].startswith(f"- q: APS-T {alone}")
     del summary['methods']['aps']
     assert sq.reading({**summary, 'methods_planned': ['aps', 'standard']})[-1] == \
         'APS has not finished in this run, so it is not compared.'
