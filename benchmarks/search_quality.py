@@ -12,7 +12,8 @@ For one recipe (space, data, budget) it runs, in one process and one after anoth
                  channels can show)
     random       N random configs drawn uniformly from the band [min_budget_fraction x budget, budget]
                  (the library's ``random`` strategy), the best one by a short proxy training scored on
-                 the held-out split (never the test split)
+                 the held-out split (never the test split); the uniform network gets the same proxy
+                 training, and the report says where it would rank among the draws
     evolution    the APS-T search with ``search.strategy: evolution`` (aging evolution inside the band,
                  scored by the supernet)
 
@@ -290,8 +291,7 @@ def run_random(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict
 def random_search(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> Dict:
     """Train and score ``quality.random_samples`` band draws; the best one's config, with every draw's score."""
     draws = create_strategy('random', space, recipe.search, recipe.seed).propose(q.random_samples)
-    proxy = dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
-                                                                  select_best=True))
+    proxy = proxy_recipe(recipe, q)
     t0 = time.time()
     tried = []
     for i, choices in enumerate(tqdm(draws, desc='random search (proxy training)', leave=False)):
@@ -303,6 +303,19 @@ def random_search(recipe: Recipe, q: Quality, space, runs: Path, cpu: bool) -> D
                                             'proxy_epochs': q.random_proxy_epochs, 'proxy_val_top1': best['val_top1']})
     return {'config': config.to_dict(), 'search_s': time.time() - t0, 'val_acc': best['val_top1'] / 100,
             'tried': tried}
+
+
+def proxy_recipe(recipe: Recipe, q: Quality) -> Recipe:
+    """The random search's proxy training: ``quality.random_proxy_epochs`` epochs, scored on the held-out split."""
+    return dataclasses.replace(recipe, train=dataclasses.replace(recipe.train, epochs=q.random_proxy_epochs,
+                                                                 select_best=True))
+
+
+def proxy_scores(recipe: Recipe, q: Quality, found: Dict, uniform: ChannelConfig, runs: Path, cpu: bool) -> Dict:
+    """The random search's draws' held-out top-1 after the proxy training, and the uniform network's at the
+    budget trained the same way (seed and epochs): where uniform width stands among the draws."""
+    res = train_run(proxy_recipe(recipe, q), uniform, runs / 'random' / 'proxy_uniform', cpu)
+    return {'draws': [t['val_top1'] for t in found['tried']], 'uniform': res['best_val_top1']}
 
 
 def select_part(q: Quality, methods: Optional[List[str]], seeds: Optional[List[int]]) -> Quality:
@@ -379,6 +392,8 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
     recipe = dataclasses.replace(recipe, search=dataclasses.replace(recipe.search, budget_macs=budget))
     space.check_budget(budget)
     limit = recipe.search.max_over_budget * budget
+    uniform = uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
+                                input_size=data.input_size)
     if searches_from is not None:
         check_searches_from(searches_from, q.methods, reference, limit)
     previous = _read_json(out / f'{stem}.json') or {}
@@ -414,10 +429,11 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
         elif method == 'standard':
             found = {'config': reference.to_dict(), 'search_s': 0.0}
         elif method == 'uniform':
-            found = {'config': uniform_at_budget(sp.family, sp.depth, budget, num_classes=data.num_classes,
-                                                 input_size=data.input_size).to_dict(), 'search_s': 0.0}
+            found = {'config': uniform.to_dict(), 'search_s': 0.0}
         else:
             found = run_random(recipe, q, space, searches, cpu)
+            if searches_from is None:  # else the draws were scored by another recipe's proxy training
+                found['proxy'] = proxy_scores(recipe, q, found, uniform, runs, cpu)
         if 'reused' in found:
             now['reused' if found['reused'] else 'ran'] += 1
         config = ChannelConfig.from_dict(found['config'])
@@ -425,7 +441,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
         summary['methods'][method] = {'widths': list(config.widths), 'macs': count_macs(config),
                                       'params': count_params(config), 'search_s': found['search_s'],
                                       'search_val_acc': found.get('val_acc'), 'repaired': found.get('repaired'),
-                                      'seeds': seeds}
+                                      'seeds': seeds, **({'proxy': found['proxy']} if 'proxy' in found else {})}
         for seed in tqdm(q.seeds, desc=f'{method}: retrain', leave=False):
             out_dir = runs / method / f'train_seed{seed}'
             res = train_run(dataclasses.replace(recipe, seed=seed), config, out_dir, cpu)
@@ -657,6 +673,8 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
     out += [f"- {m}: {','.join(map(str, v['widths']))}"
             + (f" (decoded candidates repaired to fit: {v['repaired'][0]} of {v['repaired'][1]})" if v.get('repaired')
                else '') for m, v in s['methods'].items()]
+    out += [random_proxy(s['methods']['random'], s['random_proxy_epochs'])] if 'proxy' in s['methods'].get(
+        'random', {}) else []
     out += ["", "### Sharing level through the search", ""]
     if s['sharing']:
         out.append(f"![sharing level]({link_prefix}{stem}_sharing.png)")
@@ -672,6 +690,15 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
         out.append("No search has finished yet.")
     out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
     return '\n'.join(out) + '\n'
+
+
+def random_proxy(row: Dict, epochs: int) -> str:
+    """Where the uniform network stands among the random search's draws, by the search's own proxy score."""
+    draws, u = row['proxy']['draws'], row['proxy']['uniform']
+    return (f"- random search's proxy ({epochs} epochs, held-out top-1): the {len(draws)} draws scored "
+            f"{min(draws):.2f}-{max(draws):.2f} (median {statistics.median(draws):.2f}; the chosen one "
+            f"{max(draws):.2f}); the uniform network at the budget, trained the same way, {u:.2f}, which would rank "
+            f"{1 + sum(d > u for d in draws)} of {len(draws) + 1}")
 
 
 def unfinished(summary: Dict) -> str:

@@ -159,6 +159,16 @@ def test_outputs_from_a_partial_summary(sq, tmp_path):
     assert 'so this setting resolves a 0.5-point difference' in text
 
 
+def test_random_proxy_line_ranks_uniform_among_the_draws(sq):
+    """The uniform network's proxy score is ranked among the random search's draws: 1 + the draws above it."""
+    row = {'proxy': {'draws': [88.5, 90.25, 89.0, 87.0], 'uniform': 89.0}}
+    assert sq.random_proxy(row, 5) == (
+        "- random search's proxy (5 epochs, held-out top-1): the 4 draws scored 87.00-90.25 (median 88.75; the chosen "
+        "one 90.25); the uniform network at the budget, trained the same way, 89.00, which would rank 2 of 5")
+    row['proxy']['uniform'] = 91.0
+    assert sq.random_proxy(row, 5).endswith('91.00, which would rank 1 of 5')
+
+
 def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
     """The over-budget standard network is compared with uniform (the setting's capacity gate), never with APS-T,
     and is never the 'best' method; the check's verdict follows the paired bootstrap's CI."""
@@ -333,9 +343,16 @@ def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path,
     long.write_text(base + "train: {epochs: 2, steps_per_epoch: 2}\n")
     first = sq.run_setting(short, tmp_path / 'out', tmp_path / 'a', True, 'short')
     assert first['invocations'][0]['ran'] == 1 + 2 * 2  # the random search (2 proxy trainings), 2 x 2 retrainings
+    proxies = [json.loads((tmp_path / 'a' / 'random' / d / 'results.json').read_text())
+               for d in ('proxy0', 'proxy1', 'proxy_uniform')]
+    assert [p['epochs'] for p in proxies] == [1, 1, 1] and proxies[2]['params'] == first['methods']['uniform']['params']
+    assert sorted(first['methods']['random']['proxy']['draws']) == sorted(
+        t['val_top1'] for t in json.loads((tmp_path / 'a' / 'random' / 'search_result.json').read_text())['tried'])
+    assert "the uniform network at the budget, trained the same way," in (tmp_path / 'out' / 'short.md').read_text()
     again = sq.run_setting(long, tmp_path / 'out', tmp_path / 'b', True, 'long', searches_from=tmp_path / 'a')
     assert again['invocations'][0]['ran'] == 2 * 2 and again['searches_from'] == str(tmp_path / 'a')
     assert again['methods']['random']['widths'] == first['methods']['random']['widths']
+    assert 'proxy' not in again['methods']['random']  # the draws were scored by the other recipe's proxy
     assert not list((tmp_path / 'b' / 'random').glob('proxy*')) and list((tmp_path / 'a' / 'random').glob('proxy*'))
     assert [json.loads((tmp_path / 'b' / 'random' / f'train_seed{s}' / 'results.json').read_text())['epochs']
             for s in (0, 1)] == [2, 2]
