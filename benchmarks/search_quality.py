@@ -687,7 +687,8 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
             out += ["", f"Paper's observation (high sharing early, lower later) for APS: "
                         f"{s['sharing']['aps']['trend']['verdict']}."]
     else:
-        out.append("No search has finished yet.")
+        out.append("No search has finished yet." if set(s['methods_planned']) & set(SEARCHES) else
+                   "This recipe has no supernet search, so no sharing level.")
     out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
     return '\n'.join(out) + '\n'
 

@@ -348,7 +348,9 @@ def test_searches_from_another_runs_folder_are_retrained_not_rerun(sq, tmp_path,
     assert [p['epochs'] for p in proxies] == [1, 1, 1] and proxies[2]['params'] == first['methods']['uniform']['params']
     assert sorted(first['methods']['random']['proxy']['draws']) == sorted(
         t['val_top1'] for t in json.loads((tmp_path / 'a' / 'random' / 'search_result.json').read_text())['tried'])
-    assert "the uniform network at the budget, trained the same way," in (tmp_path / 'out' / 'short.md').read_text()
+    short_md = (tmp_path / 'out' / 'short.md').read_text()
+    assert "the uniform network at the budget, trained the same way," in short_md
+    assert "This recipe has no supernet search, so no sharing level." in short_md
     again = sq.run_setting(long, tmp_path / 'out', tmp_path / 'b', True, 'long', searches_from=tmp_path / 'a')
     assert again['invocations'][0]['ran'] == 2 * 2 and again['searches_from'] == str(tmp_path / 'a')
     assert again['methods']['random']['widths'] == first['methods']['random']['widths']
