@@ -696,8 +696,8 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
 def random_proxy(row: Dict, epochs: int) -> str:
     """Where the uniform network stands among the random search's draws, by the search's own proxy score."""
     draws, u = row['proxy']['draws'], row['proxy']['uniform']
-    return (f"- random search's proxy ({epochs} epochs, held-out top-1): the {len(draws)} draws scored "
-            f"{min(draws):.2f}-{max(draws):.2f} (median {statistics.median(draws):.2f}; the chosen one "
+    return (f"- random search's proxy ({epochs} epoch{'s' * (epochs != 1)}, held-out top-1): the {len(draws)} draws "
+            f"scored {min(draws):.2f}-{max(draws):.2f} (median {statistics.median(draws):.2f}; the chosen one "
             f"{max(draws):.2f}); the uniform network at the budget, trained the same way, {u:.2f}, which would rank "
             f"{1 + sum(d > u for d in draws)} of {len(draws) + 1}")
 

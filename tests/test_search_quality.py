@@ -167,6 +167,7 @@ def test_random_proxy_line_ranks_uniform_among_the_draws(sq):
         "one 90.25); the uniform network at the budget, trained the same way, 89.00, which would rank 2 of 5")
     row['proxy']['uniform'] = 91.0
     assert sq.random_proxy(row, 5).endswith('91.00, which would rank 1 of 5')
+    assert sq.random_proxy(row, 1).startswith("- random search's proxy (1 epoch, held-out top-1)")
 
 
 def test_standard_network_is_the_capacity_check_not_a_competitor(sq):
