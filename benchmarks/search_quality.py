@@ -528,9 +528,10 @@ def reading(summary: Dict) -> List[str]:
     lines += [capacity] if capacity else []
     if 'aps' not in rows:
         return lines + [without_aps(summary)]
-    if not comparisons(summary):
+    comps = comparisons(summary)
+    if not comps:
         return lines + [aps_alone(summary)]
-    for method, c in comparisons(summary).items():
+    for method, c in comps.items():
         lines.append(f"APS-T vs {LABELS[method]}: {c['diff']:+.2f} points, 95% CI [{c['lo']:+.2f}, {c['hi']:+.2f}] "
                      f"(paired bootstrap over the {summary['test_images']} test images and the seeds): {c['verdict']}.")
     return lines + [f"One test image is {100 / summary['test_images']:.2f} points of top-1 "
