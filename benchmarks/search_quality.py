@@ -516,19 +516,32 @@ def aps_alone(summary: Dict) -> str:
     return 'No other method under the budget has finished in this run, so APS-T is not compared.'
 
 
-def reading(summary: Dict) -> List[str]:
+@dataclasses.dataclass
+class Verdicts:
+    """A setting's paired bootstraps, run once for its report and the overview: APS-T against every other
+    method, and the capacity check."""
+    comparisons: Dict[str, Dict[str, float]]
+    capacity: Optional[str]
+
+
+def verdicts(summary: Dict) -> Verdicts:
+    """Run the paired bootstraps of one setting."""
+    return Verdicts(comparisons(summary), capacity_check(summary))
+
+
+def reading(summary: Dict, judged: Optional[Verdicts] = None) -> List[str]:
     """Plain-language comparison of APS with every other method, relative to the seed spread."""
+    judged = judged or verdicts(summary)
     rows = rows_by_method(summary)
     lines = []
     others = competitors(rows)
     if others:
         best = max(others, key=lambda r: r['mean'])
         lines.append(f"Highest mean test top-1: {LABELS[best['method']]} ({best['mean']:.2f}).")
-    capacity = capacity_check(summary)
-    lines += [capacity] if capacity else []
+    lines += [judged.capacity] if judged.capacity else []
     if 'aps' not in rows:
         return lines + [without_aps(summary)]
-    comps = comparisons(summary)
+    comps = judged.comparisons
     if not comps:
         return lines + [aps_alone(summary)]
     for method, c in comps.items():
@@ -643,7 +656,7 @@ def compute_s(summary: Dict) -> float:
     return sum(m['search_s'] + sum(v['train_s'] for v in m['seeds'].values()) for m in summary['methods'].values())
 
 
-def setting_markdown(summary: Dict, link_prefix: str) -> str:
+def setting_markdown(summary: Dict, link_prefix: str, judged: Optional[Verdicts] = None) -> str:
     s, stem = summary, summary['setting']
     status = 'complete' if s['complete'] else f"INCOMPLETE: {unfinished(s)}"
     budget = f"{s['budget_macs'] / 1e6:.4g}M MACs"
@@ -690,7 +703,7 @@ def setting_markdown(summary: Dict, link_prefix: str) -> str:
     else:
         out.append("No search has finished yet." if set(s['methods_planned']) & set(SEARCHES) else
                    "This recipe has no supernet search, so no sharing level.")
-    out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s)]
+    out += ["", "### Reading", ""] + [f"- {line}" for line in reading(s, judged)]
     return '\n'.join(out) + '\n'
 
 
@@ -733,27 +746,27 @@ def independent_schedule(summary: Dict) -> str:
             f"warm-up epochs: quality.independent_warmup_epochs)")
 
 
-def overview(settings: List[Dict]) -> List[str]:
+def overview(settings: List[Dict], judged: Optional[List[Verdicts]] = None) -> List[str]:
     """One line per setting: APS's verdicts against the other methods, the best method, the sharing verdict."""
     lines = []
-    for s in settings:
+    for s, v in zip(settings, judged or map(verdicts, settings)):
         rows = rows_by_method(s)
         if 'aps' not in rows:
             lines.append(f"- {s['setting']}: {without_aps(s)}")
             continue
-        comps = comparisons(s)
+        comps = v.comparisons
         if not comps:
             aps = rows['aps']
             lines.append(f"- {s['setting']}: APS-T {aps['mean']:.2f} ± {aps['std']:.2f} over {len(aps['top1'])} "
                          f"seeds; {aps_alone(s)}")
             continue
-        verdicts = [c['verdict'].split()[0] for c in comps.values()]
+        outcomes = [c['verdict'].split()[0] for c in comps.values()]
         best = max(competitors(rows), key=lambda r: r['mean'])
         widths = [c['half_width'] for c in comps.values()]
         resolved = 'resolves' if max(widths) < 0.5 else 'does not resolve'
-        capacity = capacity_check(s)
-        lines.append(f"- {s['setting']}: APS-T is better than {verdicts.count('better')}, tied with "
-                     f"{verdicts.count('tie')} and worse than {verdicts.count('worse')} of {len(verdicts)} other "
+        capacity = v.capacity
+        lines.append(f"- {s['setting']}: APS-T is better than {outcomes.count('better')}, tied with "
+                     f"{outcomes.count('tie')} and worse than {outcomes.count('worse')} of {len(outcomes)} other "
                      f"methods; best mean {best['mean']:.2f} ({best['method']}), spread of the means "
                      f"{best['mean'] - min(r['mean'] for r in competitors(rows)):.2f} points; 95% CI half-widths "
                      f"{min(widths):.2f}-{max(widths):.2f} points, so this setting {resolved} a "
@@ -770,12 +783,14 @@ def write_outputs(summary: Dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     stem = summary['setting']
     _write_json(out / f'{stem}.json', summary)
-    (out / f'{stem}.md').write_text(setting_markdown(summary, ''))
+    settings = [json.loads(p.read_text()) for p in sorted(out.glob('*.json'))]
+    judged = [verdicts(s) for s in settings]
+    own = next(v for s, v in zip(settings, judged) if s['setting'] == stem)
+    (out / f'{stem}.md').write_text(setting_markdown(summary, '', own))
     if summary['methods']:
         plot_bars(summary, out / f'{stem}.png')
     if summary['sharing']:
         plot_sharing(summary, out / f'{stem}_sharing.png')
-    settings = [json.loads(p.read_text()) for p in sorted(out.glob('*.json'))]
     text = ["# Search quality: APS against its sharing ablations and baselines at equal MACs", "",
             "Generated by `benchmarks/search_quality.py` (do not edit by hand; rerun the commands below). "
             "Each method yields one config under the budget; every config is retrained from scratch with "
@@ -784,8 +799,8 @@ def write_outputs(summary: Dict, out: Path) -> None:
             "APS-T is compared with every other method by a paired bootstrap over the same test images "
             "(resampled jointly for both methods) and each method's retraining seeds; 'tie' means the 95% CI of "
             "the difference includes 0.", ""]
-    text += ["## Overview", ""] + overview(settings) + [""]
-    text += [setting_markdown(s, f'{out.name}/') for s in settings]
+    text += ["## Overview", ""] + overview(settings, judged) + [""]
+    text += [setting_markdown(s, f'{out.name}/', v) for s, v in zip(settings, judged)]
     out.with_name(out.name + '.md').write_text('\n'.join(text))
 
 
