@@ -371,9 +371,10 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
                 methods: Optional[List[str]] = None, seeds: Optional[List[int]] = None,
                 searches_from: Optional[Path] = None) -> Dict:
     """Every method of one quality recipe (or the part ``methods`` x ``seeds``); the summary is rewritten after
-    each retraining, the report after each method. Without ``out``, a part reports to its ``part_folder`` and
-    the whole to docs/results. With ``searches_from``, the searches are those finished in that runs folder
-    (the same space, data and budget: another retraining of the same searched networks)."""
+    each retraining, the report after each method, and printed with its reading at the end. Without ``out``,
+    a part reports to its ``part_folder`` and the whole to docs/results. With ``searches_from``, the searches
+    are those finished in that runs folder (the same space, data and budget: another retraining of the same
+    searched networks)."""
     recipe, q = load_quality_recipe(recipe_path)
     planned = q.methods  # the whole recipe's: a part's report says what the setting still lacks
     q = select_part(q, methods, seeds)
@@ -417,6 +418,7 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
     summary['invocations'] = previous.get('invocations', []) + [now]
     summary['part_invocations'] = part_invocations(runs, stem, out)
     t0, cpu0 = time.time(), time.process_time()
+    judged = None  # the setting's bootstraps, from its last write_outputs
     jobs = tqdm(q.methods, desc=stem)
     for method in jobs:
         jobs.set_postfix(method=method)
@@ -452,7 +454,9 @@ def run_setting(recipe_path: Path, out: Optional[Path], runs: Optional[Path], cp
             now.update(wall_s=time.time() - t0, cpu_s=time.process_time() - cpu0, load_end=os.getloadavg()[0])
             summary['complete'] = list(summary['methods']) == planned and len(seeds) == len(q.seeds)
             _write_json(out / f'{stem}.json', summary)  # a part stopped at its time limit still records its runs
-        write_outputs(summary, out)  # tables, bootstrap CIs and plots: after each method (they take a while)
+        judged = write_outputs(summary, out)  # tables, bootstrap CIs and plots: after each method (they take a while)
+    print(f"\n{stem} ({now.get('wall_s', 0.0) / 60:.1f} min)\n{table_markdown(summary)}")
+    print('\n'.join(reading(summary, judged)))
     return summary
 
 
@@ -778,8 +782,9 @@ def overview(settings: List[Dict], judged: Optional[List[Verdicts]] = None) -> L
                     f"retraining epochs)"]
 
 
-def write_outputs(summary: Dict, out: Path) -> None:
-    """``<out>/<setting>.{json,md,png}``, the sharing plot, and ``<out>.md`` over every setting in ``out``."""
+def write_outputs(summary: Dict, out: Path) -> Verdicts:
+    """``<out>/<setting>.{json,md,png}``, the sharing plot, and ``<out>.md`` over every setting in ``out``;
+    returns the setting's verdicts."""
     out.mkdir(parents=True, exist_ok=True)
     stem = summary['setting']
     _write_json(out / f'{stem}.json', summary)
@@ -802,6 +807,7 @@ def write_outputs(summary: Dict, out: Path) -> None:
     text += ["## Overview", ""] + overview(settings, judged) + [""]
     text += [setting_markdown(s, f'{out.name}/', v) for s, v in zip(settings, judged)]
     out.with_name(out.name + '.md').write_text('\n'.join(text))
+    return own
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -830,11 +836,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         for path in args.recipes:
             load_quality_recipe(path)  # every recipe is checked before any run starts
         for path in args.recipes:
-            summary = run_setting(path, args.out, args.runs, cpu, command, args.methods, args.seeds,
-                                  args.searches_from)
-            print(f"\n{summary['setting']} ({summary['invocations'][-1]['wall_s'] / 60:.1f} min)\n"
-                  f"{table_markdown(summary)}")
-            print('\n'.join(reading(summary)))
+            run_setting(path, args.out, args.runs, cpu, command, args.methods, args.seeds, args.searches_from)
     except Preempted as e:  # as `aps-zoo` does: one line naming the checkpoint, exit 143
         print(f'stopped: {e}', file=sys.stderr)
         return PREEMPTED
