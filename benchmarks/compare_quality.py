@@ -9,6 +9,8 @@ recipes/quality_resnet20_fashion_mnist_25_fine_floor.yaml, which share the data 
 
 Prints a Markdown table of the networks and one of every pair (the first named against each later one, and so
 on); ``--plot PATH`` draws them side by side. Reports of other test data cannot be paired and are refused.
+``--common-seeds`` keeps only the retraining seeds every named network has, so that a method retrained with fewer
+seeds is compared on the same seeds, not against the others' later ones.
 """
 from __future__ import annotations
 import argparse
@@ -71,6 +73,15 @@ def check_pairable(networks: List[Dict]) -> None:
                                f"images, so they cannot be paired")
 
 
+def keep_common_seeds(networks: List[Dict]) -> List[Dict]:
+    """The networks with only the retraining seeds all of them have (refused when they share none)."""
+    common = set.intersection(*(set(n['seeds']) for n in networks))
+    if not common:
+        raise CompareError(f"{', '.join(n['spec'] for n in networks)} share no retraining seed; "
+                           f"compare them without --common-seeds")
+    return [{**n, 'seeds': {s: run for s, run in n['seeds'].items() if s in common}} for n in networks]
+
+
 def networks_markdown(networks: List[Dict]) -> str:
     rows = ['| network | report | MACs | budget | params | test top-1, mean ± std | seeds |',
             '|---|---|---:|---:|---:|---:|---:|']
@@ -110,12 +121,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('networks', nargs='+', help='REPORT.json:METHOD, at least two')
     parser.add_argument('--plot', type=Path, default=None, help='also draw the networks side by side (a PNG)')
+    parser.add_argument('--common-seeds', action='store_true',
+                        help='compare on the retraining seeds every named network has')
     args = parser.parse_args(argv)
     try:
         if len(args.networks) < 2:
             raise CompareError('name at least two networks (REPORT.json:METHOD) to compare')
         networks = [load_network(spec) for spec in args.networks]
         check_pairable(networks)
+        if args.common_seeds:
+            networks = keep_common_seeds(networks)
     except CompareError as e:
         print(f'error: {e}', file=sys.stderr)
         return 2

@@ -43,6 +43,25 @@ def test_networks_of_two_reports_are_compared_on_the_same_images(cq, tmp_path, c
     assert rows['a:random vs b:aps'][2].startswith('better') and rows['b:aps vs b:uniform'][2].startswith('worse')
 
 
+def test_common_seeds_compare_each_network_on_the_seeds_all_of_them_have(cq, tmp_path, capsys):
+    """Seeds 0-1 of a network with two against seeds 0-1 of one with four, whose later seeds score higher: with
+    --common-seeds the difference is that of seeds 0-1 alone (the same as a report holding only those), not of all
+    seeds (-5 against -10 points)."""
+    few = report(tmp_path / 'few.json', 'fmnist', {'ordinal': [170, 170]})
+    many = report(tmp_path / 'many.json', 'fmnist', {'aps': [180, 180, 200, 200]})
+    first = report(tmp_path / 'first.json', 'fmnist', {'aps': [180, 180]})
+    diffs = {}
+    for name, args in {'all': [f'{few}:ordinal', f'{many}:aps'],
+                       'common': [f'{few}:ordinal', f'{many}:aps', '--common-seeds'],
+                       'first': [f'{few}:ordinal', f'{first}:aps']}.items():
+        assert cq.main(args) == 0
+        out = capsys.readouterr().out
+        diffs[name] = [line.split(' | ')[1:3] for line in out.splitlines() if ' vs ' in line]
+        assert ('| 2 |' if name != 'all' else '| 4 |') in out.splitlines()[3]
+    assert diffs['all'][0][0] == '-10.00' and diffs['common'][0][0] == '-5.00'
+    assert diffs['common'] == diffs['first']
+
+
 def test_the_plot_names_a_method_of_two_reports_by_what_tells_the_reports_apart(cq, tmp_path):
     fine = report(tmp_path / 'q25_fine.json', 'fmnist', {'aps': [170, 172]})
     floor = report(tmp_path / 'q25_fine_floor.json', 'fmnist', {'aps': [180, 181], 'uniform': [185, 186]})
@@ -61,17 +80,22 @@ def test_the_plot_names_a_method_of_two_reports_by_what_tells_the_reports_apart(
     (['{a}:random', '{cut}:aps'], 'aps seed 1 has no per-image results for its 200 test images'),
     (['{a}:random', '{listed}:aps'], "has no retrained method 'aps' (it has: none)"),
     (['{a}:random', '{array}:aps'], 'not a readable search_quality report (not a JSON object)'),
+    (['{a}:random', '{later}:aps', '--common-seeds'], 'share no retraining seed; compare them without --common-seeds'),
 ])
 def test_what_cannot_be_compared_is_refused_in_one_line(cq, tmp_path, capsys, names, match):
     paths = {'a': report(tmp_path / 'a.json', 'fmnist', {'random': [190, 180]}),
              'digits': report(tmp_path / 'd.json', 'digits', {'aps': [190, 180]}, images=360),
              'missing': tmp_path / 'missing.json', 'cut': report(tmp_path / 'c.json', 'fmnist', {'aps': [190, 180]}),
-             'listed': tmp_path / 'l.json', 'array': tmp_path / 'array.json'}
+             'listed': tmp_path / 'l.json', 'array': tmp_path / 'array.json',
+             'later': report(tmp_path / 'later.json', 'fmnist', {'aps': [190, 180]})}
     cut = json.loads(paths['cut'].read_text())
     cut['methods']['aps']['seeds']['1']['correct'] = '1' * 150  # a report cut short
     paths['cut'].write_text(json.dumps(cut))
     paths['listed'].write_text(json.dumps({'methods': ['aps']}))
     paths['array'].write_text(json.dumps([{'methods': {}}]))
+    later = json.loads(paths['later'].read_text())
+    later['methods']['aps']['seeds'] = {'2': later['methods']['aps']['seeds']['0']}  # retrained with seed 2 only
+    paths['later'].write_text(json.dumps(later))
     assert cq.main([n.format(**paths) for n in names]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and match in err[0], err
