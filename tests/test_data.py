@@ -8,7 +8,7 @@ import torch
 from accelerate.utils import set_seed
 from PIL import Image
 
-from aps_zoo.data import DataError, build_loaders, digits_dataset
+from aps_zoo.data import DataError, _split, build_loaders, digits_dataset
 from aps_zoo.recipe import DataSection
 
 DIGITS8 = dict(dataset='digits', image_size=8, crop_pct=1.0, batch_size=32, eval_batch_size=500)
@@ -52,6 +52,31 @@ def test_digits_holdout_off_and_test_split_fixed_across_seeds():
     b = build_loaders(DataSection(**DIGITS8, augment=False), seed=5, holdout=True)
     assert a.val is None and a.sizes['train'] == 1437
     assert set(_all_images(a.test)) == set(_all_images(b.test))
+
+
+@pytest.mark.parametrize('fraction,seed', [(0.2, 0), (0.1, 3), (0.33, 7)])
+def test_stratified_split_carves_the_images_train_test_split_carves(fraction, seed):
+    """The carved split reads the labels as one array, and carves exactly what datasets' own stratified
+    `train_test_split` does, also from a dataset that is itself a selection (an indices mapping)."""
+    rng = np.random.default_rng(1)
+    whole = datasets.Dataset.from_dict({'x': list(range(700)), 'label': rng.integers(0, 7, 700).tolist()},
+                                       features=datasets.Features({'x': datasets.Value('int64'),
+                                                                   'label': datasets.ClassLabel(num_classes=7)}))
+    ds = whole.select(rng.permutation(700)[:650])
+    rest, carved = _split(ds, fraction, seed, 'label', 'validation')
+    oracle = ds.train_test_split(test_size=fraction, seed=seed, stratify_by_column='label')
+    assert rest['x'][:] == oracle['train']['x'][:] and carved['x'][:] == oracle['test']['x'][:]
+    plain = ds.cast_column('label', datasets.Value('int64'))  # not a class label: not stratified, still seeded
+    assert _split(plain, fraction, seed, 'label', 'test')[1]['x'][:] == plain.train_test_split(
+        test_size=fraction, seed=seed)['test']['x'][:]
+
+
+def test_a_class_with_one_image_cannot_be_stratified():
+    ds = datasets.Dataset.from_dict({'label': [0] * 9 + [1]},
+                                    features=datasets.Features({'label': datasets.ClassLabel(num_classes=2)}))
+    with pytest.raises(DataError, match=r"^cannot carve the validation split \(20% of 10 images\): a class of "
+                                        r"column 'label' has 1 image; a stratified split needs 2$"):
+        _split(ds, 0.2, 0, 'label', 'validation')
 
 
 def _first_batch(loader, global_seed):
