@@ -101,6 +101,21 @@ def test_paired_bootstrap_verdicts(sq):
     assert same['diff'] == 0 and same['lo'] < 0 < same['hi'] and same['verdict'].startswith('tie')
 
 
+def test_paired_bootstrap_is_its_definition_replicate_by_replicate(sq):
+    """The bootstrap works on counts of the drawn seeds and images; the CI equals that of its definition: per
+    replicate, each method's mean over resampled seeds, the difference per image, averaged over resampled images,
+    drawn in the same order from the same generator."""
+    rng = np.random.default_rng(3)
+    a, b = (rng.random((3, 300)) < 0.9).astype(int), (rng.random((5, 300)) < 0.88).astype(int)
+    draws, diffs = np.random.default_rng(7), []
+    for _ in range(600):
+        per_image = a[draws.integers(0, 3, 3)].mean(0) - b[draws.integers(0, 5, 5)].mean(0)
+        diffs.append(per_image[draws.integers(0, 300, 300)].mean())
+    c = sq.paired_bootstrap(a, b, reps=600, seed=7)
+    assert [c['lo'], c['hi']] == pytest.approx(list(100 * np.percentile(diffs, [2.5, 97.5])), abs=1e-9)
+    assert c['diff'] == pytest.approx(100 * (a.mean() - b.mean()))
+
+
 def test_sharing_trend(sq):
     recs = [{'epoch': 0, 'phase': 'warmup', 'sharing_mean': 1.0}, {'epoch': 1, 'phase': 'search', 'sharing_mean': 0.9},
             {'epoch': 2, 'phase': 'search', 'sharing_mean': 0.7}]
