@@ -264,7 +264,7 @@ def _encode_labels(dd: datasets.DatasetDict, label: str, num_classes: Optional[i
     """Make ``label`` a ClassLabel: integers keep their value (classes 0..max, or 0..num_classes-1 when that is
     more), other values are sorted."""
     if dd[next(iter(dd))].features[label].dtype.startswith(('int', 'uint')):
-        top = max(max(ds[label]) for ds in dd.values())
+        top = max(max(ds.unique(label)) for ds in dd.values())  # not max(ds[label]): that reads row by row
         count = num_classes if num_classes and num_classes > top else top + 1
         return dd.cast_column(label, datasets.ClassLabel(names=[str(i) for i in range(count)]))
     return dd.class_encode_column(label)
